@@ -1,0 +1,1 @@
+"""Numerics of the stain, free of I/O: numpy and onnxruntime only."""

@@ -1,0 +1,38 @@
+"""Small image filters: the 3x3 median after despeckling and Otsu's threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def median3x3(image: np.ndarray) -> np.ndarray:
+    """3x3 median over the last two axes with reflected borders (``mode='reflect'``).
+
+    Takes ``(..., H, W)``; used after the despeckling network to remove isolated noisy pixels.
+    """
+    height, width = image.shape[-2:]
+    pad = [(0, 0)] * (image.ndim - 2) + [(1, 1), (1, 1)]
+    mode = "reflect" if min(height, width) > 1 else "edge"
+    padded = np.pad(image, pad, mode=mode)
+    shifted = np.stack(
+        [padded[..., dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]
+    )
+    shifted.partition(4, axis=0)
+    return np.ascontiguousarray(shifted[4])
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a set of values (any range); a constant input returns that value."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    low, high = float(flat.min()), float(flat.max())
+    if high <= low:
+        return low
+    hist, edges = np.histogram(flat, bins=bins, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight0 = np.cumsum(hist)
+    weight1 = weight0[-1] - weight0
+    sum0 = np.cumsum(hist * centres)
+    mean0 = sum0 / np.maximum(weight0, 1)
+    mean1 = (sum0[-1] - sum0) / np.maximum(weight1, 1)
+    between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(centres[int(np.argmax(between))])

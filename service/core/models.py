@@ -1,0 +1,238 @@
+"""Model cards and the onnxruntime wrapper.
+
+Every model is ``<dir>/<name>.onnx`` beside ``<dir>/<name>.json`` (its card). The card says what
+the engine needs to run the model correctly (role, channels, value range, halo, size multiple,
+normalisation contract) and what a reader needs to trust it (version, sha256, training data,
+metrics, licence). See docs/models.md for the contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from service.errors import ModelError
+
+Role = Literal["despeckle", "generator"]
+ROLES: tuple[Role, ...] = ("despeckle", "generator")
+NORM_NONE = "none"
+NORM_SHARED = "instance_shared"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model file promises; loaded from its JSON card."""
+
+    name: str
+    role: Role
+    architecture: str
+    version: str
+    sha256: str
+    in_channels: int
+    out_channels: int
+    value_range: tuple[float, float]
+    halo_px: int
+    size_multiple_px: int = 1
+    norm: str = NORM_NONE
+    norm_stats_size: int = 0
+    norm_stats_layers: tuple[int, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        try:
+            role = data["role"]
+            if role not in ROLES:
+                raise ModelError(f"unknown model role {role!r}; expected one of {ROLES}")
+            value_range = tuple(float(v) for v in data["input"]["range"])
+            if len(value_range) != 2 or value_range[0] >= value_range[1]:
+                raise ModelError(f"bad input range {value_range}")
+            norm = str(data.get("norm", NORM_NONE))
+            if norm not in (NORM_NONE, NORM_SHARED):
+                raise ModelError(f"unknown norm contract {norm!r}")
+            layers = tuple(int(c) for c in data.get("norm_stats_layers", ()))
+            known = {
+                "name", "role", "architecture", "version", "sha256", "input", "output",
+                "halo_px", "size_multiple_px", "norm", "norm_stats_size", "norm_stats_layers",
+            }  # fmt: skip
+            card = cls(
+                name=str(data["name"]),
+                role=role,
+                architecture=str(data["architecture"]),
+                version=str(data["version"]),
+                sha256=str(data["sha256"]),
+                in_channels=int(data["input"]["channels"]),
+                out_channels=int(data["output"]["channels"]),
+                value_range=(value_range[0], value_range[1]),
+                halo_px=int(data["halo_px"]),
+                size_multiple_px=int(data.get("size_multiple_px", 1)),
+                norm=norm,
+                norm_stats_size=int(data.get("norm_stats_size", 0)),
+                norm_stats_layers=layers,
+                extra={k: v for k, v in data.items() if k not in known},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model card is incomplete or malformed: {exc!r}") from exc
+        if card.norm == NORM_SHARED and 2 * sum(layers) != card.norm_stats_size:
+            raise ModelError(
+                f"{card.name}: norm_stats_layers {layers} do not add up to "
+                f"norm_stats_size {card.norm_stats_size}"
+            )
+        return card
+
+    def to_summary(self) -> dict[str, Any]:
+        """The fields a report or the `dscm models` listing shows."""
+        return {
+            "name": self.name,
+            "role": self.role,
+            "architecture": self.architecture,
+            "version": self.version,
+            "sha256": self.sha256,
+            "halo_px": self.halo_px,
+            "norm": self.norm,
+        }
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_card(card_path: Path) -> ModelCard:
+    try:
+        data = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read model card {card_path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"model card {card_path} is not a JSON object")
+    return ModelCard.from_dict(data)
+
+
+def discover_models(models_dir: Path) -> dict[Role, Path]:
+    """Map each role to the one ONNX file in ``models_dir`` whose card claims it."""
+    found: dict[Role, Path] = {}
+    if not models_dir.is_dir():
+        return found
+    for card_path in sorted(models_dir.glob("*.json")):
+        onnx_path = card_path.with_suffix(".onnx")
+        if not onnx_path.is_file():
+            continue
+        card = read_card(card_path)
+        if card.role in found:
+            raise ModelError(
+                f"{models_dir} holds two {card.role} models ({found[card.role].name}, "
+                f"{onnx_path.name}); keep one per role or point --models elsewhere"
+            )
+        found[card.role] = onnx_path
+    return found
+
+
+def available_providers() -> list[str]:
+    """CUDA when onnxruntime has it, else CPU."""
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in providers]
+
+
+class OnnxModel:
+    """One ONNX model with its card, checked against its sha256, ready to run batches."""
+
+    def __init__(self, onnx_path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = onnx_path
+        self.card = read_card(onnx_path.with_suffix(".json"))
+        actual = file_sha256(onnx_path)
+        if actual != self.card.sha256:
+            raise ModelError(
+                f"{onnx_path.name}: sha256 {actual[:12]}... does not match its card "
+                f"({self.card.sha256[:12]}...); the file or the card was changed"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(onnx_path), sess_options=options, providers=available_providers()
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"cannot load {onnx_path.name}: {exc}") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        expected = 3 if self.card.norm == NORM_SHARED else 1
+        if len(self.input_names) != expected:
+            raise ModelError(
+                f"{onnx_path.name}: card norm {self.card.norm!r} needs {expected} inputs, "
+                f"the graph has {self.input_names}"
+            )
+
+    @property
+    def provider(self) -> str:
+        return str(self.session.get_providers()[0])
+
+    def to_model_range(self, unit: np.ndarray) -> np.ndarray:
+        """Map [0, 1] values to the card's input range."""
+        low, high = self.card.value_range
+        if (low, high) == (0.0, 1.0):
+            return unit.astype(np.float32, copy=False)
+        return (unit * np.float32(high - low) + np.float32(low)).astype(np.float32, copy=False)
+
+    def from_model_range(self, values: np.ndarray) -> np.ndarray:
+        low, high = self.card.value_range
+        unit = (values - np.float32(low)) * np.float32(1.0 / (high - low))
+        return np.clip(unit, 0.0, 1.0, out=unit)
+
+    def run(
+        self, batch: np.ndarray, norm_stats: np.ndarray | None = None, norm_mix: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run ``(N, C, H, W)`` in [0, 1]; returns the output in [0, 1] and, for
+        shared-statistics models, each item's own normalisation statistics."""
+        feeds: dict[str, np.ndarray] = {self.input_names[0]: self.to_model_range(batch)}
+        if self.card.norm == NORM_SHARED:
+            size = self.card.norm_stats_size
+            if norm_stats is None:
+                stats = np.zeros((batch.shape[0], size), np.float32)
+                norm_mix = 0.0
+            else:
+                stats = np.broadcast_to(norm_stats.astype(np.float32), (batch.shape[0], size))
+            feeds[self.input_names[1]] = np.ascontiguousarray(stats)
+            feeds[self.input_names[2]] = np.asarray([norm_mix], np.float32)
+        try:
+            outputs = self.session.run(None, feeds)
+        except Exception as exc:  # onnxruntime's errors are not typed
+            raise ModelError(f"{self.card.name} failed on a {batch.shape} batch: {exc}") from exc
+        own_stats = outputs[1] if self.card.norm == NORM_SHARED else None
+        return self.from_model_range(outputs[0]), own_stats
+
+
+def pool_norm_stats(tile_stats: np.ndarray, layers: tuple[int, ...]) -> np.ndarray:
+    """Pool per-tile (mean, var) of each normalisation layer into slide-wide statistics.
+
+    Layout of one stats vector: for each layer with C channels, C means then C variances.
+    The pooled variance is the variance of the union: E[var + mean^2] - E[mean]^2.
+    """
+    stats = np.asarray(tile_stats, np.float64).reshape(-1, tile_stats.shape[-1])
+    pooled = np.empty(stats.shape[1], np.float64)
+    offset = 0
+    for channels in layers:
+        means = stats[:, offset : offset + channels]
+        variances = stats[:, offset + channels : offset + 2 * channels]
+        mean = means.mean(axis=0)
+        pooled[offset : offset + channels] = mean
+        pooled[offset + channels : offset + 2 * channels] = (variances + means**2).mean(
+            axis=0
+        ) - mean**2
+        offset += 2 * channels
+    return pooled.astype(np.float32)

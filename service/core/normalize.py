@@ -1,0 +1,51 @@
+"""Robust per-mode intensity normalisation to [0, 1].
+
+Confocal exports are 8- or 16-bit (or float) and rarely use their full range; percentiles taken
+from a low-resolution pass over the whole slide map each mode to [0, 1] the same way for every
+tile, so tiles agree with each other and training (which calls the same functions) agrees with
+inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+LOW_PERCENTILE = 0.5
+HIGH_PERCENTILE = 99.5
+
+
+@dataclass(frozen=True)
+class IntensityRange:
+    """Input values mapped to 0 and 1 (in the file's own units)."""
+
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def estimate_range(thumbnail: np.ndarray) -> IntensityRange:
+    """Percentile range of a low-resolution view of one mode.
+
+    A flat image (high == low) gets a unit-wide range so that it maps to a constant instead of
+    dividing by zero.
+    """
+    values = np.asarray(thumbnail, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return IntensityRange(0.0, 1.0)
+    low, high = np.percentile(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    if high <= low:
+        high = low + 1.0
+    return IntensityRange(float(low), float(high))
+
+
+def normalize(pixels: np.ndarray, intensity: IntensityRange) -> np.ndarray:
+    """Map raw pixels to float32 in [0, 1] with the slide-wide range."""
+    scale = np.float32(1.0 / (intensity.high - intensity.low))
+    out = (pixels.astype(np.float32, copy=False) - np.float32(intensity.low)) * scale
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(out, 0.0, 1.0, out=out)
