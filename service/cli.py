@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Literal, NoReturn
+
 import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from service.config import get_settings
+from service.errors import DscmError, InputError
+from service.slide import SlideInputs, resolve_scan_dir
+from service.slide.reader import FCM_DETECTOR, RCM_DETECTOR
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -12,5 +31,177 @@ def main() -> None:
 
 
 # ---- engine commands (stain, info, models) are defined below this line ----
+
+
+def fail(error: DscmError) -> NoReturn:
+    """One line on stderr and a non-zero exit: the CLI's face for every expected error."""
+    click.echo(f"dscm: error: {error.detail}", err=True)
+    sys.exit(EXIT_CODES.get(error.http_status, 1))
+
+
+EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
+
+
+@main.command()
+@click.argument("scan_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--rcm", type=click.Path(path_type=Path), help="Reflectance image (with --fcm).")
+@click.option("--fcm", type=click.Path(path_type=Path), help="Fluorescence image (with --rcm).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output TIFF.")
+@click.option(
+    "--stages",
+    help="Comma-separated subset of despeckle,median,gareau,generator "
+    "(default: every stage whose model is installed).",
+)
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), help="Model folder.")
+@click.option("--tile-px", type=int, help="Output tile edge in pixels (multiple of 16).")
+@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--threads", type=int, help="onnxruntime threads (default: all cores).")
+@click.option(
+    "--compression", type=click.Choice(["jpeg", "lossless"]), default="jpeg", show_default=True
+)
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True)
+@click.option(
+    "--format", "output_format", type=click.Choice(["tiff", "ome-tiff"]), default="tiff",
+    show_default=True,
+)  # fmt: skip
+@click.option("--rcm-detector", default=RCM_DETECTOR, show_default=True)
+@click.option("--fcm-detector", default=FCM_DETECTOR, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
+def stain(
+    scan_dir: Path | None,
+    rcm: Path | None,
+    fcm: Path | None,
+    output: Path,
+    stages: str | None,
+    models_dir: Path | None,
+    tile_px: int | None,
+    batch_size: int,
+    threads: int | None,
+    compression: Literal["jpeg", "lossless"],
+    quality: int,
+    output_format: Literal["tiff", "ome-tiff"],
+    rcm_detector: str,
+    fcm_detector: str,
+    as_json: bool,
+) -> None:
+    """Stain an RCM/FCM pair (--rcm/--fcm) or a Vivascope SCAN_DIR into a pyramidal TIFF."""
+    from service.pipeline import StainSpec, stain_slide
+
+    settings = get_settings()
+    try:
+        if scan_dir is not None and (rcm or fcm):
+            raise InputError("give either SCAN_DIR or --rcm and --fcm, not both")
+        if scan_dir is not None:
+            inputs = resolve_scan_dir(scan_dir, rcm_detector, fcm_detector)
+        elif rcm is not None and fcm is not None:
+            inputs = SlideInputs(rcm=rcm, fcm=fcm)
+        else:
+            raise InputError("give a SCAN_DIR, or both --rcm and --fcm")
+        spec = StainSpec(
+            stages=tuple(stages.split(",")) if stages else None,
+            models_dir=models_dir or settings.models_dir,
+            tile_px=tile_px or settings.tile_px,
+            batch_size=batch_size,
+            compression=compression,
+            jpeg_quality=quality,
+            output_format=output_format,
+            threads=threads or settings.threads,
+            max_pixels=settings.max_pixels,
+        )
+        with ProgressBar() as bar:
+            report = stain_slide(inputs, output, spec, progress=bar.update)
+    except DscmError as error:
+        fail(error)
+    data = report.to_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        seconds, tiles = data["timings_s"]["total"], data["tiles"]
+        click.echo(
+            f"wrote {output} ({len(data['levels'])} levels, stages {','.join(data['stages'])}, "
+            f"{tiles['computed']}/{tiles['total']} tiles computed, {seconds:.1f} s)",
+            err=True,
+        )
+
+
+class ProgressBar:
+    """A rich progress bar on stderr, one task per stage."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> ProgressBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total or None)
+        self.progress.update(self.tasks[stage], completed=done, total=total or None)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+def info(path: Path, as_json: bool) -> None:
+    """Levels, size and microns per pixel of an image (input or stained pyramid)."""
+    from service.slide.info import describe
+
+    try:
+        data = describe(path)
+    except DscmError as error:
+        fail(error)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    mpp = f"{data['mpp_um']:.4g} um/px" if data["mpp_um"] else "mpp unknown"
+    click.echo(f"{path}: {data['format']}, {data['bands']} band(s) {data['pixel_format']}, {mpp}")
+    for i, level in enumerate(data["levels"]):
+        click.echo(f"  level {i}: {level['width_px']} x {level['height_px']} px")
+
+
+@main.command()
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), help="Model folder.")
+@click.option("--json", "as_json", is_flag=True, help="The full cards as JSON.")
+def models(models_dir: Path | None, as_json: bool) -> None:
+    """The installed models and their cards."""
+    from service.core.models import discover_models, read_card
+
+    folder = models_dir or get_settings().models_dir
+    try:
+        found = discover_models(folder)
+        cards = {
+            role: json.loads(path.with_suffix(".json").read_text()) for role, path in found.items()
+        }
+        summaries = {
+            role: read_card(path.with_suffix(".json")).to_summary() for role, path in found.items()
+        }
+    except DscmError as error:
+        fail(error)
+    if as_json:
+        click.echo(json.dumps(cards, indent=2))
+        return
+    if not found:
+        click.echo(f"no models in {folder}: only the median and gareau stages can run")
+    for role, summary in summaries.items():
+        metrics = cards[role].get("metrics", {})
+        click.echo(
+            f"{role:<10} {summary['name']} v{summary['version']} ({summary['architecture']}), "
+            f"halo {summary['halo_px']} px, sha256 {summary['sha256'][:12]}"
+        )
+        for key, value in metrics.items():
+            click.echo(f"           {key}: {value}")
+
 
 # ---- service commands (serve, worker, keys) are defined below this line ----

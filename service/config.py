@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -24,6 +24,72 @@ class Settings(BaseSettings):
     )
     tile_px: int = Field(default=1024, ge=64, le=8192, description="Output tile edge, pixels")
     threads: int | None = Field(default=None, ge=1, description="onnxruntime threads per model")
+
+    # ---- service (API, jobs, workers); see docs/api.md ----
+    storage_dir: Path = Field(
+        default=Path("dscm-data"), description="Uploads, results and the SQLite database"
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<storage_dir>/dscm.sqlite3"
+    )
+    broker_url: str | None = Field(
+        default=None, description="Redis URL for Celery; unset runs an in-process worker"
+    )
+    queue_name: str = Field(default="dscm", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="JSON file of hashed API keys; default <storage_dir>/api-keys.json",
+    )
+    anonymous_tenant: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Local demo only: requests without a key act as this tenant (submit, read)",
+    )
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Cap on one POST /v1/jobs body (both files)"
+    )
+    job_time_limit_s: float = Field(default=3600.0, gt=0, description="Longest one attempt may run")
+    visibility_timeout_s: float | None = Field(
+        default=None, gt=0, description="Redis redelivery timeout; default 2 x job_time_limit_s"
+    )
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    stale_after_s: float = Field(
+        default=60.0, gt=0, description="A running job whose heartbeat is older was lost"
+    )
+    sweep_interval_s: float = Field(default=15.0, gt=0)
+    requeue_grace_s: float = Field(
+        default=30.0, ge=0, description="Queued this long and held by no queue: enqueue again"
+    )
+    retention_s: float = Field(
+        default=7 * 86400.0, gt=0, description="Finished jobs and their files are purged after this"
+    )
+    thumbnail_px: int = Field(default=1024, ge=64, le=8192)
+    worker_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Prometheus port of a Celery worker process"
+    )
+
+    @model_validator(mode="after")
+    def _check_service_timing(self) -> Settings:
+        if self.visibility_timeout_s is not None and (
+            self.visibility_timeout_s <= self.job_time_limit_s
+        ):
+            raise ValueError("visibility_timeout_s must be above job_time_limit_s")
+        if self.stale_after_s <= 2 * self.heartbeat_interval_s:
+            raise ValueError("stale_after_s must be more than twice heartbeat_interval_s")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.storage_dir.resolve() / 'dscm.sqlite3'}"
+
+    @property
+    def effective_visibility_timeout_s(self) -> float:
+        return self.visibility_timeout_s or 2 * self.job_time_limit_s
+
+    @property
+    def effective_api_keys_file(self) -> Path:
+        return self.api_keys_file or self.storage_dir / "api-keys.json"
 
 
 @lru_cache

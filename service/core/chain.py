@@ -1,0 +1,157 @@
+"""The per-tile stain chain: despeckle -> 3x3 median -> Gareau -> generator.
+
+Works on batches of tiles that carry a halo of context on every side; each stage crops the
+context it has used up, so the result equals a whole-image pass (see docs/models.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.core.filters import median3x3
+from service.core.models import NORM_SHARED, OnnxModel, pool_norm_stats
+from service.core.stain import gareau_stain
+from service.errors import InputError, ModelError
+
+STAGES = ("despeckle", "median", "gareau", "generator")
+MEDIAN_HALO_PX = 1
+
+
+def resolve_stages(
+    requested: Iterable[str] | None, available_roles: Iterable[str]
+) -> tuple[str, ...]:
+    """Validate requested stages (canonical order); None means every stage that can run."""
+    available = set(available_roles)
+    if requested is None:
+        return tuple(s for s in STAGES if s in ("median", "gareau") or s in available)
+    wanted = [s.strip() for s in requested if s.strip()]
+    unknown = sorted(set(wanted) - set(STAGES))
+    if unknown:
+        raise InputError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    if "gareau" not in wanted:
+        raise InputError("the gareau stage is required: it turns FCM and RCM into colour")
+    for role in ("despeckle", "generator"):
+        if role in wanted and role not in available:
+            raise ModelError(f"stage {role!r} was requested but no {role} model is installed")
+    return tuple(s for s in STAGES if s in wanted)
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass
+class StageTimer:
+    """Seconds spent in each stage, summed over tiles."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, started_s: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started_s
+
+
+class StainChain:
+    """The selected stages with their models; knows the context (halo) each needs."""
+
+    def __init__(
+        self,
+        stages: Sequence[str],
+        despeckle: OnnxModel | None = None,
+        generator: OnnxModel | None = None,
+    ) -> None:
+        self.stages = tuple(stages)
+        self.despeckle = despeckle if "despeckle" in self.stages else None
+        self.generator = generator if "generator" in self.stages else None
+        self.despeckle_halo_px = self.despeckle.card.halo_px if self.despeckle else 0
+        self.median_halo_px = MEDIAN_HALO_PX if "median" in self.stages else 0
+        self.size_multiple_px = self.generator.card.size_multiple_px if self.generator else 1
+        self.generator_halo_px = (
+            round_up(self.generator.card.halo_px, self.size_multiple_px) if self.generator else 0
+        )
+        self.norm_stats: np.ndarray | None = None
+        self.timer = StageTimer()
+
+    @property
+    def halo_px(self) -> int:
+        """Context read around each output tile, per side."""
+        return self.despeckle_halo_px + self.median_halo_px + self.generator_halo_px
+
+    @property
+    def needs_shared_stats(self) -> bool:
+        return self.generator is not None and self.generator.card.norm == NORM_SHARED
+
+    def generator_input(self, fcm: np.ndarray, rcm: np.ndarray) -> np.ndarray:
+        """Stages up to Gareau on ``(N, S + 2 halo, S + 2 halo)`` blocks in [0, 1].
+
+        Returns ``(N, 3, S + 2 g, S + 2 g)`` Gareau RGB, g being the generator's halo.
+        """
+        if self.despeckle is not None:
+            started = time.perf_counter()
+            out, _ = self.despeckle.run(rcm[:, None])
+            rcm = crop(out[:, 0], self.despeckle_halo_px)
+            self.timer.add("despeckle", started)
+        else:
+            rcm = crop(rcm, self.despeckle_halo_px)
+        if self.median_halo_px:
+            started = time.perf_counter()
+            rcm = crop(median3x3(rcm), self.median_halo_px)
+            self.timer.add("median", started)
+        fcm = crop(fcm, self.despeckle_halo_px + self.median_halo_px)
+        started = time.perf_counter()
+        rgb = gareau_stain(fcm, rcm)
+        self.timer.add("gareau", started)
+        return rgb
+
+    def run(self, fcm: np.ndarray, rcm: np.ndarray) -> np.ndarray:
+        """Stain a batch; returns ``(N, S, S, 3)`` uint8 (halo removed)."""
+        rgb = self.generator_input(fcm, rcm)
+        if self.generator is not None:
+            started = time.perf_counter()
+            rgb, _ = self.generator.run(rgb, norm_stats=self.norm_stats, norm_mix=1.0)
+            self.timer.add("generator", started)
+        rgb = crop(rgb, self.generator_halo_px)
+        return to_uint8_hwc(rgb)
+
+    def estimate_norm_stats(self, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Pool the generator's own instance-norm statistics over sample tiles (mix = 0)."""
+        if not self.needs_shared_stats or self.generator is None:
+            return
+        collected = []
+        for fcm, rcm in blocks:
+            rgb = self.generator_input(fcm[None], rcm[None])
+            started = time.perf_counter()
+            _, stats = self.generator.run(rgb, norm_stats=None)
+            self.timer.add("statistics", started)
+            if stats is not None:
+                collected.append(stats)
+        if collected:
+            self.norm_stats = pool_norm_stats(
+                np.concatenate(collected), self.generator.card.norm_stats_layers
+            )
+
+    def background_rgb(self) -> np.ndarray:
+        """The colour this chain gives where both modes are zero (no tissue)."""
+        side_px = round_up(2 * self.halo_px + 16, max(self.size_multiple_px, 4))
+        zeros = np.zeros((1, side_px, side_px), np.float32)
+        saved = dict(self.timer.seconds)
+        out = self.run(zeros, zeros)
+        self.timer.seconds = saved
+        centre = out.shape[1] // 2
+        return np.asarray(out[0, centre, centre], np.uint8)
+
+
+def crop(array: np.ndarray, margin_px: int) -> np.ndarray:
+    """Remove ``margin_px`` from each side of the last two axes."""
+    if margin_px == 0:
+        return array
+    return array[..., margin_px:-margin_px, margin_px:-margin_px]
+
+
+def to_uint8_hwc(rgb: np.ndarray) -> np.ndarray:
+    """``(N, 3, H, W)`` floats in [0, 1] to ``(N, H, W, 3)`` uint8, rounded."""
+    scaled = np.clip(rgb, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
+    return np.ascontiguousarray(scaled.astype(np.uint8).transpose(0, 2, 3, 1))

@@ -1,0 +1,292 @@
+"""stain_slide: THE use case. The CLI, the worker, the benchmarks and the tests all call it."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from service.core.chain import StainChain, resolve_stages, round_up
+from service.core.models import OnnxModel, Role, discover_models, file_sha256
+from service.core.normalize import IntensityRange, estimate_range, normalize
+from service.core.tiles import Tile, tile_grid, tissue_mask, tissue_tiles
+from service.errors import InputError
+from service.slide import OpenedMode, PairInfo, PyramidWriter, SlideInputs, open_pair
+
+ProgressCallback = Callable[[str, int, int], None]
+THUMBNAIL_MAX_SIDE_PX = 2048
+READ_QUEUE_BATCHES = 2
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class StainSpec:
+    """How to stain: stages, models, tiling and output encoding."""
+
+    stages: tuple[str, ...] | None = None
+    models_dir: Path = Path("models")
+    tile_px: int = 1024
+    batch_size: int = 1
+    compression: Literal["jpeg", "lossless"] = "jpeg"
+    jpeg_quality: int = 90
+    output_format: Literal["tiff", "ome-tiff"] = "tiff"
+    threads: int | None = None
+    max_pixels: int = 400_000_000
+    skip_background: bool = True
+    stats_tiles: int = 8
+
+    def __post_init__(self) -> None:
+        if self.tile_px < 64 or self.tile_px % 16:
+            raise InputError(f"tile_px must be a multiple of 16 and >= 64, got {self.tile_px}")
+        if not 1 <= self.batch_size <= 64:
+            raise InputError(f"batch_size must be 1..64, got {self.batch_size}")
+        if self.compression not in ("jpeg", "lossless"):
+            raise InputError(f"compression must be jpeg or lossless, got {self.compression!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise InputError(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
+        if self.output_format not in ("tiff", "ome-tiff"):
+            raise InputError(f"output_format must be tiff or ome-tiff, got {self.output_format!r}")
+        if self.stats_tiles < 1:
+            raise InputError("stats_tiles must be at least 1")
+
+
+@dataclass
+class ModelSet:
+    """ONNX sessions loaded once (per worker process) and reused for every slide."""
+
+    models: dict[Role, OnnxModel] = field(default_factory=dict)
+
+    def chain(self, requested: Sequence[str] | None) -> StainChain:
+        stages = resolve_stages(requested, self.models)
+        return StainChain(stages, self.models.get("despeckle"), self.models.get("generator"))
+
+
+def load_models(spec: StainSpec) -> ModelSet:
+    """Load the models that ``spec`` can use from ``spec.models_dir``."""
+    found = discover_models(spec.models_dir)
+    wanted = resolve_stages(spec.stages, found)
+    return ModelSet(
+        {role: OnnxModel(path, spec.threads) for role, path in found.items() if role in wanted}
+    )
+
+
+@dataclass
+class StainReport:
+    """What happened: inputs, models, tiles, timings and the output's identity."""
+
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+
+def stain_slide(
+    inputs: SlideInputs,
+    output: Path,
+    spec: StainSpec,
+    progress: ProgressCallback | None = None,
+    models: ModelSet | None = None,
+) -> StainReport:
+    """Stain one RCM/FCM pair into a pyramidal TIFF at ``output`` (atomically).
+
+    ``progress(stage, done, total)`` is called between tiles; raising JobCancelled (or any
+    error) from it stops the stain and leaves nothing at ``output``.
+    """
+    started = time.perf_counter()
+    report_progress = progress or (lambda stage, done, total: None)
+    output = Path(output)
+    if output.resolve() in (inputs.rcm.resolve(), inputs.fcm.resolve()):
+        raise InputError("the output would overwrite an input")
+    timings: dict[str, float] = {}
+
+    report_progress("prepare", 0, 1)
+    info, rcm, fcm = open_pair(inputs, spec.max_pixels)
+    models = models if models is not None else load_models(spec)
+    chain = models.chain(spec.stages)
+    timings["open"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    fcm_thumb, rcm_thumb = (
+        fcm.thumbnail(THUMBNAIL_MAX_SIDE_PX),
+        rcm.thumbnail(THUMBNAIL_MAX_SIDE_PX),
+    )
+    ranges = {"fcm": estimate_range(fcm_thumb), "rcm": estimate_range(rcm_thumb)}
+    mask = tissue_mask(normalize(fcm_thumb, ranges["fcm"]), normalize(rcm_thumb, ranges["rcm"]))
+    timings["thumbnail"] = time.perf_counter() - mark
+    report_progress("prepare", 1, 1)
+
+    tile_px = min(spec.tile_px, round_up(max(info.width_px, info.height_px), 16))
+    tiles = tile_grid(info.width_px, info.height_px, tile_px)
+    if spec.skip_background:
+        flags = tissue_tiles(tiles, mask, (info.height_px, info.width_px), chain.halo_px)
+    else:
+        flags = [True] * len(tiles)
+    todo = [tile for tile, flag in zip(tiles, flags, strict=True) if flag]
+    reader = TileReader(fcm, rcm, ranges, tile_px, chain.halo_px)
+
+    mark = time.perf_counter()
+    sample = spread_sample(todo or tiles, spec.stats_tiles)
+    report_progress("statistics", 0, len(sample) if chain.needs_shared_stats else 0)
+    chain.estimate_norm_stats(reader.read(tile) for tile in sample if chain.needs_shared_stats)
+    background = chain.background_rgb()
+    timings["statistics"] = time.perf_counter() - mark
+
+    writer = PyramidWriter(output, info.width_px, info.height_px, info.mpp_um)
+    try:
+        mark = time.perf_counter()
+        for tile, flag in zip(tiles, flags, strict=True):
+            if not flag:
+                writer.fill(tile.l0_x, tile.l0_y, tile.width_px, tile.height_px, background)
+        done = len(tiles) - len(todo)
+        report_progress("tiles", done, len(tiles))
+        for batch in reader.batches(todo, spec.batch_size):
+            fcm_block = np.stack([b[1] for b in batch])
+            rcm_block = np.stack([b[2] for b in batch])
+            stained = chain.run(fcm_block, rcm_block)
+            for (tile, _, _), rgb in zip(batch, stained, strict=True):
+                writer.write(tile.l0_x, tile.l0_y, rgb[: tile.height_px, : tile.width_px])
+            done += len(batch)
+            report_progress("tiles", done, len(tiles))
+        timings["tiles"] = time.perf_counter() - mark
+        timings["read"] = reader.busy_s
+
+        mark = time.perf_counter()
+        report_progress("pyramid", 0, 1)
+        levels = writer.finish(spec.compression, spec.jpeg_quality, spec.output_format)
+        timings["pyramid"] = time.perf_counter() - mark
+    except BaseException:
+        reader.stop()
+        writer.abort()
+        raise
+    report_progress("pyramid", 1, 1)
+    timings.update(chain.timer.seconds)
+    timings["total"] = time.perf_counter() - started
+    return StainReport(
+        build_report(info, output, spec, chain, ranges, tiles, todo, tile_px, levels, timings)
+        | {"background_rgb": [int(v) for v in background]}
+    )
+
+
+def spread_sample(tiles: list[Tile], count: int) -> list[Tile]:
+    """Up to ``count`` tiles spread evenly over the list (deterministic)."""
+    if len(tiles) <= count:
+        return list(tiles)
+    positions = np.linspace(0, len(tiles) - 1, count).round().astype(int)
+    return [tiles[i] for i in sorted(set(positions.tolist()))]
+
+
+class TileReader:
+    """Reads and normalises tile blocks (tile + halo) on a background thread, ahead of inference."""
+
+    def __init__(
+        self,
+        fcm: OpenedMode,
+        rcm: OpenedMode,
+        ranges: dict[str, IntensityRange],
+        tile_px: int,
+        halo_px: int,
+    ) -> None:
+        self.fcm, self.rcm, self.ranges = fcm, rcm, ranges
+        self.side_px, self.halo_px = tile_px + 2 * halo_px, halo_px
+        self.busy_s = 0.0
+        self._stop = threading.Event()
+
+    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        started = time.perf_counter()
+        x, y, side = tile.l0_x - self.halo_px, tile.l0_y - self.halo_px, self.side_px
+        fcm = normalize(self.fcm.read_padded(x, y, side, side), self.ranges["fcm"])
+        rcm = normalize(self.rcm.read_padded(x, y, side, side), self.ranges["rcm"])
+        self.busy_s += time.perf_counter() - started
+        return fcm, rcm
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def batches(
+        self, tiles: list[Tile], batch_size: int
+    ) -> Iterator[list[tuple[Tile, np.ndarray, np.ndarray]]]:
+        """Batches of (tile, fcm block, rcm block), read by a thread; errors re-raised here."""
+        blocks: queue.Queue[Any] = queue.Queue(maxsize=READ_QUEUE_BATCHES * batch_size)
+
+        def produce() -> None:
+            try:
+                for tile in tiles:
+                    item = (tile, *self.read(tile))
+                    while not self._stop.is_set():
+                        try:
+                            blocks.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if self._stop.is_set():
+                        return
+                blocks.put(_DONE)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                blocks.put(exc)
+
+        thread = threading.Thread(target=produce, name="dscm-tile-reader", daemon=True)
+        thread.start()
+        batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+        try:
+            while True:
+                item = blocks.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                batch.append(item)
+                if len(batch) == batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+        finally:
+            self._stop.set()
+            thread.join(timeout=5)
+
+
+def build_report(
+    info: PairInfo,
+    output: Path,
+    spec: StainSpec,
+    chain: StainChain,
+    ranges: dict[str, IntensityRange],
+    tiles: list[Tile],
+    todo: list[Tile],
+    tile_px: int,
+    levels: list[Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    models = [m.card.to_summary() for m in (chain.despeckle, chain.generator) if m is not None]
+    providers = sorted({m.provider for m in (chain.despeckle, chain.generator) if m is not None})
+    return {
+        "input": info.to_dict(),
+        "output": str(output),
+        "output_sha256": file_sha256(output),
+        "output_bytes": output.stat().st_size,
+        "output_format": spec.output_format,
+        "compression": spec.compression,
+        "jpeg_quality": spec.jpeg_quality if spec.compression == "jpeg" else None,
+        "mpp_um": info.mpp_um,
+        "levels": [asdict(level) for level in levels],
+        "stages": list(chain.stages),
+        "models": models,
+        "providers": providers,
+        "normalisation": {mode: r.to_dict() for mode, r in ranges.items()},
+        "tiles": {
+            "total": len(tiles),
+            "computed": len(todo),
+            "skipped": len(tiles) - len(todo),
+            "tile_px": tile_px,
+            "halo_px": chain.halo_px,
+            "batch_size": spec.batch_size,
+        },
+        "shared_norm_stats": chain.norm_stats is not None,
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+    }

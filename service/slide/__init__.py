@@ -1,0 +1,27 @@
+"""Slide I/O: the only package that imports pyvips."""
+
+from service.slide.reader import (
+    DEFAULT_MPP_UM,
+    ImageInfo,
+    OpenedMode,
+    PairInfo,
+    SlideInputs,
+    open_pair,
+    probe_pair,
+    resolve_scan_dir,
+)
+from service.slide.writer import PyramidLevel, PyramidWriter, write_thumbnail
+
+__all__ = [
+    "DEFAULT_MPP_UM",
+    "ImageInfo",
+    "OpenedMode",
+    "PairInfo",
+    "PyramidLevel",
+    "PyramidWriter",
+    "SlideInputs",
+    "open_pair",
+    "probe_pair",
+    "resolve_scan_dir",
+    "write_thumbnail",
+]

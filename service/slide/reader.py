@@ -1,0 +1,249 @@
+"""Open and validate an RCM/FCM pair: headers first, pixels only once the pair is accepted."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyvips
+
+from service.errors import (
+    BandError,
+    CorruptSlide,
+    InputError,
+    PixelLimitExceeded,
+    SizeMismatch,
+    SlideNotFound,
+    UnsupportedFormat,
+)
+from service.slide.tiff_header import check_tiff_extent
+
+# Only the three loaders below are ever used; the rest of libvips' loaders (some of which are
+# not fuzzed for hostile input) stay blocked too.
+pyvips.block_untrusted_set(True)
+
+DEFAULT_MPP_UM = 0.75
+SMALL_FORMAT_MAX_PIXELS = 50_000_000  # PNG/JPEG decode whole; they are for small crops
+RCM_DETECTOR = "DET#1"
+FCM_DETECTOR = "DET#2"
+SCAN_FILE = "highres_raw.tif"
+
+_NUMPY_DTYPES = {"uchar": np.uint8, "ushort": np.uint16, "float": np.float32}
+_MAGIC = (
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),
+    (b"MM\x00+", "tiff"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+)
+
+
+@dataclass(frozen=True)
+class SlideInputs:
+    """The two files of one slide."""
+
+    rcm: Path
+    fcm: Path
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header of one mode says."""
+
+    path: str
+    format: str
+    width_px: int
+    height_px: int
+    bands: int
+    dtype: str
+    mpp_um: float | None
+
+
+@dataclass(frozen=True)
+class PairInfo:
+    width_px: int
+    height_px: int
+    mpp_um: float
+    rcm: ImageInfo
+    fcm: ImageInfo
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_scan_dir(
+    scan_dir: Path, rcm_detector: str = RCM_DETECTOR, fcm_detector: str = FCM_DETECTOR
+) -> SlideInputs:
+    """A Vivascope scan folder: ``DET#1/highres_raw.tif`` reflectance, ``DET#2`` fluorescence.
+
+    Public code of the instrument's users disagrees on the mapping, so it is a parameter.
+    """
+    if not scan_dir.is_dir():
+        raise SlideNotFound(f"scan folder not found: {scan_dir}")
+    rcm, fcm = scan_dir / rcm_detector / SCAN_FILE, scan_dir / fcm_detector / SCAN_FILE
+    for path in (rcm, fcm):
+        if not path.is_file():
+            raise SlideNotFound(f"scan folder {scan_dir} has no {path.relative_to(scan_dir)}")
+    return SlideInputs(rcm=rcm, fcm=fcm)
+
+
+def sniff_format(path: Path) -> str:
+    """The container format from the file's first bytes (never from its name)."""
+    if not path.is_file():
+        raise SlideNotFound(f"file not found: {path}")
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if not head:
+        raise UnsupportedFormat(f"{path.name}: empty file")
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    raise UnsupportedFormat(f"{path.name}: not a TIFF, PNG or JPEG image")
+
+
+def open_image(path: Path) -> pyvips.Image:
+    """Open lazily with the one loader its magic bytes name; truncated data is an error."""
+    kind = sniff_format(path)
+    loader = {"tiff": pyvips.Image.tiffload, "png": pyvips.Image.pngload}.get(
+        kind, pyvips.Image.jpegload
+    )
+    try:
+        return loader(str(path), access="random", fail_on="truncated")
+    except pyvips.Error as exc:
+        raise CorruptSlide(
+            f"{path.name}: truncated or corrupt {kind.upper()}: {first_line(exc)}"
+        ) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The informative line of a libvips error (not "unable to call ..."), without file paths."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith("unable to call")]
+    text = (useful or lines or [type(exc).__name__])[0]
+    return text.rsplit(": ", 1)[-1] if text.startswith("/") else text
+
+
+def read_mpp_um(image: pyvips.Image) -> float | None:
+    """Microns per pixel from the resolution tags, or None when the file does not say."""
+    fields = image.get_fields()
+    if "resolution-unit" not in fields and image.get("xres") <= 1.0:
+        return None
+    xres_px_per_mm = float(image.get("xres"))
+    if not math.isfinite(xres_px_per_mm) or xres_px_per_mm <= 1.0:
+        return None
+    return 1000.0 / xres_px_per_mm
+
+
+def probe_image(path: Path, max_pixels: int) -> tuple[ImageInfo, pyvips.Image]:
+    kind = sniff_format(path)
+    image = open_image(path)
+    pixels = image.width * image.height
+    limit = max_pixels if kind == "tiff" else min(max_pixels, SMALL_FORMAT_MAX_PIXELS)
+    if pixels > limit:
+        raise PixelLimitExceeded(
+            f"{path.name}: {image.width} x {image.height} px exceeds the limit of {limit} px"
+        )
+    if image.format not in _NUMPY_DTYPES:
+        raise InputError(
+            f"{path.name}: pixel format {image.format} is not supported "
+            "(8- or 16-bit unsigned, or float)"
+        )
+    if image.bands not in (1, 3):
+        raise BandError(f"{path.name}: {image.bands} bands; expected one grayscale band")
+    if kind == "tiff":
+        check_tiff_extent(path)
+    info = ImageInfo(
+        path=str(path),
+        format=kind,
+        width_px=image.width,
+        height_px=image.height,
+        bands=image.bands,
+        dtype=str(np.dtype(_NUMPY_DTYPES[image.format])),
+        mpp_um=read_mpp_um(image),
+    )
+    return info, image
+
+
+def probe_pair(inputs: SlideInputs, max_pixels: int) -> PairInfo:
+    """Validate a pair from its headers; RGB inputs are also checked to be gray (a thumbnail)."""
+    rcm_info, rcm = probe_image(inputs.rcm, max_pixels)
+    fcm_info, fcm = probe_image(inputs.fcm, max_pixels)
+    if (rcm.width, rcm.height) != (fcm.width, fcm.height):
+        raise SizeMismatch(
+            f"RCM is {rcm.width} x {rcm.height} px but FCM is {fcm.width} x {fcm.height} px"
+        )
+    for info, image in ((rcm_info, rcm), (fcm_info, fcm)):
+        if image.bands == 3:
+            require_gray(image, Path(info.path).name)
+    mpp_um = rcm_info.mpp_um or fcm_info.mpp_um or DEFAULT_MPP_UM
+    return PairInfo(rcm.width, rcm.height, mpp_um, rcm_info, fcm_info)
+
+
+def require_gray(image: pyvips.Image, name: str, max_side_px: int = 512) -> None:
+    """An RGB file is accepted as gray only if its three channels are equal (JPEG: nearly)."""
+    small = shrink_to_array(image, max_side_px)
+    spread = float(np.max(small.max(axis=-1) - small.min(axis=-1)))
+    full_scale = 255.0 if image.format == "uchar" else 65535.0 if image.format == "ushort" else 1.0
+    if spread > 0.02 * full_scale:
+        raise BandError(f"{name}: a colour RGB image; RCM and FCM must be grayscale")
+
+
+def shrink_to_array(image: pyvips.Image, max_side_px: int) -> np.ndarray:
+    """A box-filtered view whose longer side is at most ``max_side_px`` (decodes every pixel)."""
+    factor = max(1, math.ceil(max(image.width, image.height) / max_side_px))
+    small = image.shrink(factor, factor) if factor > 1 else image
+    try:
+        array = np.asarray(small.numpy())
+    except pyvips.Error as exc:
+        raise CorruptSlide(f"image data is truncated or corrupt: {first_line(exc)}") from exc
+    return array if array.ndim == 3 else array[..., None]
+
+
+class OpenedMode:
+    """One validated mode, reading gray regions with reflected padding at the slide's edges."""
+
+    def __init__(self, image: pyvips.Image, name: str) -> None:
+        self.image = image
+        self.name = name
+        self.dtype = _NUMPY_DTYPES[image.format]
+        self.region = pyvips.Region.new(image)
+
+    def thumbnail(self, max_side_px: int) -> np.ndarray:
+        return shrink_to_array(self.image, max_side_px)[..., 0]
+
+    def read_padded(self, l0_x: int, l0_y: int, width_px: int, height_px: int) -> np.ndarray:
+        """Pixels of a box that may extend past the slide; outside is mirrored (reflect)."""
+        left, top = max(l0_x, 0), max(l0_y, 0)
+        right = min(l0_x + width_px, self.image.width)
+        bottom = min(l0_y + height_px, self.image.height)
+        try:
+            data = self.region.fetch(left, top, right - left, bottom - top)
+        except pyvips.Error as exc:
+            raise CorruptSlide(
+                f"{self.name}: corrupt data near ({left}, {top}): {first_line(exc)}"
+            ) from exc
+        bands = self.image.bands
+        block = np.frombuffer(data, dtype=self.dtype).reshape(bottom - top, right - left, bands)
+        block = block[..., 0]
+        pad = ((top - l0_y, l0_y + height_px - bottom), (left - l0_x, l0_x + width_px - right))
+        if any(p for pair in pad for p in pair):
+            block = pad_reflect(block, pad)
+        return block
+
+
+def pad_reflect(block: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """Mirror padding (numpy repeats the reflection when the pad exceeds the block)."""
+    mode = "reflect" if min(block.shape) > 1 else "edge"
+    return np.pad(block, pad, mode=mode)
+
+
+def open_pair(inputs: SlideInputs, max_pixels: int) -> tuple[PairInfo, OpenedMode, OpenedMode]:
+    """Probe, then open both modes for region reads."""
+    info = probe_pair(inputs, max_pixels)
+    rcm = OpenedMode(open_image(inputs.rcm), "RCM")
+    fcm = OpenedMode(open_image(inputs.fcm), "FCM")
+    return info, rcm, fcm

@@ -1,0 +1,71 @@
+"""A header-only TIFF check: do the strips or tiles of page 0 fit inside the file?
+
+libvips reads TIFF data lazily, so a truncated upload would otherwise be noticed only when the
+missing region is decoded. Reading the offset and byte-count tables (a few KB) catches it
+before any pixel is decoded, which lets the API refuse the upload at once.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from service.errors import CorruptSlide
+
+_TYPE_SIZES = {1: 1, 3: 2, 4: 4, 16: 8}  # BYTE, SHORT, LONG, LONG8
+_TYPE_CODES = {1: "B", 3: "H", 4: "I", 16: "Q"}
+_STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS = 273, 279, 324, 325
+_WANTED = {_STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS}
+
+
+def check_tiff_extent(path: Path) -> None:
+    """Raise CorruptSlide if page 0's image data extends past the end of the file."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(16)
+        if len(head) < 8:
+            raise CorruptSlide(f"{path.name}: TIFF header is truncated")
+        order = "<" if head[:2] == b"II" else ">"
+        version = struct.unpack(order + "H", head[2:4])[0]
+        big = version == 43
+        if big:
+            ifd_offset = struct.unpack(order + "Q", head[8:16])[0]
+            count_fmt, value_count_fmt, entry_size, value_size = "Q", "Q", 20, 8
+        else:
+            ifd_offset = struct.unpack(order + "I", head[4:8])[0]
+            count_fmt, value_count_fmt, entry_size, value_size = "H", "I", 12, 4
+        count_size = struct.calcsize(count_fmt)
+        if ifd_offset + count_size > size:
+            raise CorruptSlide(f"{path.name}: TIFF directory lies past the end of the file")
+        handle.seek(ifd_offset)
+        n_entries = struct.unpack(order + count_fmt, handle.read(count_size))[0]
+        table = handle.read(n_entries * entry_size)
+        if len(table) < n_entries * entry_size:
+            raise CorruptSlide(f"{path.name}: TIFF directory is truncated")
+        arrays: dict[int, list[int]] = {}
+        for i in range(n_entries):
+            entry = table[i * entry_size : (i + 1) * entry_size]
+            tag, type_id = struct.unpack(order + "HH", entry[:4])
+            if tag not in _WANTED or type_id not in _TYPE_SIZES:
+                continue
+            n_values = struct.unpack(order + value_count_fmt, entry[4 : 4 + value_size])[0]
+            raw_bytes = n_values * _TYPE_SIZES[type_id]
+            value_field = entry[4 + value_size : 4 + 2 * value_size]
+            if raw_bytes <= value_size:
+                data = value_field[:raw_bytes]
+            else:
+                offset = struct.unpack(order + ("Q" if big else "I"), value_field)[0]
+                if offset + raw_bytes > size:
+                    raise CorruptSlide(f"{path.name}: TIFF offset table lies past end of file")
+                handle.seek(offset)
+                data = handle.read(raw_bytes)
+            arrays[tag] = list(struct.unpack(order + _TYPE_CODES[type_id] * n_values, data))
+    for offsets_tag, counts_tag in ((_STRIP_OFFSETS, _STRIP_COUNTS), (_TILE_OFFSETS, _TILE_COUNTS)):
+        offsets, counts = arrays.get(offsets_tag), arrays.get(counts_tag)
+        if offsets is None or counts is None:
+            continue
+        end = max((o + c for o, c in zip(offsets, counts, strict=False) if c), default=0)
+        if end > size:
+            raise CorruptSlide(
+                f"{path.name}: truncated TIFF: image data needs {end} bytes, file has {size}"
+            )

@@ -1,0 +1,167 @@
+"""Write the stained slide as a pyramidal tiled BigTIFF, atomically, in bounded memory.
+
+Tiles land in a raw RGB file on disk (``np.memmap``, preallocated so that a full disk fails
+at once instead of killing the process with SIGBUS); libvips then streams that file into a
+page-per-level pyramid (the generic tiled TIFF layout OpenSlide and QuPath open; SubIFD
+pyramids are only used for OME-TIFF, which OpenSlide does not read anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyvips
+
+from service.errors import OutputError
+
+Compression = Literal["jpeg", "lossless"]
+OutputFormat = Literal["tiff", "ome-tiff"]
+TIFF_TILE_PX = 256
+
+
+@dataclass(frozen=True)
+class PyramidLevel:
+    width_px: int
+    height_px: int
+    downsample: float
+
+
+class PyramidWriter:
+    """Collects RGB tiles of a ``width x height`` slide, then saves the pyramid."""
+
+    def __init__(self, output: Path, width_px: int, height_px: int, mpp_um: float) -> None:
+        self.output = output
+        self.width_px, self.height_px, self.mpp_um = width_px, height_px, mpp_um
+        stem = f".{output.name}.{uuid.uuid4().hex[:8]}"
+        self.raw_path = output.parent / f"{stem}.raw"
+        self.tmp_path = output.parent / f"{stem}.partial.tif"
+        nbytes = width_px * height_px * 3
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.raw_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, nbytes)
+            finally:
+                os.close(fd)
+            self.canvas = np.memmap(
+                self.raw_path, dtype=np.uint8, mode="r+", shape=(height_px, width_px, 3)
+            )
+        except OSError as exc:
+            self._remove_temporaries()
+            raise output_error(exc, output) from exc
+
+    def write(self, l0_x: int, l0_y: int, rgb: np.ndarray) -> None:
+        """Place an ``(h, w, 3)`` uint8 block with its top-left corner at level-0 (x, y)."""
+        height, width = rgb.shape[:2]
+        self.canvas[l0_y : l0_y + height, l0_x : l0_x + width] = rgb
+
+    def fill(self, l0_x: int, l0_y: int, width_px: int, height_px: int, rgb: np.ndarray) -> None:
+        self.canvas[l0_y : l0_y + height_px, l0_x : l0_x + width_px] = rgb
+
+    def finish(
+        self, compression: Compression, jpeg_quality: int, output_format: OutputFormat
+    ) -> list[PyramidLevel]:
+        """Save the pyramid under a temporary name, then rename it into place."""
+        try:
+            self.canvas.flush()
+            image = pyvips.Image.new_from_memory(
+                self.canvas.data, self.width_px, self.height_px, 3, "uchar"
+            ).copy(interpretation="srgb")
+            px_per_mm = 1000.0 / self.mpp_um
+            options: dict[str, object] = {
+                "tile": True,
+                "tile_width": TIFF_TILE_PX,
+                "tile_height": TIFF_TILE_PX,
+                "pyramid": True,
+                "bigtiff": True,
+                "xres": px_per_mm,
+                "yres": px_per_mm,
+                "resunit": "cm",
+            }
+            if compression == "jpeg":
+                options.update(compression="jpeg", Q=jpeg_quality)
+            else:
+                options.update(compression="deflate", predictor="horizontal")
+            if output_format == "ome-tiff":
+                image = image.copy()
+                image.set_type(pyvips.GValue.gstr_type, "image-description", self._ome_xml())
+                options["subifd"] = True
+            image.tiffsave(str(self.tmp_path), **options)
+            del image
+            del self.canvas
+            with self.tmp_path.open("rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self.tmp_path, self.output)
+        except (OSError, pyvips.Error) as exc:
+            self.abort()
+            raise output_error(exc, self.output) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                self.raw_path.unlink()
+        return pyramid_levels(self.width_px, self.height_px)
+
+    def abort(self) -> None:
+        """Remove every temporary; the final name is never touched."""
+        if hasattr(self, "canvas"):
+            del self.canvas
+        self._remove_temporaries()
+
+    def _remove_temporaries(self) -> None:
+        for path in (self.raw_path, self.tmp_path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def _ome_xml(self) -> str:
+        mpp = f"{self.mpp_um:.6g}"
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+            '<Image ID="Image:0" Name="dscm stain"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" '
+            f'Type="uint8" SizeX="{self.width_px}" SizeY="{self.height_px}" SizeC="3" SizeZ="1" '
+            f'SizeT="1" Interleaved="true" PhysicalSizeX="{mpp}" PhysicalSizeXUnit="µm" '
+            f'PhysicalSizeY="{mpp}" PhysicalSizeYUnit="µm">'
+            '<Channel ID="Channel:0:0" SamplesPerPixel="3"><LightPath/></Channel>'
+            '<TiffData IFD="0" PlaneCount="1"/></Pixels></Image></OME>'
+        )
+
+
+def pyramid_levels(width_px: int, height_px: int) -> list[PyramidLevel]:
+    """The levels libvips writes: halve (rounding up) until a level fits in one tile."""
+    levels = [PyramidLevel(width_px, height_px, 1.0)]
+    width, height, downsample = width_px, height_px, 1.0
+    while width > TIFF_TILE_PX or height > TIFF_TILE_PX:
+        width, height, downsample = (
+            max(1, (width + 1) // 2),
+            max(1, (height + 1) // 2),
+            downsample * 2,
+        )
+        levels.append(PyramidLevel(width, height, downsample))
+    return levels
+
+
+def output_error(exc: BaseException, output: Path) -> OutputError:
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or "No space" in str(exc):
+        return OutputError(f"no space left to write {output.name}")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in str(exc):
+        return OutputError(f"cannot write to {output.parent}: permission denied")
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OutputError(f"cannot write {output.name}: {message}")
+
+
+def write_thumbnail(tiff: Path, jpeg: Path, max_px: int = 1024) -> None:
+    """A JPEG preview of a stained pyramid (reads its smallest sufficient level)."""
+    try:
+        thumb = pyvips.Image.thumbnail(str(tiff), max_px, height=max_px)
+        tmp = jpeg.with_name(f".{jpeg.name}.{uuid.uuid4().hex[:8]}.tmp.jpg")
+        thumb.jpegsave(str(tmp), Q=85)
+        os.replace(tmp, jpeg)
+    except (OSError, pyvips.Error) as exc:
+        raise output_error(exc, jpeg) from exc
