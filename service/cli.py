@@ -128,13 +128,15 @@ class ProgressBar:
     """A rich progress bar on stderr, one task per stage."""
 
     def __init__(self) -> None:
+        console = Console(stderr=True)
         self.progress = Progress(
             TextColumn("{task.description:<10}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=False,
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
         )
         self.tasks: dict[str, TaskID] = {}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 
@@ -12,7 +14,7 @@ def median3x3(image: np.ndarray) -> np.ndarray:
     """
     height, width = image.shape[-2:]
     pad = [(0, 0)] * (image.ndim - 2) + [(1, 1), (1, 1)]
-    mode = "reflect" if min(height, width) > 1 else "edge"
+    mode: Literal["reflect", "edge"] = "reflect" if min(height, width) > 1 else "edge"
     padded = np.pad(image, pad, mode=mode)
     shifted = np.stack(
         [padded[..., dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]

@@ -27,7 +27,7 @@ class Tile:
 
 def tile_grid(width_px: int, height_px: int, tile_px: int) -> list[Tile]:
     """Row-major tiles covering the whole slide, the last row and column included."""
-    tiles = []
+    tiles: list[Tile] = []
     for l0_y in range(0, height_px, tile_px):
         for l0_x in range(0, width_px, tile_px):
             tiles.append(

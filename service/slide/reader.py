@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyvips
@@ -237,7 +237,7 @@ class OpenedMode:
 
 def pad_reflect(block: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
     """Mirror padding (numpy repeats the reflection when the pad exceeds the block)."""
-    mode = "reflect" if min(block.shape) > 1 else "edge"
+    mode: Literal["reflect", "edge"] = "reflect" if min(block.shape) > 1 else "edge"
     return np.pad(block, pad, mode=mode)
 
 

@@ -105,7 +105,7 @@ class PyramidWriter:
         finally:
             with contextlib.suppress(OSError):
                 self.raw_path.unlink()
-        return pyramid_levels(self.width_px, self.height_px)
+        return read_levels(self.output, output_format)
 
     def abort(self) -> None:
         """Remove every temporary; the final name is never touched."""
@@ -132,18 +132,16 @@ class PyramidWriter:
         )
 
 
-def pyramid_levels(width_px: int, height_px: int) -> list[PyramidLevel]:
-    """The levels libvips writes: halve (rounding up) until a level fits in one tile."""
-    levels = [PyramidLevel(width_px, height_px, 1.0)]
-    width, height, downsample = width_px, height_px, 1.0
-    while width > TIFF_TILE_PX or height > TIFF_TILE_PX:
-        width, height, downsample = (
-            max(1, (width + 1) // 2),
-            max(1, (height + 1) // 2),
-            downsample * 2,
-        )
-        levels.append(PyramidLevel(width, height, downsample))
-    return levels
+def read_levels(path: Path, output_format: OutputFormat = "tiff") -> list[PyramidLevel]:
+    """The pyramid levels as written in the file (headers only)."""
+    first = pyvips.Image.tiffload(str(path))
+    if output_format == "ome-tiff":
+        n_sub = int(first.get("n-subifds")) if "n-subifds" in first.get_fields() else 0
+        pages = [first] + [pyvips.Image.tiffload(str(path), subifd=i) for i in range(n_sub)]
+    else:
+        n_pages = int(first.get("n-pages"))
+        pages = [first] + [pyvips.Image.tiffload(str(path), page=i) for i in range(1, n_pages)]
+    return [PyramidLevel(p.width, p.height, round(first.width / p.width, 4)) for p in pages]
 
 
 def output_error(exc: BaseException, output: Path) -> OutputError:

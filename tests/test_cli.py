@@ -1,0 +1,86 @@
+"""The `dscm` command: stain (pair and scan folder), --json, info, models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import SAMPLE_SCAN
+
+from service.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_stain_pair_prints_a_json_report(make_pair, shared_models: Path, tmp_path: Path) -> None:
+    inputs = make_pair(700, 900)
+    output = tmp_path / "o.tif"
+    result = invoke(
+        "stain", "--rcm", str(inputs.rcm), "--fcm", str(inputs.fcm), "-o", str(output),
+        "--models", str(shared_models), "--tile-px", "256", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["stages"] == ["despeckle", "median", "gareau", "generator"]
+    assert {m["role"] for m in report["models"]} == {"despeckle", "generator"}
+    assert report["tiles"]["computed"] + report["tiles"]["skipped"] == report["tiles"]["total"]
+    assert set(report["timings_s"]) >= {"despeckle", "median", "gareau", "generator", "pyramid"}
+    assert output.is_file()
+
+
+def test_stages_option_selects_stages(make_pair, shared_models: Path, tmp_path: Path) -> None:
+    inputs = make_pair(300, 300)
+    result = invoke(
+        "stain", "--rcm", str(inputs.rcm), "--fcm", str(inputs.fcm), "-o", str(tmp_path / "g.tif"),
+        "--models", str(shared_models), "--stages", "gareau", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stages"] == ["gareau"]
+    bad = invoke(
+        "stain", "--rcm", str(inputs.rcm), "--fcm", str(inputs.fcm), "-o", str(tmp_path / "b.tif"),
+        "--stages", "gareau,sharpen",
+    )  # fmt: skip
+    assert bad.exit_code != 0 and "unknown stage" in bad.stderr
+
+
+def test_stain_scan_folder_and_info(tmp_path: Path) -> None:
+    if not SAMPLE_SCAN.is_dir():
+        pytest.skip("bundled sample not present")
+    output = tmp_path / "sample.tif"
+    result = invoke("stain", str(SAMPLE_SCAN), "-o", str(output), "--stages", "median,gareau")
+    assert result.exit_code == 0, result.output
+    info = invoke("info", str(output), "--json")
+    data = json.loads(info.stdout)
+    assert data["mpp_um"] == pytest.approx(0.75, rel=1e-3)
+    assert len(data["levels"]) >= 3 and data["bands"] == 3
+    text = invoke("info", str(output))
+    assert "level 0:" in text.stdout
+
+
+def test_models_lists_cards(shared_models: Path) -> None:
+    result = invoke("models", "--models", str(shared_models))
+    assert result.exit_code == 0
+    assert "despeckle" in result.stdout and "generator" in result.stdout
+    cards = json.loads(invoke("models", "--models", str(shared_models), "--json").stdout)
+    assert cards["generator"]["norm"] == "instance_shared"
+
+
+def test_tampered_model_is_refused(make_pair, shared_models: Path, tmp_path: Path) -> None:
+    with (shared_models / "generator.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    inputs = make_pair(200, 200)
+    result = invoke(
+        "stain", "--rcm", str(inputs.rcm), "--fcm", str(inputs.fcm), "-o", str(tmp_path / "t.tif"),
+        "--models", str(shared_models),
+    )  # fmt: skip
+    assert result.exit_code != 0 and "sha256" in result.stderr
+    assert not (tmp_path / "t.tif").exists()
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    result = invoke("stain", "-o", str(tmp_path / "x.tif"))
+    assert result.exit_code != 0 and "SCAN_DIR" in result.stderr

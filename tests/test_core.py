@@ -1,0 +1,99 @@
+"""Core numerics: normalisation, Gareau stain, median, Otsu, pooled statistics, stages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from service.core.chain import resolve_stages
+from service.core.filters import median3x3, otsu_threshold
+from service.core.models import pool_norm_stats
+from service.core.normalize import estimate_range, normalize
+from service.core.stain import EOSIN_RGB, HEMATOXYLIN_RGB, gareau_stain
+from service.errors import InputError, ModelError
+
+
+def test_gareau_maps_pure_modes_to_the_stain_colours() -> None:
+    zero, one = np.zeros((1, 1), np.float32), np.ones((1, 1), np.float32)
+    assert np.allclose(gareau_stain(zero, zero)[:, 0, 0], 1.0)  # no signal: white
+    assert np.allclose(gareau_stain(one, zero)[:, 0, 0], HEMATOXYLIN_RGB)
+    assert np.allclose(gareau_stain(zero, one)[:, 0, 0], EOSIN_RGB)
+    both = gareau_stain(one, one)[:, 0, 0]
+    assert both.min() >= 0.0  # clipped
+    assert np.allclose(
+        both, np.clip(1 - (1 - np.array(HEMATOXYLIN_RGB)) - (1 - np.array(EOSIN_RGB)), 0, 1)
+    )
+
+
+def test_gareau_keeps_batch_layout() -> None:
+    f = np.random.default_rng(0).random((2, 5, 7), dtype=np.float32)
+    assert gareau_stain(f, f).shape == (2, 3, 5, 7)
+
+
+def test_normalisation_is_bit_depth_independent() -> None:
+    rng = np.random.default_rng(1)
+    unit = rng.random((200, 200))
+    as8 = (unit * 255).astype(np.uint8)
+    as16 = (unit * 65535).astype(np.uint16)
+    n8 = normalize(as8, estimate_range(as8))
+    n16 = normalize(as16, estimate_range(as16))
+    assert n8.dtype == np.float32 and n8.min() >= 0 and n8.max() <= 1
+    assert np.abs(n8 - n16).mean() < 0.01
+
+
+def test_normalisation_of_a_flat_image_does_not_divide_by_zero() -> None:
+    flat = np.full((10, 10), 7, np.uint16)
+    out = normalize(flat, estimate_range(flat))
+    assert np.isfinite(out).all()
+
+
+def test_median_matches_scipy_with_mirrored_borders() -> None:
+    image = np.random.default_rng(2).random((2, 33, 41)).astype(np.float32)
+    expected = np.stack([ndimage.median_filter(i, size=3, mode="mirror") for i in image])
+    assert np.array_equal(median3x3(image), expected)
+
+
+def test_median_removes_isolated_pixels() -> None:
+    image = np.zeros((9, 9), np.float32)
+    image[4, 4] = 1.0
+    assert median3x3(image).max() == 0.0
+
+
+def test_otsu_separates_two_modes() -> None:
+    values = np.concatenate([np.full(1000, 0.1), np.full(500, 0.8)])
+    assert 0.1 < otsu_threshold(values) < 0.8
+
+
+def test_pooled_stats_equal_the_stats_of_the_union() -> None:
+    rng = np.random.default_rng(3)
+    parts = [rng.normal(m, s, (2, 500)) for m, s in ((0, 1), (3, 2), (-1, 0.5))]
+    per_tile = np.array(
+        [np.concatenate([p.mean(axis=1), p.var(axis=1)]) for p in parts], np.float32
+    )
+    union = np.concatenate(parts, axis=1)
+    pooled = pool_norm_stats(per_tile, (2,))
+    assert np.allclose(pooled[:2], union.mean(axis=1), atol=1e-4)
+    assert np.allclose(pooled[2:], union.var(axis=1), atol=1e-3)
+
+
+def test_default_stages_follow_installed_models() -> None:
+    assert resolve_stages(None, []) == ("median", "gareau")
+    assert resolve_stages(None, ["generator", "despeckle"]) == STAGES_ALL
+    assert resolve_stages(["gareau", "despeckle"], ["despeckle"]) == ("despeckle", "gareau")
+
+
+STAGES_ALL = ("despeckle", "median", "gareau", "generator")
+
+
+@pytest.mark.parametrize(
+    ("stages", "error"),
+    [
+        (["gareau", "blur"], InputError),
+        (["median"], InputError),
+        (["gareau", "generator"], ModelError),
+    ],
+)
+def test_bad_stage_requests_are_refused(stages: list[str], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        resolve_stages(stages, ["despeckle"])

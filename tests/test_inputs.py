@@ -1,0 +1,179 @@
+"""Bad inputs: each gives a clear one-line error, a non-zero exit, and no output file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import confocal_like, huge_header_tiff, write_gray
+
+from service.cli import main
+from service.errors import (
+    BandError,
+    CorruptSlide,
+    PixelLimitExceeded,
+    SizeMismatch,
+    SlideNotFound,
+    UnsupportedFormat,
+)
+from service.slide import SlideInputs, probe_pair, resolve_scan_dir
+
+
+def run_stain(rcm: Path, fcm: Path, output: Path, *extra: str):
+    return CliRunner().invoke(
+        main, ["stain", "--rcm", str(rcm), "--fcm", str(fcm), "-o", str(output), *extra]
+    )
+
+
+def assert_clean_failure(result, output: Path, fragment: str) -> None:
+    assert result.exit_code != 0
+    message = result.stderr.strip()
+    assert "Traceback" not in result.output + message
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith("dscm: error:")
+    assert fragment in message
+    assert not output.exists()
+    assert not [p for p in output.parent.iterdir() if p.name.startswith(f".{output.name}")]
+
+
+def good_gray(tmp_path: Path, name: str, size=(300, 400), dtype="uint8") -> Path:
+    fcm, _ = confocal_like(*size)
+    return write_gray(tmp_path / name, fcm, dtype)
+
+
+def test_size_mismatch(tmp_path: Path) -> None:
+    rcm = good_gray(tmp_path, "rcm.tif", (300, 400))
+    fcm = good_gray(tmp_path, "fcm.tif", (300, 401))
+    with pytest.raises(SizeMismatch):
+        probe_pair(SlideInputs(rcm, fcm), 10**9)
+    assert_clean_failure(run_stain(rcm, fcm, tmp_path / "out.tif"), tmp_path / "out.tif", "401")
+
+
+def test_colour_rgb_input_is_refused(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    rcm = write_gray(tmp_path / "rgb.tif", rgb / 255.0)
+    fcm = good_gray(tmp_path, "fcm.tif")
+    with pytest.raises(BandError):
+        probe_pair(SlideInputs(rcm, fcm), 10**9)
+    assert_clean_failure(run_stain(rcm, fcm, tmp_path / "o.tif"), tmp_path / "o.tif", "grayscale")
+
+
+def test_gray_stored_as_rgb_is_accepted(tmp_path: Path) -> None:
+    fcm_unit, rcm_unit = confocal_like(300, 400)
+    rcm = write_gray(tmp_path / "rcm.tif", np.dstack([rcm_unit] * 3))
+    fcm = write_gray(tmp_path / "fcm.tif", fcm_unit)
+    output = tmp_path / "out.tif"
+    result = run_stain(rcm, fcm, output, "--stages", "gareau")
+    assert result.exit_code == 0, result.output
+    assert output.is_file()
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_16_bit_and_float_inputs_work(tmp_path: Path, dtype: str) -> None:
+    rcm = good_gray(tmp_path, "rcm.tif", dtype=dtype)
+    fcm = good_gray(tmp_path, "fcm.tif", dtype=dtype)
+    result = run_stain(rcm, fcm, tmp_path / "out.tif", "--stages", "median,gareau")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.tif").stat().st_size > 0
+
+
+def test_truncated_tiff(tmp_path: Path) -> None:
+    fcm_unit, rcm_unit = confocal_like(512, 512)
+    full = write_gray(tmp_path / "full.tif", rcm_unit, tile=True)
+    data = full.read_bytes()
+    # libvips writes the directory last; keep it but cut pixel data out of the middle
+    head = data[: len(data) // 3]
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(head)
+    fcm = write_gray(tmp_path / "fcm.tif", fcm_unit)
+    with pytest.raises(CorruptSlide):
+        probe_pair(SlideInputs(truncated, fcm), 10**9)
+    assert_clean_failure(
+        run_stain(truncated, fcm, tmp_path / "out.tif"), tmp_path / "out.tif", "truncated"
+    )
+
+
+def test_truncated_strip_data_with_intact_directory(tmp_path: Path) -> None:
+    """A TIFF whose directory comes first and whose strips are cut off."""
+    height, width = 64, 64
+    fcm = good_gray(tmp_path, "fcm.tif", (height, width))
+    bad = huge_header_tiff(tmp_path / "cut.tif", width, height)  # declares 16 bytes per strip
+    data = bytearray(bad.read_bytes())
+    # declare a strip of the full image size: 4096 bytes that the file does not have
+    data[
+        data.index(bytes([279 & 0xFF, 279 >> 8])) + 8 : data.index(bytes([279 & 0xFF, 279 >> 8]))
+        + 12
+    ] = (height * width).to_bytes(4, "little")
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CorruptSlide, match="truncated"):
+        probe_pair(SlideInputs(bad, fcm), 10**9)
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    fcm = good_gray(tmp_path, "fcm.tif")
+    with pytest.raises(UnsupportedFormat):
+        probe_pair(SlideInputs(empty, fcm), 10**9)
+    assert_clean_failure(run_stain(empty, fcm, tmp_path / "o.tif"), tmp_path / "o.tif", "empty")
+
+
+def test_text_renamed_tif(tmp_path: Path) -> None:
+    text = tmp_path / "notes.tif"
+    text.write_text("patient notes, definitely not an image\n" * 20)
+    fcm = good_gray(tmp_path, "fcm.tif")
+    with pytest.raises(UnsupportedFormat):
+        probe_pair(SlideInputs(text, fcm), 10**9)
+    assert_clean_failure(run_stain(text, fcm, tmp_path / "o.tif"), tmp_path / "o.tif", "not a TIFF")
+
+
+def test_header_declaring_a_million_by_a_million_pixels(tmp_path: Path) -> None:
+    huge = huge_header_tiff(tmp_path / "huge.tif", 1_000_000, 1_000_000)
+    with pytest.raises(PixelLimitExceeded):
+        probe_pair(SlideInputs(huge, huge), 400_000_000)
+    assert_clean_failure(run_stain(huge, huge, tmp_path / "o.tif"), tmp_path / "o.tif", "limit")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    fcm = good_gray(tmp_path, "fcm.tif")
+    result = run_stain(tmp_path / "nope.tif", fcm, tmp_path / "o.tif")
+    assert_clean_failure(result, tmp_path / "o.tif", "not found")
+
+
+def test_scan_folder_mapping_and_missing_detector(tmp_path: Path) -> None:
+    scan = tmp_path / "scan"
+    (scan / "DET#1").mkdir(parents=True)
+    (scan / "DET#2").mkdir()
+    good_gray(scan / "DET#1", "highres_raw.tif")
+    good_gray(scan / "DET#2", "highres_raw.tif")
+    inputs = resolve_scan_dir(scan)
+    assert inputs.rcm.parent.name == "DET#1" and inputs.fcm.parent.name == "DET#2"
+    swapped = resolve_scan_dir(scan, rcm_detector="DET#2", fcm_detector="DET#1")
+    assert swapped.rcm.parent.name == "DET#2"
+    (scan / "DET#2" / "highres_raw.tif").unlink()
+    with pytest.raises(SlideNotFound, match="DET#2"):
+        resolve_scan_dir(scan)
+
+
+def test_mpp_is_read_from_the_files_and_defaults_to_0_75(tmp_path: Path) -> None:
+    fcm_unit, rcm_unit = confocal_like(100, 120)
+    plain = SlideInputs(
+        write_gray(tmp_path / "r.tif", rcm_unit), write_gray(tmp_path / "f.tif", fcm_unit)
+    )
+    assert probe_pair(plain, 10**9).mpp_um == pytest.approx(0.75)
+    res = {"xres": 1000 / 0.5, "yres": 1000 / 0.5, "resunit": "cm"}
+    tagged = SlideInputs(
+        write_gray(tmp_path / "r2.tif", rcm_unit, **res),
+        write_gray(tmp_path / "f2.tif", fcm_unit, **res),
+    )
+    assert probe_pair(tagged, 10**9).mpp_um == pytest.approx(0.5, rel=1e-3)
+
+
+def test_png_and_jpeg_crops_are_accepted(tmp_path: Path) -> None:
+    fcm_unit, rcm_unit = confocal_like(256, 256)
+    rcm = write_gray(tmp_path / "rcm.png", rcm_unit)
+    fcm = write_gray(tmp_path / "fcm.jpg", fcm_unit)
+    info = probe_pair(SlideInputs(rcm, fcm), 10**9)
+    assert (info.width_px, info.rcm.format, info.fcm.format) == (256, "png", "jpeg")

@@ -1,0 +1,232 @@
+"""stain_slide end to end: the pyramid, seams, tissue skipping, cancellation, failures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+import pyvips
+import tifffile
+
+from service.core.chain import StainChain
+from service.core.normalize import IntensityRange, normalize
+from service.errors import JobCancelled, OutputError
+from service.pipeline import StainSpec, load_models, stain_slide
+from service.slide import SlideInputs
+
+
+def read_level0(path: Path) -> np.ndarray:
+    return np.asarray(pyvips.Image.tiffload(str(path)).numpy())
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def whole_image_pass(inputs: SlideInputs, report: dict, chain: StainChain) -> np.ndarray:
+    """The same chain once over the whole image (reflect-padded by its halo), no tiles."""
+    halo = chain.halo_px
+    blocks = []
+    for mode, path in (("fcm", inputs.fcm), ("rcm", inputs.rcm)):
+        raw = np.asarray(pyvips.Image.new_from_file(str(path)).numpy())
+        unit = normalize(raw, IntensityRange(**report["normalisation"][mode]))
+        pad = (-unit.shape[0]) % 4, (-unit.shape[1]) % 4
+        blocks.append(np.pad(unit, ((halo, halo + pad[0]), (halo, halo + pad[1])), mode="reflect"))
+    out = chain.run(blocks[0][None], blocks[1][None])[0]
+    height, width = report["input"]["height_px"], report["input"]["width_px"]
+    return out[:height, :width]
+
+
+def seam_ratio(image: np.ndarray, tile_px: int, band_px: int = 16) -> float:
+    """Colour step across vertical tile borders over the step at other column positions.
+
+    Means over ``band_px`` columns on each side, within each row of tiles, cancel the texture
+    and speckle and leave the offset that differing per-tile statistics would cause.
+    """
+    pixels = image.astype(np.float64)
+    steps = []
+    for x in range(band_px, image.shape[1] - band_px, band_px):
+        diffs = [
+            np.abs(
+                pixels[y : y + tile_px, x - band_px : x].mean(axis=(0, 1))
+                - pixels[y : y + tile_px, x : x + band_px].mean(axis=(0, 1))
+            ).sum()
+            for y in range(0, image.shape[0], tile_px)
+        ]
+        steps.append((x % tile_px == 0, float(np.mean(diffs))))
+    at_borders = np.mean([d for border, d in steps if border])
+    elsewhere = np.mean([d for border, d in steps if not border])
+    return float(at_borders / elsewhere)
+
+
+LOSSLESS = {"compression": "lossless", "skip_background": False}
+
+
+def test_pyramid_opens_in_openslide_and_tifffile_with_edges(make_pair, tmp_path: Path) -> None:
+    inputs = make_pair(1800, 2500, xres=1000 / 0.5, yres=1000 / 0.5, resunit="cm")
+    output = tmp_path / "out.tif"
+    report = stain_slide(inputs, output, StainSpec(models_dir=tmp_path, tile_px=512)).to_dict()
+    assert report["output_sha256"] and len(report["levels"]) >= 4
+    slide = openslide.OpenSlide(str(output))
+    assert slide.dimensions == (2500, 1800)
+    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5, rel=1e-3)
+    assert slide.level_count == len(report["levels"])
+    corner = np.asarray(slide.read_region((2500 - 64, 1800 - 64), 0, (64, 64)))
+    assert corner[..., 3].min() == 255  # fully inside the image: opaque
+    deepest = slide.level_count - 1
+    whole = np.asarray(slide.read_region((0, 0), deepest, slide.level_dimensions[deepest]))
+    assert whole[..., :3].std() > 5  # an image, not a flat fill
+    with tifffile.TiffFile(output) as tif:
+        assert [p.shape[:2] for p in tif.pages] == [
+            (lv["height_px"], lv["width_px"]) for lv in report["levels"]
+        ]
+        assert all(p.is_tiled for p in tif.pages)
+        assert all(p.subfiletype == 1 for p in tif.pages[1:])  # reduced-resolution levels
+        assert all("XResolution" in p.tags for p in tif.pages)
+
+
+def test_tiles_match_a_whole_image_pass_for_plain_models(
+    make_pair, plain_models: Path, tmp_path: Path
+) -> None:
+    inputs = make_pair(2048, 2048)
+    spec = StainSpec(models_dir=plain_models, tile_px=512, **LOSSLESS)
+    models = load_models(spec)
+    report = stain_slide(inputs, tmp_path / "tiled.tif", spec, models=models).to_dict()
+    assert report["stages"] == ["despeckle", "median", "gareau", "generator"]
+    reference = whole_image_pass(inputs, report, models.chain(None))
+    assert psnr(read_level0(tmp_path / "tiled.tif"), reference) >= 40.0
+
+
+def test_instance_norm_generator_has_no_seams(
+    make_pair, shared_models: Path, tmp_path: Path, monkeypatch
+) -> None:
+    inputs = make_pair(2048, 2048, tissue_fraction=0.7)
+    spec = StainSpec(models_dir=shared_models, tile_px=512, **LOSSLESS)
+    models = load_models(spec)
+    report = stain_slide(inputs, tmp_path / "shared.tif", spec, models=models).to_dict()
+    assert report["shared_norm_stats"]
+    shared = read_level0(tmp_path / "shared.tif")
+
+    # exact against one whole-image pass that uses the same slide-wide statistics
+    chain = models.chain(None)
+    chain.estimate_norm_stats([])  # no samples: keep stats None, then set the pooled ones
+    chain.norm_stats = _stats_of(inputs, spec, models)
+    assert psnr(shared, whole_image_pass(inputs, report, chain)) >= 40.0
+
+    # against plain instance norm over the whole image (what the network was trained to do)
+    plain_chain = models.chain(None)
+    whole_in = whole_image_pass(inputs, report, plain_chain)  # norm_stats None: own stats
+    monkeypatch.setattr(StainChain, "estimate_norm_stats", lambda self, blocks: None)
+    stain_slide(inputs, tmp_path / "naive.tif", spec, models=models)
+    naive = read_level0(tmp_path / "naive.tif")
+    print(
+        f"PSNR vs whole-image instance norm: shared {psnr(shared, whole_in):.2f} dB, "
+        f"per-tile {psnr(naive, whole_in):.2f} dB; seam ratio shared "
+        f"{seam_ratio(shared, 512):.2f}, per-tile {seam_ratio(naive, 512):.2f}"
+    )
+    assert psnr(shared, whole_in) > psnr(naive, whole_in)
+    assert seam_ratio(naive, 512) > 1.5  # per-tile statistics: visible steps at tile borders
+    assert seam_ratio(shared, 512) < 1.15  # shared statistics: borders look like any column
+
+
+def _stats_of(inputs: SlideInputs, spec: StainSpec, models) -> np.ndarray:
+    """The statistics stain_slide pools, obtained through the same public entry point."""
+    captured: list[np.ndarray] = []
+    original = StainChain.estimate_norm_stats
+
+    def spy(self: StainChain, blocks) -> None:
+        original(self, blocks)
+        assert self.norm_stats is not None
+        captured.append(self.norm_stats)
+
+    StainChain.estimate_norm_stats = spy  # type: ignore[method-assign]
+    try:
+        stain_slide(inputs, inputs.rcm.parent / "again.tif", spec, models=models)
+    finally:
+        StainChain.estimate_norm_stats = original  # type: ignore[method-assign]
+    return captured[0]
+
+
+def test_background_tiles_are_skipped_and_filled(
+    make_pair, shared_models: Path, tmp_path: Path
+) -> None:
+    inputs = make_pair(1024, 2048, tissue_fraction=0.4)
+    report = stain_slide(
+        inputs, tmp_path / "o.tif", StainSpec(models_dir=shared_models, tile_px=256)
+    ).to_dict()
+    tiles = report["tiles"]
+    assert 0 < tiles["skipped"] < tiles["total"]
+    image = read_level0(tmp_path / "o.tif")
+    far_right = image[:, -200:].reshape(-1, 3)
+    assert np.abs(far_right.astype(int) - report["background_rgb"]).max() <= 3  # JPEG
+
+
+def test_progress_reports_every_tile_and_cancel_leaves_nothing(make_pair, tmp_path: Path) -> None:
+    inputs = make_pair(1024, 1024)
+    seen: list[tuple[str, int, int]] = []
+    stain_slide(
+        inputs,
+        tmp_path / "ok.tif",
+        StainSpec(models_dir=tmp_path, tile_px=256, skip_background=False),
+        progress=lambda *a: seen.append(a),
+    )
+    tiles = [event for event in seen if event[0] == "tiles"]
+    assert tiles[-1] == ("tiles", 16, 16)
+    assert [d for _, d, _ in tiles] == sorted(d for _, d, _ in tiles)
+
+    def cancel(stage: str, done: int, total: int) -> None:
+        if stage == "tiles" and done >= 3:
+            raise JobCancelled("cancelled by the user")
+
+    output = tmp_path / "cancelled.tif"
+    with pytest.raises(JobCancelled):
+        stain_slide(
+            inputs,
+            output,
+            StainSpec(models_dir=tmp_path, tile_px=256, skip_background=False),
+            progress=cancel,
+        )
+    assert not output.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cancelled")]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_output_directory(make_pair, tmp_path: Path) -> None:
+    inputs = make_pair(256, 256)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    with pytest.raises(OutputError):
+        stain_slide(inputs, locked / "o.tif", StainSpec(models_dir=tmp_path))
+    assert list(locked.iterdir()) == []
+
+
+def test_full_disk_fails_cleanly(make_pair, tmp_path: Path) -> None:
+    """A path the kernel refuses to create (as root too): a clean OutputError, no file."""
+    inputs = make_pair(256, 256)
+    with pytest.raises(OutputError):
+        stain_slide(
+            inputs, Path("/proc/dscm-cannot-write-here/o.tif"), StainSpec(models_dir=tmp_path)
+        )
+
+
+def test_ome_tiff_and_lossless_options(make_pair, tmp_path: Path) -> None:
+    inputs = make_pair(1200, 1300)
+    output = tmp_path / "o.ome.tif"
+    report = stain_slide(
+        inputs,
+        output,
+        StainSpec(models_dir=tmp_path, compression="lossless", output_format="ome-tiff"),
+    ).to_dict()
+    with tifffile.TiffFile(output) as tif:
+        assert tif.is_ome
+        levels = tif.series[0].levels
+        assert len(levels) == len(report["levels"]) >= 3
+        assert float(tif.ome_metadata.split('PhysicalSizeX="')[1].split('"')[0]) == pytest.approx(
+            0.75
+        )
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE

@@ -1,0 +1,56 @@
+"""A synthetic 15000 x 10000 pair, stained whole: the size a Vivascope slide has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+import pyvips
+import tifffile
+
+from service.pipeline import StainSpec, stain_slide
+from service.slide import SlideInputs
+
+WIDTH_PX, HEIGHT_PX, MPP_UM = 15000, 10000, 0.6
+
+
+def big_mode(path: Path, seed: int) -> Path:
+    """Smooth structure plus noise, made and written by libvips in bounded memory."""
+    xy = pyvips.Image.xyz(WIDTH_PX, HEIGHT_PX)
+    x, y = xy[0], xy[1]
+    structure = (x / 97.0 + seed).sin() * 40 + (y / 53.0).cos() * 30 + 110
+    noise = pyvips.Image.gaussnoise(WIDTH_PX, HEIGHT_PX, sigma=20, seed=seed)
+    image = (structure + noise).cast("uchar")
+    res = 1000.0 / MPP_UM
+    image.tiffsave(str(path), tile=True, compression="lzw", xres=res, yres=res, resunit="cm")
+    return path
+
+
+@pytest.mark.slow
+def test_15000_by_10000_slide(tmp_path: Path) -> None:
+    inputs = SlideInputs(big_mode(tmp_path / "rcm.tif", 1), big_mode(tmp_path / "fcm.tif", 2))
+    output = tmp_path / "out.tif"
+    report = stain_slide(
+        inputs, output, StainSpec(models_dir=tmp_path, stages=("median", "gareau"))
+    )
+    data = report.to_dict()
+    slide = openslide.OpenSlide(str(output))
+    assert slide.dimensions == (WIDTH_PX, HEIGHT_PX)
+    assert slide.level_count >= 5
+    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(MPP_UM, rel=1e-3)
+    assert float(slide.properties["openslide.mpp-y"]) == pytest.approx(MPP_UM, rel=1e-3)
+    for level in range(slide.level_count):
+        width, height = slide.level_dimensions[level]
+        scale = slide.level_downsamples[level]
+        for x, y in ((0, 0), (width - 40, 0), (0, height - 40), (width - 40, height - 40)):
+            region = np.asarray(
+                slide.read_region((int(x * scale), int(y * scale)), level, (40, 40))
+            )
+            assert region[..., 3].min() == 255, (level, x, y)  # inside the slide everywhere
+            assert region[..., :3].std() > 1.0, (level, x, y)  # stained content, not a fill
+    with tifffile.TiffFile(output) as tif:
+        shapes = [p.shape[:2] for p in tif.pages]
+    assert shapes == [(h, w) for w, h in slide.level_dimensions]
+    assert len(data["levels"]) == slide.level_count
