@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+Role = Literal["submit", "read", "admin"]
+
+
+class ApiKeyEntry(BaseModel):
+    """One API key as stored: only the sha256 of the key, never the key itself."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{8,32}$")
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    roles: list[Role] = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    created_at: str | None = None
 
 
 class Settings(BaseSettings):
@@ -29,6 +43,9 @@ class Settings(BaseSettings):
     storage_dir: Path = Field(
         default=Path("dscm-data"), description="Uploads, results and the SQLite database"
     )
+    results_dir: Path | None = Field(
+        default=None, description="Where results are published; default <storage_dir>/results"
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite:///<storage_dir>/dscm.sqlite3"
     )
@@ -39,6 +56,9 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None,
         description="JSON file of hashed API keys; default <storage_dir>/api-keys.json",
+    )
+    api_keys: list[ApiKeyEntry] = Field(
+        default_factory=list, description="Hashed keys as JSON, in addition to api_keys_file"
     )
     anonymous_tenant: str | None = Field(
         default=None,

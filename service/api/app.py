@@ -1,0 +1,45 @@
+"""The FastAPI app factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.api.problems import install_problem_handlers
+from service.api.routes import health, jobs
+from service.api.services import Services
+from service.config import Settings, get_settings
+from service.jobs.runner import Engine
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """The API; ``settings`` default to the environment, ``engine`` to service.pipeline.
+
+    Services (database, queue, in-process worker, sweeper) open in the lifespan, so a bad
+    configuration stops the server at start-up rather than at the first request.
+    """
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = Services.start(settings, engine)
+        try:
+            yield
+        finally:
+            services, app.state.services = app.state.services, None
+            services.close()
+
+    app = FastAPI(
+        title="dscm",
+        version=__version__,
+        summary="Digitally stained confocal microscopy: RCM/FCM slides to H&E-like pyramids",
+        lifespan=lifespan,
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_problem_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,73 @@
+"""Dependencies as Annotated aliases: settings, services, the caller and its roles, a job."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.api.auth import Principal
+from service.api.problems import ApiError
+from service.api.services import Services
+from service.config import Role, Settings, get_settings
+from service.jobs.model import Job, is_job_id
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+_bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer dscm_...`")
+
+
+def get_services(request: Request) -> Services:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        raise ApiError(503, "not_started", "the service is starting or stopping")
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_principal(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    challenge = {"WWW-Authenticate": 'Bearer realm="dscm"'}
+    if credentials is None:
+        anonymous = services.keyring.anonymous()
+        if anonymous is not None:
+            return anonymous
+        raise ApiError(
+            401,
+            "unauthenticated",
+            "send an API key: Authorization: Bearer <key>",
+            headers=challenge,
+        )
+    principal = services.keyring.authenticate(credentials.credentials)
+    if principal is None:
+        raise ApiError(401, "invalid_api_key", "the API key is not valid", headers=challenge)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require(role: Role) -> Any:
+    def check(principal: PrincipalDep) -> Principal:
+        if not principal.has(role):
+            raise ApiError(403, "forbidden", f"this API key lacks the {role!r} role")
+        return principal
+
+    return Depends(check)
+
+
+SubmitterDep = Annotated[Principal, require("submit")]
+ReaderDep = Annotated[Principal, require("read")]
+
+
+def find_job(services: Services, principal: Principal, job_id: str) -> Job:
+    """The caller's job, or 404 for a malformed id, a missing job and another tenant's job alike."""
+    tenant = None if principal.is_admin else principal.tenant
+    job = services.store.get(job_id, tenant) if is_job_id(job_id) else None
+    if job is None:
+        raise ApiError(404, "job_not_found", "no such job")
+    return job

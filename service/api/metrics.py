@@ -1,0 +1,59 @@
+"""API-side Prometheus metrics; jobs by state and queue length are read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from service.api.services import Services
+from service.jobs.model import JobState
+from service.jobs.telemetry import WORKER_REGISTRY
+
+API_REGISTRY = CollectorRegistry(auto_describe=True)
+UPLOAD_BYTES = Counter(
+    "dscm_upload_bytes", "Bytes of accepted and refused uploads received", registry=API_REGISTRY
+)
+ACCEPT_SECONDS = Histogram(
+    "dscm_accept_duration_seconds",
+    "Time to receive, check and enqueue one POST /v1/jobs",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=API_REGISTRY,
+)
+SUBMISSIONS = Counter(
+    "dscm_job_submissions",
+    "POST /v1/jobs by outcome (accepted, replayed, or the error code)",
+    ["outcome"],
+    registry=API_REGISTRY,
+)
+
+
+class JobsCollector(Collector):
+    """Reads job counts from the database and the queue length from the broker per scrape."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("dscm_jobs", "Job records by state", labels=["state"])
+        try:
+            counts = self.services.store.counts_by_state()
+        except Exception:  # a scrape must not fail because the database blinked
+            counts = None
+        if counts is not None:
+            for state in JobState:
+                jobs.add_metric([state.value], counts.get(state.value, 0))
+        yield jobs
+        queue = GaugeMetricFamily("dscm_queue_length", "Jobs waiting in the queue")
+        length = self.services.queue.length()
+        if length is not None:
+            queue.add_metric([], length)
+        yield queue
+
+
+def render_metrics(services: Services) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobsCollector(services))
+    return b"".join(generate_latest(r) for r in (registry, API_REGISTRY, WORKER_REGISTRY))

@@ -1,0 +1,187 @@
+"""/v1/jobs: submit, read, list, download, cancel."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import ReaderDep, ServicesDep, SubmitterDep, find_job
+from service.api.metrics import ACCEPT_SECONDS, SUBMISSIONS
+from service.api.problems import ApiError
+from service.api.schemas import JobList, JobPublic, Problem
+from service.api.submit import accept_job
+from service.api.views import API_PREFIX, decode_cursor, encode_cursor, job_url, to_public
+from service.errors import DscmError
+from service.jobs.model import Job, JobState
+
+router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Problem, "content": {"application/problem+json": {}}} for code in codes}
+
+
+_MULTIPART_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["rcm", "fcm"],
+                    "properties": {
+                        "rcm": {"type": "string", "format": "binary", "description": "RCM image"},
+                        "fcm": {"type": "string", "format": "binary", "description": "FCM image"},
+                        "stages": {
+                            "type": "string",
+                            "description": "comma-separated: despeckle, median, gareau, generator",
+                            "example": "median,gareau",
+                        },
+                        "output_format": {"type": "string", "enum": ["tiff", "ome-tiff"]},
+                        "compression": {"type": "string", "enum": ["jpeg", "lossless"]},
+                        "jpeg_quality": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    openapi_extra=_MULTIPART_BODY,
+    responses=problems(400, 401, 403, 413, 415, 422),
+    summary="Submit an RCM/FCM pair for staining",
+)
+async def create_job(
+    request: Request,
+    response: Response,
+    principal: SubmitterDep,
+    services: ServicesDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255, min_length=1)] = None,
+) -> JobPublic:
+    started = time.perf_counter()
+    try:
+        job, replayed = await accept_job(request, principal, services, idempotency_key)
+    except DscmError as exc:
+        SUBMISSIONS.labels(outcome=exc.code).inc()
+        raise
+    ACCEPT_SECONDS.observe(time.perf_counter() - started)
+    SUBMISSIONS.labels(outcome="replayed" if replayed else "accepted").inc()
+    response.headers["Location"] = job_url(job.id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return to_public(job)
+
+
+@router.get(
+    "",
+    response_model=JobList,
+    responses=problems(401, 403, 422),
+    summary="The caller's jobs, newest first",
+)
+def list_jobs(
+    principal: ReaderDep,
+    services: ServicesDep,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobList:
+    before = decode_cursor(cursor) if cursor else None
+    tenant = None if principal.is_admin else principal.tenant
+    jobs = services.store.list_jobs(tenant, state, limit + 1, before)
+    page, more = jobs[:limit], len(jobs) > limit
+    next_url = None
+    if more:
+        query = f"limit={limit}&cursor={encode_cursor(page[-1])}"
+        if state is not None:
+            query += f"&state={state.value}"
+        next_url = f"{API_PREFIX}/jobs?{query}"
+    return JobList(items=[to_public(job) for job in page], next=next_url)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses=problems(401, 403, 404),
+    summary="State, progress, report or error of one job",
+)
+def get_job(job_id: str, principal: ReaderDep, services: ServicesDep) -> JobPublic:
+    return to_public(find_job(services, principal, job_id))
+
+
+def _finished_file(services: ServicesDep, job: Job, name: str | None, what: str) -> Any:
+    if job.state in (JobState.QUEUED, JobState.RUNNING):
+        raise ApiError(
+            409, "job_not_finished", f"the job is {job.state.value}; poll {job_url(job.id)}"
+        )
+    if job.state != JobState.SUCCEEDED:
+        raise ApiError(
+            409, f"job_{job.state.value}", f"the job {job.state.value}: it has no {what}"
+        )
+    if job.purged_at is not None or name is None:
+        raise ApiError(410, "purged", f"the {what} was deleted")
+    path = services.storage.result_path(job.id, name)
+    if not path.is_file():
+        raise ApiError(410, "purged", f"the {what} is no longer stored")
+    return path
+
+
+@router.get(
+    "/{job_id}/result",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/tiff": {}}, "description": "The pyramidal TIFF"},
+        206: {"content": {"image/tiff": {}}, "description": "A byte range of it"},
+        **problems(401, 403, 404, 409, 410, 416),
+    },
+    summary="Download the stained pyramidal TIFF (HTTP Range supported)",
+)
+def get_result(job_id: str, principal: ReaderDep, services: ServicesDep) -> FileResponse:
+    job = find_job(services, principal, job_id)
+    path = _finished_file(services, job, job.result_name, "result")
+    headers = {}
+    if job.result_sha256:
+        digest = base64.b64encode(bytes.fromhex(job.result_sha256)).decode()
+        headers = {"Repr-Digest": f"sha-256=:{digest}:", "ETag": f'"{job.result_sha256}"'}
+    suffix = ".ome.tiff" if job.options.get("output_format") == "ome-tiff" else ".tiff"
+    return FileResponse(
+        path, media_type="image/tiff", filename=f"{job.id}{suffix}", headers=headers
+    )
+
+
+@router.get(
+    "/{job_id}/thumbnail",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/jpeg": {}}}, **problems(401, 403, 404, 409, 410)},
+    summary="A JPEG preview of the result",
+)
+def get_thumbnail(job_id: str, principal: ReaderDep, services: ServicesDep) -> FileResponse:
+    job = find_job(services, principal, job_id)
+    path = _finished_file(services, job, job.thumbnail_name, "thumbnail")
+    return FileResponse(path, media_type="image/jpeg")
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses=problems(401, 403, 404),
+    summary="Cancel a queued or running job and delete its files",
+)
+async def delete_job(job_id: str, principal: SubmitterDep, services: ServicesDep) -> JobPublic:
+    job = find_job(services, principal, job_id)
+    await run_in_threadpool(services.store.cancel, job.id)
+    await run_in_threadpool(services.storage.purge, job.id)
+    await run_in_threadpool(services.store.mark_purged, job.id)
+    refreshed = services.store.get(job.id)
+    if refreshed is None:
+        raise ApiError(404, "job_not_found", "no such job")
+    return to_public(refreshed)

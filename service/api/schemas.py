@@ -1,0 +1,133 @@
+"""Request and response schemas, named by role (JobCreate in, JobPublic out)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.jobs.model import JobState
+
+StageName = Literal["despeckle", "median", "gareau", "generator"]
+
+
+class JobCreate(BaseModel):
+    """The option fields of ``POST /v1/jobs`` (sent as multipart form fields beside the files)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stages: list[StageName] | None = Field(
+        default=None,
+        description="Comma-separated or repeated; default: every stage whose model is installed",
+    )
+    output_format: Literal["tiff", "ome-tiff"] = "tiff"
+    compression: Literal["jpeg", "lossless"] = "jpeg"
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _split_stages(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            parts = [p.strip() for v in value for p in v.split(",") if p.strip()]
+            return parts or None
+        return value
+
+    @field_validator("output_format", "compression", "jpeg_quality", mode="before")
+    @classmethod
+    def _single(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise ValueError("give this field once")
+            return value[0]
+        return value
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+    percent: float
+
+
+class JobError(BaseModel):
+    code: str
+    detail: str
+
+
+class InputFilePublic(BaseModel):
+    filename: str | None
+    size_bytes: int
+    sha256: str
+
+
+class JobInputsPublic(BaseModel):
+    rcm: InputFilePublic
+    fcm: InputFilePublic
+    width_px: int
+    height_px: int
+    mpp_um: float | None
+
+
+class JobResultPublic(BaseModel):
+    size_bytes: int
+    sha256: str
+    media_type: str
+
+
+class JobLinks(BaseModel):
+    self: str
+    result: str
+    thumbnail: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    state: JobState
+    stage: str | None
+    progress: Progress
+    attempts: int
+    max_attempts: int
+    options: JobCreate
+    inputs: JobInputsPublic
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    purged_at: datetime | None
+    result: JobResultPublic | None
+    report: dict[str, Any] | None
+    error: JobError | None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next: str | None = Field(description="URL of the next (older) page; null on the last page")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; ``code`` is the machine-readable error code."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    code: str
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Check(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: list[Check]

@@ -1,0 +1,73 @@
+"""What the API process holds while it runs: store, storage, queue, keys, sweeper (and worker)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from service.api.auth import Keyring
+from service.config import Settings
+from service.jobs.db import utc_now
+from service.jobs.queues import CeleryQueue, InProcessQueue, JobQueue
+from service.jobs.runner import Engine, PipelineEngine, WorkerContext, run_job
+from service.jobs.storage import Storage
+from service.jobs.store import JobStore
+from service.jobs.sweeper import Sweeper, sweep_once
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    queue: JobQueue
+    keyring: Keyring
+    sweeper: Sweeper
+    worker: WorkerContext | None = None
+
+    @classmethod
+    def start(cls, settings: Settings, engine: Engine | None = None) -> Services:
+        """Open everything; a bad configuration raises here, so the app refuses to start."""
+        storage = Storage(settings.storage_dir, settings.results_dir)
+        storage.create()
+        keyring = Keyring(settings)
+        if keyring.size == 0 and settings.anonymous_tenant is None:
+            log.warning(
+                "no API keys in %s or DSCM_API_KEYS: every request gets 401; "
+                "create one with `dscm keys create`",
+                settings.effective_api_keys_file,
+            )
+        store = JobStore(settings.effective_database_url)
+        worker: WorkerContext | None = None
+        queue: JobQueue
+        if settings.broker_url:
+            queue = CeleryQueue(settings)
+        else:
+            worker = WorkerContext(settings, store, storage, engine or PipelineEngine())
+            context = worker
+            inprocess = InProcessQueue(lambda job_id: run_job(job_id, context))
+            inprocess.start()
+            queue = inprocess
+        sweeper = Sweeper(settings, store, storage, queue)
+        services = cls(settings, store, storage, queue, keyring, sweeper, worker)
+        if worker is not None:
+            # Nothing survives in an in-process queue: hand it every queued job now.
+            for job_id in store.unheld_candidates(utc_now() + timedelta(days=1)):
+                queue.enqueue(job_id)
+        else:
+            try:
+                sweep_once(settings, store, storage, queue)
+            except Exception as exc:  # the broker may come up later; the sweeper retries
+                log.warning("first sweep failed: %s", exc)
+        sweeper.start()
+        return services
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stopping.set()
+        self.sweeper.close()
+        self.queue.close()
+        self.store.close()

@@ -1,0 +1,154 @@
+"""Accepting a job: receive, check headers, record durably, then enqueue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from service.api.auth import Principal
+from service.api.metrics import UPLOAD_BYTES
+from service.api.problems import ApiError
+from service.api.schemas import JobCreate
+from service.api.services import Services
+from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
+from service.core.chain import resolve_stages
+from service.core.models import discover_models
+from service.errors import ModelError
+from service.jobs.model import Job, NewJob, new_job_id
+
+log = logging.getLogger(__name__)
+
+
+def parse_options(form: ReceivedForm) -> JobCreate:
+    try:
+        return JobCreate.model_validate(form.fields)
+    except ValidationError as exc:
+        errors = [
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        unknown = [e["loc"][-1] for e in errors if e["type"] == "extra_forbidden"]
+        if unknown:
+            detail = f"unknown option(s): {', '.join(unknown)}; see docs/api.md"
+            raise ApiError(422, "unknown_option", detail, extra={"errors": errors}) from exc
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        raise ApiError(422, "invalid_option", detail, extra={"errors": errors}) from exc
+
+
+def check_stages(options: JobCreate, services: Services) -> None:
+    """Refuse, at submit time, stages whose model is not installed (the worker would fail)."""
+    try:
+        resolve_stages(options.stages, discover_models(services.settings.models_dir).keys())
+    except ModelError as exc:
+        raise ApiError(422, "stage_unavailable", exc.detail) from exc
+
+
+def fingerprint(form: ReceivedForm, options: JobCreate) -> str:
+    canonical = json.dumps(
+        {
+            "rcm": form.files["rcm"].sha256,
+            "fcm": form.files["fcm"].sha256,
+            "options": options.model_dump(mode="json"),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def replay(services: Services, tenant: str, key: str, print_: str) -> Job | None:
+    """The job an earlier request with this Idempotency-Key made, if the request was the same."""
+    earlier = services.store.find_by_idempotency_key(tenant, key)
+    if earlier is None:
+        return None
+    if earlier.inputs.get("fingerprint") != print_:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request",
+        )
+    return earlier
+
+
+async def accept_job(
+    request: Request, principal: Principal, services: Services, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Returns ``(job, replayed)``; raises ApiError/DscmError for a request it refuses."""
+    settings = services.settings
+    temp = services.storage.temp_upload_dir()
+    try:
+        form = await receive_form(request, temp, settings.max_upload_bytes)
+        UPLOAD_BYTES.inc(sum(f.size_bytes for f in form.files.values()))
+        missing = [name for name in FILE_FIELDS if name not in form.files]
+        if missing:
+            raise ApiError(422, "missing_file", f"missing file field(s): {', '.join(missing)}")
+        options = parse_options(form)
+        print_ = fingerprint(form, options)
+        if idempotency_key is not None:
+            earlier = replay(services, principal.tenant, idempotency_key, print_)
+            if earlier is not None:
+                return earlier, True
+        check_stages(options, services)
+        # pyvips is imported on first use, never at API import time (see ARCHITECTURE.md).
+        from service.slide import SlideInputs, probe_pair
+
+        rcm, fcm = form.files["rcm"], form.files["fcm"]
+        info = await run_in_threadpool(
+            probe_pair, SlideInputs(rcm.path, fcm.path), settings.max_pixels
+        )
+        job_id = new_job_id()
+        upload_dir = services.storage.adopt_upload(temp, job_id)
+        inputs: dict[str, Any] = {
+            name: {
+                "filename": f.filename,
+                "stored_name": f.path.name,
+                "size_bytes": f.size_bytes,
+                "sha256": f.sha256,
+            }
+            for name, f in form.files.items()
+        }
+        inputs.update(
+            width_px=info.width_px, height_px=info.height_px, mpp_um=info.mpp_um, fingerprint=print_
+        )
+        new = NewJob(
+            id=job_id,
+            tenant=principal.tenant,
+            options=options.model_dump(mode="json"),
+            inputs=inputs,
+            max_attempts=settings.max_attempts,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            job, created = await run_in_threadpool(services.store.create, new)
+        except BaseException:
+            shutil.rmtree(upload_dir, ignore_errors=True)
+            raise
+        if not created:  # a concurrent request with the same key won the race
+            shutil.rmtree(upload_dir, ignore_errors=True)
+            if job.inputs.get("fingerprint") != print_:
+                raise ApiError(
+                    422,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used for a different request",
+                )
+            return job, True
+        await run_in_threadpool(enqueue, services, job.id)
+        return job, False
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def enqueue(services: Services, job_id: str) -> None:
+    """Hand the job to the queue; if the broker is down the job stays queued for the sweeper."""
+    try:
+        services.queue.enqueue(job_id)
+    except Exception as exc:
+        log.warning("job %s accepted but not enqueued (the sweeper will retry): %s", job_id, exc)
+        return
+    services.store.mark_enqueued(job_id)

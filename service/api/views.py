@@ -1,0 +1,101 @@
+"""Job records to their public JSON (JobPublic), and list cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+
+from service.api.problems import ApiError
+from service.api.schemas import (
+    InputFilePublic,
+    JobCreate,
+    JobError,
+    JobInputsPublic,
+    JobLinks,
+    JobPublic,
+    JobResultPublic,
+    Progress,
+)
+from service.jobs.model import Job, JobState
+
+API_PREFIX = "/v1"
+MEDIA_TYPES = {"tiff": "image/tiff", "ome-tiff": "image/tiff"}
+
+
+def job_url(job_id: str, tail: str = "") -> str:
+    return f"{API_PREFIX}/jobs/{job_id}{tail}"
+
+
+def to_public(job: Job) -> JobPublic:
+    total, done = job.progress_total, job.progress_done
+    if job.state == JobState.SUCCEEDED:
+        percent = 100.0
+    else:
+        percent = round(100.0 * done / total, 1) if total else 0.0
+    result = None
+    if job.state == JobState.SUCCEEDED and job.result_name and job.purged_at is None:
+        result = JobResultPublic(
+            size_bytes=job.result_bytes or 0,
+            sha256=job.result_sha256 or "",
+            media_type=MEDIA_TYPES.get(str(job.options.get("output_format")), "image/tiff"),
+        )
+    error = None
+    if job.error_code and job.state in (JobState.FAILED, JobState.CANCELLED):
+        error = JobError(code=job.error_code, detail=job.error_detail or "")
+    inputs = job.inputs
+    return JobPublic(
+        id=job.id,
+        state=job.state,
+        stage=job.stage,
+        progress=Progress(done=done, total=total, percent=percent),
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        options=JobCreate.model_validate(job.options),
+        inputs=JobInputsPublic(
+            rcm=_input(inputs["rcm"]),
+            fcm=_input(inputs["fcm"]),
+            width_px=int(inputs["width_px"]),
+            height_px=int(inputs["height_px"]),
+            mpp_um=inputs.get("mpp_um"),
+        ),
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        purged_at=job.purged_at,
+        result=result,
+        report=job.report,
+        error=error,
+        links=JobLinks(
+            self=job_url(job.id),
+            result=job_url(job.id, "/result"),
+            thumbnail=job_url(job.id, "/thumbnail"),
+        ),
+    )
+
+
+def _input(data: dict[str, object]) -> InputFilePublic:
+    filename = data.get("filename")
+    return InputFilePublic(
+        filename=str(filename) if filename is not None else None,
+        size_bytes=int(str(data["size_bytes"])),
+        sha256=str(data["sha256"]),
+    )
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, job_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("naive time")
+        return when, job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned") from exc

@@ -1,0 +1,1 @@
+"""Durable job records, the storage layout and the queue adapters (Celery, in-process)."""

@@ -1,0 +1,283 @@
+"""The one task body: run one attempt of a job. Celery and the in-process worker both call it.
+
+It is idempotent by job id: an attempt first claims the job with a conditional UPDATE, so a
+duplicate delivery of a finished, cancelled or busy job does nothing. Results go to a name private
+to the attempt and become the job's result only in the same transaction that marks it succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from service.config import Settings
+from service.errors import DscmError, OutputError
+from service.jobs import telemetry
+from service.jobs.errors import AttemptLost, AttemptStopped, JobTimedOut, WorkerStopping
+from service.jobs.model import Job
+from service.jobs.storage import RESULT_SUFFIX, Storage
+from service.jobs.store import JobStore, seconds_ago
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+PROGRESS_WRITE_INTERVAL_S = 0.5
+
+
+class Engine(Protocol):
+    """What the runner needs from the staining engine (the real one is service.pipeline)."""
+
+    def load_models(self, options: dict[str, Any], settings: Settings) -> Any: ...
+
+    def stain(
+        self,
+        rcm: Path,
+        fcm: Path,
+        output: Path,
+        options: dict[str, Any],
+        settings: Settings,
+        progress: Progress,
+        models: Any,
+    ) -> dict[str, Any]: ...
+
+    def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None: ...
+
+
+class PipelineEngine:
+    """service.pipeline, imported on first use so that importing this module stays light."""
+
+    @staticmethod
+    def spec(options: dict[str, Any], settings: Settings) -> Any:
+        from service.pipeline import StainSpec
+
+        stages = options.get("stages")
+        return StainSpec(
+            stages=tuple(stages) if stages else None,
+            models_dir=settings.models_dir,
+            tile_px=settings.tile_px,
+            compression=options.get("compression", "jpeg"),
+            jpeg_quality=int(options.get("jpeg_quality", 90)),
+            output_format=options.get("output_format", "tiff"),
+            threads=settings.threads,
+            max_pixels=settings.max_pixels,
+        )
+
+    def load_models(self, options: dict[str, Any], settings: Settings) -> Any:
+        from service.pipeline import load_models
+
+        return load_models(self.spec(options, settings))
+
+    def stain(
+        self,
+        rcm: Path,
+        fcm: Path,
+        output: Path,
+        options: dict[str, Any],
+        settings: Settings,
+        progress: Progress,
+        models: Any,
+    ) -> dict[str, Any]:
+        from service.pipeline import stain_slide
+        from service.slide import SlideInputs
+
+        spec = self.spec(options, settings)
+        report = stain_slide(SlideInputs(rcm, fcm), output, spec, progress, models)
+        return dict(report.to_dict())
+
+    def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None:
+        from service.slide import write_thumbnail
+
+        write_thumbnail(tiff, jpeg, max_px)
+
+
+@dataclass
+class WorkerContext:
+    """Per-process state of a worker: settings, store, storage and the models it loaded once."""
+
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    engine: Engine = field(default_factory=PipelineEngine)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _models: dict[tuple[str, ...] | None, Any] = field(default_factory=dict)
+    _models_pid: int = field(default_factory=os.getpid)
+
+    def models_for(self, options: dict[str, Any]) -> Any:
+        # Sessions made before a fork are not safe in the child; reload once per process.
+        if self._models_pid != os.getpid():
+            self._models.clear()
+            self._models_pid = os.getpid()
+        stages = options.get("stages")
+        key = tuple(stages) if stages else None
+        if key not in self._models:
+            self._models[key] = self.engine.load_models(options, self.settings)
+        return self._models[key]
+
+
+class Attempt:
+    """Progress, heartbeat, cancellation and deadline of one running attempt."""
+
+    def __init__(self, ctx: WorkerContext, job_id: str, lease: str) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+        self.lease = lease
+        self.deadline = time.monotonic() + ctx.settings.job_time_limit_s
+        self.lost = threading.Event()
+        self._state: tuple[str | None, int, int] = (None, 0, 0)
+        self._last_write = 0.0
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True
+        )
+
+    def __enter__(self) -> Attempt:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _write(self) -> None:
+        with self._lock:
+            stage, done, total = self._state
+            self._last_write = time.monotonic()
+        try:
+            owned = self.ctx.store.heartbeat(self.job_id, self.lease, stage, done, total)
+        except Exception as exc:  # a database hiccup must not kill the stain; the next beat retries
+            log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+            return
+        if not owned:
+            self.lost.set()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.ctx.settings.heartbeat_interval_s):
+            self._write()
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """The engine's callback between tiles: record progress, stop when told to."""
+        with self._lock:
+            changed = stage != self._state[0]
+            self._state = (stage, done, total)
+            due = time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S
+        if changed or due:
+            self._write()
+        if self.lost.is_set():
+            raise AttemptLost("the job was cancelled or taken over by another worker")
+        if self.ctx.stopping.is_set():
+            raise WorkerStopping("the worker is shutting down")
+        if time.monotonic() > self.deadline:
+            raise JobTimedOut(
+                f"the job ran longer than {self.ctx.settings.job_time_limit_s:g} s "
+                "(DSCM_JOB_TIME_LIMIT_S)"
+            )
+
+
+def run_job(job_id: str, ctx: WorkerContext) -> str:
+    """Run one attempt of ``job_id``; returns how it ended (for logs and tests)."""
+    if ctx.stopping.is_set():
+        return "stopping"
+    lease = uuid.uuid4().hex
+    claim = ctx.store.claim(job_id, lease, seconds_ago(ctx.settings.stale_after_s))
+    if claim.outcome != "claimed" or claim.job is None:
+        log.info("job %s not run: %s", job_id, claim.outcome)
+        return claim.outcome
+    outcome = _run_claimed(claim.job, lease, ctx)
+    telemetry.OUTCOMES.labels(outcome=outcome).inc()
+    log.info("job %s attempt %d: %s", job_id, claim.job.attempts, outcome)
+    return outcome
+
+
+def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
+    store, storage = ctx.store, ctx.storage
+    suffix = RESULT_SUFFIX.get(str(job.options.get("output_format", "tiff")), ".tiff")
+    result_name, thumb_name = f"{lease}{suffix}", f"{lease}.jpg"
+    result = thumb = None
+    try:
+        with Attempt(ctx, job.id, lease) as attempt:
+            try:
+                storage.result_dir(job.id).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create the result folder: {exc.strerror}") from exc
+            result = storage.result_path(job.id, result_name)
+            thumb = storage.result_path(job.id, thumb_name)
+            rcm = storage.input_path(job.id, job.inputs["rcm"]["stored_name"])
+            fcm = storage.input_path(job.id, job.inputs["fcm"]["stored_name"])
+            attempt.progress("load_models", 0, 1)
+            models = ctx.models_for(job.options)
+            report = ctx.engine.stain(
+                rcm, fcm, result, job.options, ctx.settings, attempt.progress, models
+            )
+            attempt.progress("thumbnail", 0, 1)
+            try:
+                ctx.engine.thumbnail(result, thumb, ctx.settings.thumbnail_px)
+            except OSError as exc:
+                raise OutputError(f"cannot write the thumbnail: {exc.strerror}") from exc
+        report = public_report(report, result_name)
+        size_bytes = result.stat().st_size
+        sha256 = str(report.get("output_sha256") or "")
+        if not store.succeed(job.id, lease, report, result_name, sha256, size_bytes, thumb_name):
+            _remove(result, thumb)
+            return "lost"
+        storage.purge_inputs(job.id)
+        telemetry.observe_report(report)
+        return "succeeded"
+    except WorkerStopping:
+        _remove(result, thumb)
+        store.release(job.id, lease)
+        return "released"
+    except AttemptLost:
+        _remove(result, thumb)
+        return "lost"
+    except JobTimedOut as exc:
+        return _fail(ctx, job, lease, exc.code, exc.detail, result, thumb)
+    except AttemptStopped as exc:
+        return _fail(ctx, job, lease, exc.code, exc.detail, result, thumb)
+    except DscmError as exc:
+        return _fail(ctx, job, lease, exc.code, exc.detail, result, thumb)
+    except OSError as exc:
+        detail = f"I/O error while staining: {exc.strerror or exc}"
+        return _fail(ctx, job, lease, "io_error", detail, result, thumb)
+    except Exception as exc:
+        log.exception("job %s: unexpected error", job.id)
+        if type(exc).__name__ == "SoftTimeLimitExceeded":
+            detail = "the worker's time limit stopped the job"
+            return _fail(ctx, job, lease, JobTimedOut.code, detail, result, thumb)
+        detail = f"unexpected {type(exc).__name__}; see the worker log"
+        return _fail(ctx, job, lease, "internal_error", detail, result, thumb)
+
+
+def _fail(
+    ctx: WorkerContext,
+    job: Job,
+    lease: str,
+    code: str,
+    detail: str,
+    result: Path | None,
+    thumb: Path | None,
+) -> str:
+    _remove(result, thumb)
+    if ctx.store.fail(job.id, lease, code, detail):
+        ctx.storage.purge_inputs(job.id)
+        return "failed"
+    return "lost"
+
+
+def _remove(*paths: Path | None) -> None:
+    for path in paths:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+def public_report(report: dict[str, Any], result_name: str) -> dict[str, Any]:
+    """The engine's report without server paths."""
+    cleaned = dict(report)
+    cleaned["output"] = result_name
+    return cleaned

@@ -1,0 +1,357 @@
+"""JobStore: every read and every state change of a job record, each in one transaction.
+
+State changes are conditional UPDATEs (``... WHERE state = ... AND lease = ...``), so the API,
+any number of workers and the sweeper can race without locks: the loser's UPDATE matches no row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.jobs.db import JobRow, make_engine, utc_now
+from service.jobs.model import ACTIVE_STATES, FINISHED_STATES, Job, JobState, NewJob
+
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
+ClaimOutcome = Literal["claimed", "missing", "finished", "busy", "exhausted"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    job: Job | None = None
+
+
+def to_job(row: JobRow) -> Job:
+    values: dict[str, Any] = {name: getattr(row, name) for name in _JOB_FIELDS}
+    values["state"] = JobState(row.state)
+    return Job(**values)
+
+
+class JobStore:
+    """Durable job records in a SQL database (SQLite or PostgreSQL)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.engine = make_engine(database_url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def _update(
+        self, session: Session, job_id: str, *where: ColumnElement[bool], **values: Any
+    ) -> bool:
+        values.setdefault("updated_at", utc_now())
+        result = session.execute(update(JobRow).where(JobRow.id == job_id, *where).values(**values))
+        return bool(getattr(result, "rowcount", 0))
+
+    # ---- API side ----
+
+    def create(self, new: NewJob) -> tuple[Job, bool]:
+        """Insert a queued job; with a known idempotency key return the earlier job instead.
+
+        Returns ``(job, created)``.
+        """
+        now = utc_now()
+        row = JobRow(
+            id=new.id,
+            tenant=new.tenant,
+            state=JobState.QUEUED.value,
+            max_attempts=new.max_attempts,
+            idempotency_key=new.idempotency_key,
+            options=new.options,
+            inputs=new.inputs,
+            progress_done=0,
+            progress_total=0,
+            attempts=0,
+            requeues=0,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            with self._sessions.begin() as session:
+                session.add(row)
+                session.flush()
+                return to_job(row), True
+        except IntegrityError:
+            if new.idempotency_key is None:
+                raise
+            earlier = self.find_by_idempotency_key(new.tenant, new.idempotency_key)
+            if earlier is None:
+                raise
+            return earlier, False
+
+    def find_by_idempotency_key(self, tenant: str, key: str) -> Job | None:
+        with self._sessions() as session:
+            row = session.scalars(
+                select(JobRow).where(JobRow.tenant == tenant, JobRow.idempotency_key == key)
+            ).first()
+            return None if row is None else to_job(row)
+
+    def get(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """The job, or None when it does not exist or belongs to another tenant."""
+        with self._sessions() as session:
+            row = session.get(JobRow, job_id)
+            if row is None or (tenant is not None and row.tenant != tenant):
+                return None
+            return to_job(row)
+
+    def list_jobs(
+        self,
+        tenant: str | None,
+        state: JobState | None,
+        limit: int,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[Job]:
+        """Newest first; ``before`` is the (created_at, id) of the last job of the previous page."""
+        query = select(JobRow)
+        if tenant is not None:
+            query = query.where(JobRow.tenant == tenant)
+        if state is not None:
+            query = query.where(JobRow.state == state.value)
+        if before is not None:
+            created, job_id = before
+            query = query.where(
+                or_(
+                    JobRow.created_at < created,
+                    and_(JobRow.created_at == created, JobRow.id < job_id),
+                )
+            )
+        query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
+        with self._sessions() as session:
+            return [to_job(row) for row in session.scalars(query)]
+
+    def mark_enqueued(self, job_id: str) -> None:
+        with self._sessions.begin() as session:
+            self._update(
+                session, job_id, JobRow.state == JobState.QUEUED.value, enqueued_at=utc_now()
+            )
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job; False if it had already finished."""
+        now = utc_now()
+        with self._sessions.begin() as session:
+            return self._update(
+                session,
+                job_id,
+                JobRow.state.in_([s.value for s in ACTIVE_STATES]),
+                state=JobState.CANCELLED.value,
+                lease=None,
+                finished_at=now,
+                error_code="cancelled",
+                error_detail="cancelled by the client",
+            )
+
+    def mark_purged(self, job_id: str) -> None:
+        with self._sessions.begin() as session:
+            self._update(session, job_id, purged_at=utc_now())
+
+    def counts_by_state(self) -> dict[str, int]:
+        with self._sessions() as session:
+            rows = session.execute(select(JobRow.state, func.count()).group_by(JobRow.state))
+            return {state: int(count) for state, count in rows}
+
+    # ---- worker side ----
+
+    def claim(self, job_id: str, lease: str, stale_before: datetime) -> Claim:
+        """Start an attempt: queued (or running with a dead heartbeat) -> running, attempts + 1."""
+        now = utc_now()
+        with self._sessions.begin() as session:
+            claimed = self._update(
+                session,
+                job_id,
+                or_(
+                    JobRow.state == JobState.QUEUED.value,
+                    and_(
+                        JobRow.state == JobState.RUNNING.value, JobRow.heartbeat_at < stale_before
+                    ),
+                ),
+                JobRow.attempts < JobRow.max_attempts,
+                state=JobState.RUNNING.value,
+                attempts=JobRow.attempts + 1,
+                lease=lease,
+                stage=None,
+                progress_done=0,
+                progress_total=0,
+                started_at=now,
+                heartbeat_at=now,
+            )
+            row = session.get(JobRow, job_id)
+            if row is None:
+                return Claim("missing")
+            job = to_job(row)
+        if claimed:
+            return Claim("claimed", job)
+        if job.finished:
+            return Claim("finished", job)
+        if job.state == JobState.RUNNING and job.heartbeat_at and job.heartbeat_at >= stale_before:
+            return Claim("busy", job)
+        self.fail_exhausted(job_id, stale_before)
+        return Claim("exhausted", self.get(job_id))
+
+    def heartbeat(self, job_id: str, lease: str, stage: str | None, done: int, total: int) -> bool:
+        """Record progress; False once this attempt lost the job (cancelled, taken over)."""
+        with self._sessions.begin() as session:
+            return self._update(
+                session,
+                job_id,
+                JobRow.state == JobState.RUNNING.value,
+                JobRow.lease == lease,
+                stage=stage,
+                progress_done=done,
+                progress_total=total,
+                heartbeat_at=utc_now(),
+            )
+
+    def succeed(
+        self,
+        job_id: str,
+        lease: str,
+        report: dict[str, Any],
+        result_name: str,
+        result_sha256: str,
+        result_bytes: int,
+        thumbnail_name: str | None,
+    ) -> bool:
+        now = utc_now()
+        with self._sessions.begin() as session:
+            return self._update(
+                session,
+                job_id,
+                JobRow.state == JobState.RUNNING.value,
+                JobRow.lease == lease,
+                state=JobState.SUCCEEDED.value,
+                report=report,
+                result_name=result_name,
+                result_sha256=result_sha256,
+                result_bytes=result_bytes,
+                thumbnail_name=thumbnail_name,
+                finished_at=now,
+                heartbeat_at=now,
+                lease=None,
+            )
+
+    def fail(self, job_id: str, lease: str, code: str, detail: str) -> bool:
+        with self._sessions.begin() as session:
+            return self._update(
+                session,
+                job_id,
+                JobRow.state == JobState.RUNNING.value,
+                JobRow.lease == lease,
+                state=JobState.FAILED.value,
+                error_code=code,
+                error_detail=detail,
+                finished_at=utc_now(),
+                lease=None,
+            )
+
+    def release(self, job_id: str, lease: str) -> bool:
+        """Give a job back to the queue (worker shutting down); the attempt is not counted."""
+        with self._sessions.begin() as session:
+            return self._update(
+                session,
+                job_id,
+                JobRow.state == JobState.RUNNING.value,
+                JobRow.lease == lease,
+                state=JobState.QUEUED.value,
+                attempts=JobRow.attempts - 1,
+                lease=None,
+                stage=None,
+                enqueued_at=None,
+            )
+
+    # ---- sweeper side ----
+
+    def unheld_candidates(self, queued_before: datetime) -> list[str]:
+        """Queued jobs last handed to a queue before ``queued_before`` (or never)."""
+        query = select(JobRow.id).where(
+            JobRow.state == JobState.QUEUED.value,
+            or_(JobRow.enqueued_at.is_(None), JobRow.enqueued_at < queued_before),
+            JobRow.created_at < queued_before,
+        )
+        with self._sessions() as session:
+            return list(session.scalars(query.order_by(JobRow.created_at)))
+
+    def stale_running(self, stale_before: datetime) -> list[Job]:
+        query = select(JobRow).where(
+            JobRow.state == JobState.RUNNING.value, JobRow.heartbeat_at < stale_before
+        )
+        with self._sessions() as session:
+            return [to_job(row) for row in session.scalars(query)]
+
+    def requeue_lost(self, job_id: str, stale_before: datetime) -> bool:
+        """A running job whose worker died goes back to queued (attempts are kept)."""
+        with self._sessions.begin() as session:
+            return self._update(
+                session,
+                job_id,
+                JobRow.state == JobState.RUNNING.value,
+                JobRow.heartbeat_at < stale_before,
+                JobRow.attempts < JobRow.max_attempts,
+                state=JobState.QUEUED.value,
+                lease=None,
+                stage=None,
+                enqueued_at=None,
+            )
+
+    def note_requeued(self, job_id: str) -> None:
+        with self._sessions.begin() as session:
+            self._update(
+                session,
+                job_id,
+                JobRow.state == JobState.QUEUED.value,
+                enqueued_at=utc_now(),
+                requeues=JobRow.requeues + 1,
+            )
+
+    def fail_exhausted(self, job_id: str, stale_before: datetime) -> bool:
+        """Fail a job that used all its attempts (its workers died or were lost each time)."""
+        with self._sessions.begin() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                return False
+            detail = (
+                f"the job was started {row.attempts} times (max_attempts={row.max_attempts}) "
+                "and its worker was lost each time"
+            )
+            return self._update(
+                session,
+                job_id,
+                JobRow.attempts >= JobRow.max_attempts,
+                or_(
+                    JobRow.state == JobState.QUEUED.value,
+                    and_(
+                        JobRow.state == JobState.RUNNING.value, JobRow.heartbeat_at < stale_before
+                    ),
+                ),
+                state=JobState.FAILED.value,
+                error_code="attempts_exhausted",
+                error_detail=detail,
+                finished_at=utc_now(),
+                lease=None,
+            )
+
+    def expired(self, finished_before: datetime) -> list[str]:
+        query = select(JobRow.id).where(
+            JobRow.state.in_([s.value for s in FINISHED_STATES]),
+            JobRow.finished_at < finished_before,
+        )
+        with self._sessions() as session:
+            return list(session.scalars(query))
+
+    def delete(self, job_id: str) -> None:
+        with self._sessions.begin() as session:
+            session.execute(delete(JobRow).where(JobRow.id == job_id))
+
+
+def seconds_ago(seconds: float) -> datetime:
+    return utc_now() - timedelta(seconds=seconds)

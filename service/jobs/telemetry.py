@@ -1,0 +1,55 @@
+"""Worker-side Prometheus metrics (stage durations, tiles/s, outcomes); no job ids in labels.
+
+A Celery worker serves them on DSCM_WORKER_METRICS_PORT; the embedded worker's appear in the
+API's /metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
+_DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+STAGE_SECONDS = Histogram(
+    "dscm_stage_duration_seconds",
+    "Seconds spent in each engine stage, per job",
+    ["stage"],
+    buckets=_DURATION_BUCKETS_S,
+    registry=WORKER_REGISTRY,
+)
+JOB_SECONDS = Histogram(
+    "dscm_job_duration_seconds",
+    "Wall time of one successful stain",
+    buckets=_DURATION_BUCKETS_S,
+    registry=WORKER_REGISTRY,
+)
+TILES_PER_SECOND = Histogram(
+    "dscm_job_tiles_per_second",
+    "Tiles computed per second of tile stage, per job",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000),
+    registry=WORKER_REGISTRY,
+)
+TILES = Counter("dscm_tiles_computed", "Tiles run through the networks", registry=WORKER_REGISTRY)
+OUTCOMES = Counter(
+    "dscm_job_attempts_finished",
+    "Attempts by how they ended",
+    ["outcome"],
+    registry=WORKER_REGISTRY,
+)
+
+
+def observe_report(report: dict[str, Any]) -> None:
+    timings = report.get("timings_s") or {}
+    for stage, seconds in timings.items():
+        if stage != "total" and isinstance(seconds, int | float):
+            STAGE_SECONDS.labels(stage=str(stage)).observe(float(seconds))
+    if isinstance(timings.get("total"), int | float):
+        JOB_SECONDS.observe(float(timings["total"]))
+    computed = int((report.get("tiles") or {}).get("computed", 0))
+    TILES.inc(computed)
+    tile_s = timings.get("tiles")
+    if computed and isinstance(tile_s, int | float) and tile_s > 0:
+        TILES_PER_SECOND.observe(computed / float(tile_s))
