@@ -11,6 +11,7 @@ import pytest
 import pyvips
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnx_factory import make_despeckler, make_generator
 

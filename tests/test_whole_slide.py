@@ -7,30 +7,17 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
-import pyvips
 import tifffile
 
+from bench.synthetic import write_pair
 from service.pipeline import StainSpec, stain_slide
-from service.slide import SlideInputs
 
 WIDTH_PX, HEIGHT_PX, MPP_UM = 15000, 10000, 0.6
 
 
-def big_mode(path: Path, seed: int) -> Path:
-    """Smooth structure plus noise, made and written by libvips in bounded memory."""
-    xy = pyvips.Image.xyz(WIDTH_PX, HEIGHT_PX)
-    x, y = xy[0], xy[1]
-    structure = (x / 97.0 + seed).sin() * 40 + (y / 53.0).cos() * 30 + 110
-    noise = pyvips.Image.gaussnoise(WIDTH_PX, HEIGHT_PX, sigma=20, seed=seed)
-    image = (structure + noise).cast("uchar")
-    res = 1000.0 / MPP_UM
-    image.tiffsave(str(path), tile=True, compression="lzw", xres=res, yres=res, resunit="cm")
-    return path
-
-
 @pytest.mark.slow
 def test_15000_by_10000_slide(tmp_path: Path) -> None:
-    inputs = SlideInputs(big_mode(tmp_path / "rcm.tif", 1), big_mode(tmp_path / "fcm.tif", 2))
+    inputs = write_pair(tmp_path, WIDTH_PX, HEIGHT_PX, mpp_um=MPP_UM)
     output = tmp_path / "out.tif"
     report = stain_slide(
         inputs, output, StainSpec(models_dir=tmp_path, stages=("median", "gareau"))
