@@ -86,7 +86,10 @@ def test_pyramid_opens_in_openslide_and_tifffile_with_edges(make_pair, tmp_path:
         ]
         assert all(p.is_tiled for p in tif.pages)
         assert all(p.subfiletype == 1 for p in tif.pages[1:])  # reduced-resolution levels
-        assert all("XResolution" in p.tags for p in tif.pages)
+        px_per_cm = [p.tags["XResolution"].value for p in tif.pages]
+        for page, (num, den) in zip(tif.pages, px_per_cm, strict=True):
+            expected = 1e4 / 0.5 * page.shape[1] / 2500  # each level's own resolution
+            assert num / den == pytest.approx(expected, rel=1e-3)
 
 
 def test_tiles_match_a_whole_image_pass_for_plain_models(

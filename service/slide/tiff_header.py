@@ -69,3 +69,49 @@ def check_tiff_extent(path: Path) -> None:
             raise CorruptSlide(
                 f"{path.name}: truncated TIFF: image data needs {end} bytes, file has {size}"
             )
+
+
+_XRES, _YRES, _WIDTH, _RATIONAL = 282, 283, 256, 5
+
+
+def scale_level_resolutions(path: Path) -> None:
+    """Make each page's X/YResolution match its own size (libvips copies level 0's to all).
+
+    Overwrites the 8-byte RATIONAL values in place; the file's layout does not change.
+    """
+    with path.open("r+b") as handle:
+        head = handle.read(16)
+        order = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(order + "H", head[2:4])[0] == 43
+        count_fmt, entry_size, value_size = ("Q", 20, 8) if big else ("H", 12, 4)
+        offset_fmt = "Q" if big else "I"
+        ifd_offset = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])[0]
+        base_width = 0
+        while ifd_offset:
+            handle.seek(ifd_offset)
+            count_size = struct.calcsize(count_fmt)
+            n_entries = struct.unpack(order + count_fmt, handle.read(count_size))[0]
+            table = handle.read(n_entries * entry_size)
+            next_offset = struct.unpack(order + offset_fmt, handle.read(value_size))[0]
+            width, rationals = 0, {}
+            for i in range(n_entries):
+                entry = table[i * entry_size : (i + 1) * entry_size]
+                tag, type_id = struct.unpack(order + "HH", entry[:4])
+                field = entry[4 + value_size : 4 + 2 * value_size]
+                if tag == _WIDTH:
+                    width = struct.unpack(
+                        order + ("H" if type_id == 3 else "I"), field[: 2 if type_id == 3 else 4]
+                    )[0]
+                elif tag in (_XRES, _YRES) and type_id == _RATIONAL:
+                    if big:  # 8 bytes fit in the entry itself
+                        rationals[tag] = ifd_offset + count_size + i * entry_size + 4 + value_size
+                    else:
+                        rationals[tag] = struct.unpack(order + "I", field)[0]
+            base_width = base_width or width
+            for location in rationals.values():
+                handle.seek(location)
+                numerator, denominator = struct.unpack(order + "II", handle.read(8))
+                value = numerator / denominator * width / base_width
+                handle.seek(location)
+                handle.write(struct.pack(order + "II", round(value * 1000), 1000))
+            ifd_offset = next_offset

@@ -20,6 +20,7 @@ import numpy as np
 import pyvips
 
 from service.errors import OutputError
+from service.slide.tiff_header import scale_level_resolutions
 
 Compression = Literal["jpeg", "lossless"]
 OutputFormat = Literal["tiff", "ome-tiff"]
@@ -96,6 +97,8 @@ class PyramidWriter:
             image.tiffsave(str(self.tmp_path), **options)
             del image
             del self.canvas
+            if output_format == "tiff":
+                scale_level_resolutions(self.tmp_path)
             with self.tmp_path.open("rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(self.tmp_path, self.output)
