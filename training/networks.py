@@ -1,0 +1,298 @@
+"""The three networks: despeckler, ResNet generator (reference-compatible keys), PatchGAN.
+
+A small registry: ``create_model("despeckle", width=32)``, ``create_model("resnet_generator",
+ngf=16, n_blocks=9)``, ``create_model("patchgan", ndf=64)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+INSTANCE_NORM_EPS = 1e-5
+
+
+class Despeckler(nn.Module):
+    """The paper's despeckling CNN with a multiplicative residual.
+
+    ``depth`` x [conv 3x3 ``width``, batch norm (not on the first layer), PReLU], then conv 3x3
+    to one channel and tanh. The tanh output ``t`` in (-1, 1) is the log-free estimate of the
+    inverse noise: ``output = input * (1 + t)``, a factor in (0, 2) that is 1 (identity) when the
+    last layer is zero. Bounded, so a fresh or badly trained net can never blow up an image; the
+    group's first public code used the same ``x * (1 + tanh(.))`` form. Input and output are
+    reflectance in [0, 1] (tissue bright).
+    """
+
+    def __init__(self, width: int = 64, depth: int = 7) -> None:
+        super().__init__()
+        if depth < 1 or width < 1:
+            raise ValueError(f"depth {depth} and width {width} must be positive")
+        layers: list[nn.Module] = []
+        in_channels = 1
+        for index in range(depth):
+            layers.append(nn.Conv2d(in_channels, width, 3, padding=1, bias=index == 0))
+            if index > 0:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.PReLU(width))
+            in_channels = width
+        layers.append(nn.Conv2d(width, 1, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+        self.width = width
+        self.depth = depth
+        # Start at the identity: the residual factor is exactly 1 before training.
+        last = layers[-1]
+        assert isinstance(last, nn.Conv2d)
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image * (1.0 + torch.tanh(self.body(image)))
+
+    @property
+    def halo_px(self) -> int:
+        """Receptive-field radius: one pixel per 3x3 convolution."""
+        return self.depth + 1
+
+    @property
+    def architecture(self) -> str:
+        return f"despeckle-cnn(width={self.width},depth={self.depth})"
+
+
+class SharedInstanceNorm(nn.Module):
+    """Instance norm (no affine, no running stats, so reference keys stay compatible) that can
+    mix in given statistics: ``mean = mix * given + (1 - mix) * own``, likewise the variance.
+
+    Outside ``ResnetGenerator.forward_shared`` it is plain ``InstanceNorm2d(affine=False)``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self._given: torch.Tensor | None = None  # (N, 2C): C means then C variances
+        self._mix: torch.Tensor | None = None
+        self.own_stats: torch.Tensor | None = None
+
+    def set_shared(self, given: torch.Tensor | None, mix: torch.Tensor | None) -> None:
+        self._given, self._mix, self.own_stats = given, mix, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._given is None or self._mix is None:
+            return F.instance_norm(x, eps=INSTANCE_NORM_EPS)
+        own_mean = x.mean(dim=(2, 3))
+        own_var = (x - own_mean[:, :, None, None]).pow(2).mean(dim=(2, 3))
+        self.own_stats = torch.cat([own_mean, own_var], dim=1)
+        given_mean = self._given[:, : self.channels]
+        given_var = self._given[:, self.channels :]
+        mix = self._mix.reshape(1, 1)
+        mean = mix * given_mean + (1.0 - mix) * own_mean
+        var = mix * given_var + (1.0 - mix) * own_var
+        scale = torch.rsqrt(var + INSTANCE_NORM_EPS)
+        return (x - mean[:, :, None, None]) * scale[:, :, None, None]
+
+
+class ResnetBlock(nn.Module):
+    """``conv_block``: pad, conv, norm, ReLU, pad, conv, norm (reference indices 1 and 5)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, 3, bias=True),
+            SharedInstanceNorm(dim),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, 3, bias=True),
+            SharedInstanceNorm(dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Johnson-style ResNet generator laid out exactly like the reference ``ResnetGenerator``
+    (junyanz/pytorch-CycleGAN-and-pix2pix, instance norm, no dropout), so its state_dict loads.
+
+    Inputs and outputs are RGB in [-1, 1].
+    """
+
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, in_nc: int = 3, out_nc: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_nc, ngf, 7, bias=True),
+            SharedInstanceNorm(ngf),
+            nn.ReLU(True),
+        ]
+        for power in range(2):
+            channels = ngf * 2**power
+            layers += [
+                nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1, bias=True),
+                SharedInstanceNorm(channels * 2),
+                nn.ReLU(True),
+            ]
+        layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
+        for power in (2, 1):
+            channels = ngf * 2**power
+            layers += [
+                nn.ConvTranspose2d(
+                    channels, channels // 2, 3, stride=2, padding=1, output_padding=1, bias=True
+                ),
+                SharedInstanceNorm(channels // 2),
+                nn.ReLU(True),
+            ]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_nc, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        self.ngf = ngf
+        self.n_blocks = n_blocks
+
+    @property
+    def norm_layers(self) -> list[SharedInstanceNorm]:
+        """Instance-norm layers in execution order (the order of the stats vector)."""
+        return [m for m in self.modules() if isinstance(m, SharedInstanceNorm)]
+
+    @property
+    def norm_stats_layers(self) -> tuple[int, ...]:
+        return tuple(layer.channels for layer in self.norm_layers)
+
+    @property
+    def norm_stats_size(self) -> int:
+        return 2 * sum(self.norm_stats_layers)
+
+    @property
+    def architecture(self) -> str:
+        return f"resnet_generator(ngf={self.ngf},n_blocks={self.n_blocks})"
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(image)
+        return out
+
+    def forward_shared(
+        self, image: torch.Tensor, norm_stats: torch.Tensor, norm_mix: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``instance_shared`` contract of docs/models.md: returns (output, tile_stats)."""
+        layers = self.norm_layers
+        offset = 0
+        for layer in layers:
+            size = 2 * layer.channels
+            layer.set_shared(norm_stats[:, offset : offset + size], norm_mix)
+            offset += size
+        try:
+            output = self.model(image)
+            own = [layer.own_stats for layer in layers]
+            tile_stats = torch.cat([s for s in own if s is not None], dim=1)
+        finally:
+            for layer in layers:
+                layer.set_shared(None, None)
+        return output, tile_stats
+
+
+class SharedStatsExport(nn.Module):
+    """Wraps a generator so that ``forward`` is ``forward_shared`` (what ONNX export traces)."""
+
+    def __init__(self, generator: ResnetGenerator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(
+        self, image: torch.Tensor, norm_stats: torch.Tensor, norm_mix: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.generator.forward_shared(image, norm_stats, norm_mix)
+
+
+class PatchDiscriminator(nn.Module):
+    """70 x 70 PatchGAN (``n_layers=3``) with instance norm, as in the reference CycleGAN."""
+
+    def __init__(self, ndf: int = 64, n_layers: int = 3, in_nc: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_nc, ndf, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, True),
+        ]
+        channels = ndf
+        for index in range(1, n_layers + 1):
+            stride = 2 if index < n_layers else 1
+            out_channels = ndf * min(2**index, 8)
+            layers += [
+                nn.Conv2d(channels, out_channels, 4, stride=stride, padding=1, bias=True),
+                nn.InstanceNorm2d(out_channels),
+                nn.LeakyReLU(0.2, True),
+            ]
+            channels = out_channels
+        layers.append(nn.Conv2d(channels, 1, 4, stride=1, padding=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(image)
+        return out
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """Normal(0, 0.02) convolution weights, zero biases (the reference CycleGAN's init)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(layer.weight, 0.0, gain)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "despeckle": Despeckler,
+    "resnet_generator": ResnetGenerator,
+    "patchgan": PatchDiscriminator,
+}
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered network by name with its keyword options."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError as exc:
+        raise ValueError(f"unknown network {name!r}; choose from {sorted(_REGISTRY)}") from exc
+    return factory(**kwargs)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def receptive_radius_px(model: nn.Module, channels: int, size_px: int = 257) -> int:
+    """Measured receptive-field radius: how far from the centre pixel the input influences it.
+
+    Back-propagates from the centre output pixel through a copy whose convolutions have small
+    positive weights (so no ReLU or zero-initialised layer hides a path); a shared-stats
+    generator gets fixed identity statistics (``mix = 1``) as during tiled inference.
+    """
+    probe = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for layer in probe.modules():
+            if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+                fan_in = layer.weight[0].numel()
+                layer.weight.uniform_(0.05 / fan_in, 0.15 / fan_in)
+    image = torch.rand(1, channels, size_px, size_px, dtype=torch.float64) + 0.1
+    image.requires_grad_(True)
+    probe = probe.double()
+    if isinstance(probe, ResnetGenerator):
+        stats = torch.zeros(1, probe.norm_stats_size, dtype=torch.float64)
+        offset = 0
+        for width in probe.norm_stats_layers:
+            stats[:, offset + width : offset + 2 * width] = 1.0
+            offset += 2 * width
+        out, _ = probe.forward_shared(image, stats, torch.ones(1, dtype=torch.float64))
+    else:
+        out = probe(image)
+    centre = size_px // 2
+    out[0, :, centre, centre].sum().backward()
+    grad = image.grad
+    if grad is None:
+        raise RuntimeError("no gradient reached the input")
+    rows, cols = torch.nonzero(grad[0].abs().sum(0) > 0, as_tuple=True)
+    if rows.numel() == 0:
+        return 0
+    return max(int((rows - centre).abs().max()), int((cols - centre).abs().max()))
