@@ -207,3 +207,119 @@ def models(models_dir: Path | None, as_json: bool) -> None:
 
 
 # ---- service commands (serve, worker, keys) are defined below this line ----
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--log-level", default="info", show_default=True)
+def serve(host: str, port: int, log_level: str) -> None:
+    """Run the HTTP API (with an in-process worker unless DSCM_BROKER_URL is set)."""
+    import uvicorn
+
+    from service.api import create_app
+
+    settings = get_settings()
+    if not settings.broker_url:
+        click.echo("dscm: no DSCM_BROKER_URL: jobs run in an in-process worker", err=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+@main.command()
+@click.option(
+    "--pool",
+    type=click.Choice(["solo", "prefork", "threads"]),
+    default="solo",
+    show_default=True,
+    help="solo: one process per GPU (models loaded once, metrics served in-process).",
+)
+@click.option("--concurrency", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--hostname", default=None, help="Celery node name (default: celery@host).")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(pool: str, concurrency: int, hostname: str | None, loglevel: str) -> None:
+    """Run a Celery worker for the jobs the API enqueues (needs DSCM_BROKER_URL)."""
+    settings = get_settings()
+    if not settings.broker_url:
+        raise click.UsageError(
+            "DSCM_BROKER_URL is not set; without a broker `dscm serve` runs jobs in-process"
+        )
+    from service.worker.app import create_worker_app
+
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        from service.jobs.telemetry import WORKER_REGISTRY
+
+        start_http_server(settings.worker_metrics_port, registry=WORKER_REGISTRY)
+    app = create_worker_app(settings)
+    argv = [
+        "worker",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        f"--queues={settings.queue_name}",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (stored hashed in DSCM_API_KEYS_FILE)."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant the key acts for (e.g. a hospital).")
+@click.option(
+    "--roles",
+    default="submit,read",
+    show_default=True,
+    help="Comma-separated: submit, read, admin.",
+)
+@click.option("--file", "key_file", type=click.Path(path_type=Path), default=None)
+def keys_create(tenant: str, roles: str, key_file: Path | None) -> None:
+    """Create a key; it is printed once, only its sha256 is stored."""
+    from pydantic import ValidationError
+
+    from service.api.auth import add_key
+
+    path = key_file or get_settings().effective_api_keys_file
+    wanted = [r.strip() for r in roles.split(",") if r.strip()]
+    try:
+        entry, key = add_key(path, tenant, wanted)
+    except (ValidationError, ValueError) as exc:
+        raise click.BadParameter(str(exc).splitlines()[0]) from exc
+    roles_text = ", ".join(entry.roles)
+    click.echo(f"created key {entry.id} for tenant {tenant} ({roles_text}) in {path}", err=True)
+    click.echo("store it now; it cannot be shown again:", err=True)
+    click.echo(key)
+
+
+@keys.command("list")
+@click.option("--file", "key_file", type=click.Path(path_type=Path), default=None)
+def keys_list(key_file: Path | None) -> None:
+    """List key ids, tenants and roles (never the keys)."""
+    from service.api.auth import read_key_file
+
+    for entry in read_key_file(key_file or get_settings().effective_api_keys_file):
+        roles_text = ",".join(entry.roles)
+        click.echo(f"{entry.id}\t{entry.tenant}\t{roles_text}\t{entry.created_at or ''}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--file", "key_file", type=click.Path(path_type=Path), default=None)
+def keys_revoke(key_id: str, key_file: Path | None) -> None:
+    """Remove a key by its id; the running API stops accepting it at once."""
+    from service.api.auth import remove_key
+
+    if not remove_key(key_file or get_settings().effective_api_keys_file, key_id):
+        raise click.BadParameter(f"no key with id {key_id}")
+    click.echo(f"revoked key {key_id}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -68,26 +68,41 @@ def read_key_file(path: Path) -> list[ApiKeyEntry]:
         raise ValueError(f"API key file {path} is unreadable or malformed: {exc}") from exc
 
 
-def add_key(path: Path, tenant: str, roles: list[Role]) -> tuple[ApiKeyEntry, str]:
-    """Create a key, append its hash to ``path`` (mode 0600) and return the entry and the key."""
-    entries = read_key_file(path)
-    key_id, key = new_key()
-    entry = ApiKeyEntry(
-        id=key_id,
-        tenant=tenant,
-        roles=roles,
-        sha256=hash_key(key),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    entries.append(entry)
+def write_key_file(path: Path, entries: list[ApiKeyEntry]) -> None:
+    """Replace ``path`` atomically, readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{key_id}.tmp")
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     data = json.dumps([e.model_dump() for e in entries], indent=2) + "\n"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(data)
     os.replace(temp, path)
+
+
+def add_key(path: Path, tenant: str, roles: list[str]) -> tuple[ApiKeyEntry, str]:
+    """Create a key, append its hash to ``path`` and return the entry and the key (shown once)."""
+    entries = read_key_file(path)
+    key_id, key = new_key()
+    entry = ApiKeyEntry.model_validate(
+        {
+            "id": key_id,
+            "tenant": tenant,
+            "roles": roles,
+            "sha256": hash_key(key),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
+    write_key_file(path, [*entries, entry])
     return entry, key
+
+
+def remove_key(path: Path, key_id: str) -> bool:
+    entries = read_key_file(path)
+    kept = [e for e in entries if e.id != key_id]
+    if len(kept) == len(entries):
+        return False
+    write_key_file(path, kept)
+    return True
 
 
 class Keyring:

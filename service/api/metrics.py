@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -12,9 +18,10 @@ from service.api.services import Services
 from service.jobs.model import JobState
 from service.jobs.telemetry import WORKER_REGISTRY
 
+disable_created_metrics()  # the *_created series only add noise to a scrape
 API_REGISTRY = CollectorRegistry(auto_describe=True)
 UPLOAD_BYTES = Counter(
-    "dscm_upload_bytes", "Bytes of accepted and refused uploads received", registry=API_REGISTRY
+    "dscm_upload_bytes", "File bytes of completely received uploads", registry=API_REGISTRY
 )
 ACCEPT_SECONDS = Histogram(
     "dscm_accept_duration_seconds",

@@ -72,6 +72,11 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def task_id_for(job_id: str) -> str:
+    """Task ids start with the job id, so the sweeper can tell which jobs the broker holds."""
+    return f"{job_id}-{uuid.uuid4().hex[:8]}"
+
+
 def job_id_of_task(task_id: str) -> str:
     return task_id.split("-", 1)[0]
 
@@ -98,7 +103,7 @@ class CeleryQueue:
         self.app.send_task(
             TASK_NAME,
             args=[job_id],
-            task_id=f"{job_id}-{uuid.uuid4().hex[:8]}",
+            task_id=task_id_for(job_id),
             queue=self.queue_name,
         )
 

@@ -223,7 +223,9 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
         report = public_report(report, result_name)
         size_bytes = result.stat().st_size
         sha256 = str(report.get("output_sha256") or "")
-        if not store.succeed(job.id, lease, report, result_name, sha256, size_bytes, thumb_name):
+        tiles = int((report.get("tiles") or {}).get("total", 0))
+        published = (result_name, sha256, size_bytes, thumb_name, tiles)
+        if not store.succeed(job.id, lease, report, *published):
             _remove(result, thumb)
             return "lost"
         storage.purge_inputs(job.id)

@@ -221,6 +221,7 @@ class JobStore:
         result_sha256: str,
         result_bytes: int,
         thumbnail_name: str | None,
+        tiles_total: int,
     ) -> bool:
         now = utc_now()
         with self._sessions.begin() as session:
@@ -230,6 +231,9 @@ class JobStore:
                 JobRow.state == JobState.RUNNING.value,
                 JobRow.lease == lease,
                 state=JobState.SUCCEEDED.value,
+                stage="done",
+                progress_done=tiles_total,
+                progress_total=tiles_total,
                 report=report,
                 result_name=result_name,
                 result_sha256=result_sha256,

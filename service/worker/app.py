@@ -1,0 +1,73 @@
+"""The Celery app of `dscm worker`: Redis broker, JSON only, one task registered by name.
+
+Delivery guarantees come from the broker settings (acks_late, reject_on_worker_lost, prefetch 1,
+visibility timeout above the time limit, see service.jobs.queues.celery_config) plus the job
+record: each delivery claims the job first, so duplicates and redeliveries of finished jobs do
+nothing, and a worker killed mid-job is noticed by its stopped heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_shutting_down
+
+from service.config import Settings
+from service.jobs.queues import TASK_NAME, make_celery, task_id_for
+from service.jobs.runner import Engine, PipelineEngine, WorkerContext, run_job
+from service.jobs.storage import Storage
+from service.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class ContextHolder:
+    """One WorkerContext per process, made on first use (after any fork) and reused."""
+
+    def __init__(self, settings: Settings, engine: Engine | None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._context: WorkerContext | None = None
+        self._pid = 0
+
+    def get(self) -> WorkerContext:
+        if self._context is None or self._pid != os.getpid():
+            storage = Storage(self.settings.storage_dir, self.settings.results_dir)
+            storage.create()
+            store = JobStore(self.settings.effective_database_url)
+            self._context = WorkerContext(
+                self.settings, store, storage, self.engine or PipelineEngine()
+            )
+            self._pid = os.getpid()
+        return self._context
+
+    def stop(self) -> None:
+        if self._context is not None:
+            self._context.stopping.set()
+
+
+def create_worker_app(settings: Settings, engine: Engine | None = None) -> Celery:
+    if not settings.broker_url:
+        raise ValueError("the Celery worker needs DSCM_BROKER_URL")
+    app = make_celery(settings)
+    holder = ContextHolder(settings, engine)
+
+    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def stain_job(task: Task, job_id: str) -> str:
+        outcome = run_job(job_id, holder.get())
+        if outcome == "released":
+            # Shutting down mid-job: the job is queued again before this delivery is acked.
+            task.app.send_task(
+                TASK_NAME, args=[job_id], task_id=task_id_for(job_id), queue=settings.queue_name
+            )
+        return outcome
+
+    def on_shutdown(**_: Any) -> None:
+        holder.stop()
+
+    worker_shutting_down.connect(on_shutdown, weak=False)
+    app.conf.dscm_holder = holder
+    return app

@@ -1,0 +1,76 @@
+"""Fixtures for the service tests: a small image pair, API keys, settings, an app client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import Keys, Pair, write_gray_tiff
+
+from service.api import create_app
+from service.api.auth import hash_key, new_key
+from service.config import ApiKeyEntry, Settings
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    folder = tmp_path_factory.mktemp("pair")
+    return Pair(
+        write_gray_tiff(folder / "rcm.tif", 256, 256, 1),
+        write_gray_tiff(folder / "fcm.tif", 256, 256, 2),
+    )
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keys:
+    made: dict[str, str] = {}
+    entries = []
+    for name, tenant, roles in (
+        ("alice", "alice-hospital", ["submit", "read"]),
+        ("bob", "bob-clinic", ["submit", "read"]),
+        ("alice_reader", "alice-hospital", ["read"]),
+        ("admin", "ops", ["admin"]),
+    ):
+        key_id, key = new_key()
+        made[name] = key
+        entries.append(
+            ApiKeyEntry.model_validate(
+                {"id": key_id, "tenant": tenant, "roles": roles, "sha256": hash_key(key)}
+            )
+        )
+    return Keys(entries=tuple(entries), **made)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, keys: Keys) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "storage_dir": tmp_path / "storage",
+            "models_dir": tmp_path / "no-models",
+            "tile_px": 128,
+            "api_keys": list(keys.entries),
+            "api_keys_file": tmp_path / "keys.json",
+            "heartbeat_interval_s": 0.2,
+            "stale_after_s": 1.5,
+            "sweep_interval_s": 0.3,
+            "requeue_grace_s": 0.5,
+            "thumbnail_px": 128,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client

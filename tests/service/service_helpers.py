@@ -1,0 +1,146 @@
+"""Service test helpers: image pairs, keys, polling, problem checks, a fake engine."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from fastapi.testclient import TestClient
+
+from service.config import ApiKeyEntry, Settings
+from service.errors import OutputError
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def write_gray_tiff(path: Path, height_px: int, width_px: int, seed: int = 0) -> Path:
+    """A confocal-like 8-bit single-band TIFF: a textured tissue half, dark background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height_px, 0:width_px].astype(np.float32)
+    texture = 0.5 + 0.25 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    tissue = (xx < 0.6 * width_px).astype(np.float32)
+    values = texture * tissue * rng.uniform(0.7, 1.0, (height_px, width_px))
+    tifffile.imwrite(path, (values * 200).astype(np.uint8))
+    return path
+
+
+@dataclass(frozen=True)
+class Pair:
+    rcm: Path
+    fcm: Path
+
+    def files(self) -> dict[str, tuple[str, bytes, str]]:
+        return {
+            "rcm": ("rcm.tif", self.rcm.read_bytes(), "image/tiff"),
+            "fcm": ("fcm.tif", self.fcm.read_bytes(), "image/tiff"),
+        }
+
+
+@dataclass(frozen=True)
+class Keys:
+    """API keys of two tenants plus a read-only and an admin key."""
+
+    alice: str
+    bob: str
+    alice_reader: str
+    admin: str
+    entries: tuple[ApiKeyEntry, ...]
+
+    @staticmethod
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+
+def submit(
+    client: TestClient,
+    key: str | None,
+    pair: Pair,
+    data: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    auth = Keys.auth(key) if key else {}
+    return client.post(
+        "/v1/jobs",
+        files=pair.files(),
+        data={"stages": "gareau", **(data or {})},
+        headers={**auth, **(headers or {})},
+    )
+
+
+def wait_for(
+    client: TestClient,
+    key: str,
+    job_id: str,
+    states: tuple[str, ...] = FINISHED,
+    timeout_s: float = 30,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=Keys.auth(key)).json()
+        if body["state"] in states:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {body['state']} after {timeout_s} s: {body}")
+        time.sleep(0.05)
+
+
+def assert_problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"] and body["type"]
+    assert "Traceback" not in response.text
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+class SlowEngine:
+    """A fake engine: ``tiles`` tiles of ``tile_s`` each, then a tiny file (for cancel/timeout)."""
+
+    def __init__(self, tiles: int = 200, tile_s: float = 0.02, fail_with: Exception | None = None):
+        self.tiles, self.tile_s, self.fail_with = tiles, tile_s, fail_with
+        self.started = threading.Event()
+        self.stopped_at: int | None = None
+        self.models_loaded = 0
+
+    def load_models(self, options: dict[str, Any], settings: Settings) -> Any:
+        self.models_loaded += 1
+        return object()
+
+    def stain(
+        self,
+        rcm: Path,
+        fcm: Path,
+        output: Path,
+        options: dict[str, Any],
+        settings: Settings,
+        progress: Callable[[str, int, int], None],
+        models: Any,
+    ) -> dict[str, Any]:
+        self.started.set()
+        for done in range(self.tiles):
+            try:
+                progress("tiles", done, self.tiles)
+            except BaseException:
+                self.stopped_at = done
+                raise
+            time.sleep(self.tile_s)
+        if self.fail_with is not None:
+            raise self.fail_with
+        try:
+            output.write_bytes(b"II*\x00fake")
+        except OSError as exc:
+            raise OutputError(f"cannot write {output.name}: {exc.strerror}") from exc
+        return {"output_sha256": "0" * 64, "tiles": {"total": self.tiles, "computed": self.tiles}}
+
+    def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None:
+        shutil.copyfile(tiff, jpeg)
