@@ -1,7 +1,7 @@
 """Write the stained slide as a pyramidal tiled BigTIFF, atomically, in bounded memory.
 
-Tiles land in a raw RGB file on disk (``np.memmap``, preallocated so that a full disk fails
-at once instead of killing the process with SIGBUS); libvips then streams that file into a
+Tiles land in an uncompressed RGB TIFF on disk (``DiskCanvas``: preallocated, written with
+pwrite, so memory does not grow with the slide); libvips then streams that file into a
 page-per-level pyramid (the generic tiled TIFF layout OpenSlide and QuPath open; SubIFD
 pyramids are only used for OME-TIFF, which OpenSlide does not read anyway).
 """
@@ -20,6 +20,7 @@ import numpy as np
 import pyvips
 
 from service.errors import OutputError
+from service.slide.canvas import DiskCanvas
 from service.slide.tiff_header import scale_level_resolutions
 
 Compression = Literal["jpeg", "lossless"]
@@ -41,40 +42,35 @@ class PyramidWriter:
         self.output = output
         self.width_px, self.height_px, self.mpp_um = width_px, height_px, mpp_um
         stem = f".{output.name}.{uuid.uuid4().hex[:8]}"
-        self.raw_path = output.parent / f"{stem}.raw"
+        self.canvas_path = output.parent / f"{stem}.canvas.tif"
         self.tmp_path = output.parent / f"{stem}.partial.tif"
-        nbytes = width_px * height_px * 3
+        self.canvas: DiskCanvas | None = None
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.raw_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, nbytes)
-            finally:
-                os.close(fd)
-            self.canvas = np.memmap(
-                self.raw_path, dtype=np.uint8, mode="r+", shape=(height_px, width_px, 3)
-            )
+            self.canvas = DiskCanvas(self.canvas_path, width_px, height_px)
         except OSError as exc:
             self._remove_temporaries()
             raise output_error(exc, output) from exc
 
     def write(self, l0_x: int, l0_y: int, rgb: np.ndarray) -> None:
         """Place an ``(h, w, 3)`` uint8 block with its top-left corner at level-0 (x, y)."""
-        height, width = rgb.shape[:2]
-        self.canvas[l0_y : l0_y + height, l0_x : l0_x + width] = rgb
+        assert self.canvas is not None, "write after finish"
+        try:
+            self.canvas.write(l0_x, l0_y, rgb)
+        except OSError as exc:
+            raise output_error(exc, self.output) from exc
 
     def fill(self, l0_x: int, l0_y: int, width_px: int, height_px: int, rgb: np.ndarray) -> None:
-        self.canvas[l0_y : l0_y + height_px, l0_x : l0_x + width_px] = rgb
+        self.write(l0_x, l0_y, np.broadcast_to(np.asarray(rgb, np.uint8), (height_px, width_px, 3)))
 
     def finish(
         self, compression: Compression, jpeg_quality: int, output_format: OutputFormat
     ) -> list[PyramidLevel]:
         """Save the pyramid under a temporary name, then rename it into place."""
         try:
-            self.canvas.flush()
-            image = pyvips.Image.new_from_memory(
-                self.canvas.data, self.width_px, self.height_px, 3, "uchar"
-            ).copy(interpretation="srgb")
+            assert self.canvas is not None, "finish called twice"
+            self.canvas.close()
+            image = pyvips.Image.tiffload(str(self.canvas_path), access="sequential")
             px_per_mm = 1000.0 / self.mpp_um
             options: dict[str, object] = {
                 "tile": True,
@@ -96,7 +92,6 @@ class PyramidWriter:
                 options["subifd"] = True
             image.tiffsave(str(self.tmp_path), **options)
             del image
-            del self.canvas
             if output_format == "tiff":
                 scale_level_resolutions(self.tmp_path)
             with self.tmp_path.open("rb+") as handle:
@@ -107,17 +102,17 @@ class PyramidWriter:
             raise output_error(exc, self.output) from exc
         finally:
             with contextlib.suppress(OSError):
-                self.raw_path.unlink()
+                self.canvas_path.unlink()
         return read_levels(self.output, output_format)
 
     def abort(self) -> None:
         """Remove every temporary; the final name is never touched."""
-        if hasattr(self, "canvas"):
-            del self.canvas
+        if self.canvas is not None:
+            self.canvas.close()
         self._remove_temporaries()
 
     def _remove_temporaries(self) -> None:
-        for path in (self.raw_path, self.tmp_path):
+        for path in (self.canvas_path, self.tmp_path):
             with contextlib.suppress(OSError):
                 path.unlink()
 
