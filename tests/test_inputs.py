@@ -177,3 +177,23 @@ def test_png_and_jpeg_crops_are_accepted(tmp_path: Path) -> None:
     fcm = write_gray(tmp_path / "fcm.jpg", fcm_unit)
     info = probe_pair(SlideInputs(rcm, fcm), 10**9)
     assert (info.width_px, info.rcm.format, info.fcm.format) == (256, "png", "jpeg")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_png_and_jpeg(tmp_path: Path, suffix: str) -> None:
+    fcm_unit, rcm_unit = confocal_like(400, 400)
+    full = write_gray(tmp_path / f"full{suffix}", rcm_unit)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    fcm = write_gray(tmp_path / f"fcm{suffix}", fcm_unit)
+    assert_clean_failure(run_stain(cut, fcm, tmp_path / "o.tif"), tmp_path / "o.tif", "truncated")
+
+
+def test_output_parent_is_a_file(tmp_path: Path) -> None:
+    fcm = good_gray(tmp_path, "fcm.tif")
+    rcm = good_gray(tmp_path, "rcm.tif")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    result = run_stain(rcm, fcm, blocker / "o.tif", "--stages", "gareau")
+    assert result.exit_code == 5
+    assert "cannot write" in result.stderr and "Traceback" not in result.output

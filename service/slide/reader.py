@@ -185,21 +185,21 @@ def probe_pair(inputs: SlideInputs, max_pixels: int) -> PairInfo:
 
 def require_gray(image: pyvips.Image, name: str, max_side_px: int = 512) -> None:
     """An RGB file is accepted as gray only if its three channels are equal (JPEG: nearly)."""
-    small = shrink_to_array(image, max_side_px)
+    small = shrink_to_array(image, max_side_px, name)
     spread = float(np.max(small.max(axis=-1) - small.min(axis=-1)))
     full_scale = 255.0 if image.format == "uchar" else 65535.0 if image.format == "ushort" else 1.0
     if spread > 0.02 * full_scale:
         raise BandError(f"{name}: a colour RGB image; RCM and FCM must be grayscale")
 
 
-def shrink_to_array(image: pyvips.Image, max_side_px: int) -> np.ndarray:
+def shrink_to_array(image: pyvips.Image, max_side_px: int, name: str = "image") -> np.ndarray:
     """A box-filtered view whose longer side is at most ``max_side_px`` (decodes every pixel)."""
     factor = max(1, math.ceil(max(image.width, image.height) / max_side_px))
     small = image.shrink(factor, factor) if factor > 1 else image
     try:
         array = np.asarray(small.numpy())
     except pyvips.Error as exc:
-        raise CorruptSlide(f"image data is truncated or corrupt: {first_line(exc)}") from exc
+        raise CorruptSlide(f"{name}: image data is truncated or corrupt") from exc
     return array if array.ndim == 3 else array[..., None]
 
 
@@ -213,7 +213,7 @@ class OpenedMode:
         self.region = pyvips.Region.new(image)
 
     def thumbnail(self, max_side_px: int) -> np.ndarray:
-        return shrink_to_array(self.image, max_side_px)[..., 0]
+        return shrink_to_array(self.image, max_side_px, self.name)[..., 0]
 
     def read_padded(self, l0_x: int, l0_y: int, width_px: int, height_px: int) -> np.ndarray:
         """Pixels of a box that may extend past the slide; outside is mirrored (reflect)."""
@@ -244,6 +244,6 @@ def pad_reflect(block: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]])
 def open_pair(inputs: SlideInputs, max_pixels: int) -> tuple[PairInfo, OpenedMode, OpenedMode]:
     """Probe, then open both modes for region reads."""
     info = probe_pair(inputs, max_pixels)
-    rcm = OpenedMode(open_image(inputs.rcm), "RCM")
-    fcm = OpenedMode(open_image(inputs.fcm), "FCM")
+    rcm = OpenedMode(open_image(inputs.rcm), f"RCM {inputs.rcm.name}")
+    fcm = OpenedMode(open_image(inputs.fcm), f"FCM {inputs.fcm.name}")
     return info, rcm, fcm
