@@ -20,7 +20,7 @@ from service.api.services import Services
 from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
 from service.core.chain import resolve_stages
 from service.core.models import discover_models
-from service.errors import ModelError
+from service.errors import InputError, ModelError
 from service.jobs.model import Job, NewJob, new_job_id
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ def check_stages(options: JobCreate, services: Services) -> None:
         resolve_stages(options.stages, discover_models(services.settings.models_dir).keys())
     except ModelError as exc:
         raise ApiError(422, "stage_unavailable", exc.detail) from exc
+    except InputError as exc:
+        raise ApiError(422, "invalid_option", exc.detail) from exc
 
 
 def fingerprint(form: ReceivedForm, options: JobCreate) -> str:
