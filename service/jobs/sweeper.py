@@ -34,6 +34,7 @@ def sweep_once(
 ) -> SweepResult:
     result = SweepResult()
     stale_before = seconds_ago(settings.stale_after_s)
+    just_sent: set[str] = set()
     for job in store.stale_running(stale_before):
         if job.attempts >= job.max_attempts:
             if store.fail_exhausted(job.id, stale_before):
@@ -43,13 +44,14 @@ def sweep_once(
             result.recovered += 1
             log.warning("job %s: worker lost in attempt %d, requeued", job.id, job.attempts)
             _enqueue(store, queue, job.id)
+            just_sent.add(job.id)
 
     candidates = store.unheld_candidates(seconds_ago(settings.requeue_grace_s))
     if candidates:
         held = queue.held_job_ids()
         if held is not None:
             for job_id in candidates:
-                if job_id not in held:
+                if job_id not in held and job_id not in just_sent:
                     result.requeued += _enqueue(store, queue, job_id)
 
     for job_id in store.expired(seconds_ago(settings.retention_s)):

@@ -1,0 +1,215 @@
+"""Job records and the sweeper on SQLite and, when reachable, PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from service_helpers import SlowEngine
+
+from service.config import Settings
+from service.jobs.model import JobState, NewJob, new_job_id
+from service.jobs.runner import WorkerContext, run_job
+from service.jobs.storage import Storage
+from service.jobs.store import JobStore, seconds_ago
+from service.jobs.sweeper import sweep_once
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_url() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=2)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    name = f"dscm_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    else:
+        yield from _postgres_url()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[JobStore]:
+    job_store = JobStore(database_url)
+    yield job_store
+    job_store.close()
+
+
+def new_job(tenant: str = "t", key: str | None = None, max_attempts: int = 2) -> NewJob:
+    inputs = {
+        "rcm": {"stored_name": "rcm.tif", "size_bytes": 1, "sha256": "a" * 64},
+        "fcm": {"stored_name": "fcm.tif", "size_bytes": 1, "sha256": "b" * 64},
+        "width_px": 8,
+        "height_px": 8,
+        "fingerprint": "f",
+    }
+    return NewJob(new_job_id(), tenant, {"stages": ["gareau"]}, inputs, max_attempts, key)
+
+
+class ListQueue:
+    """A queue that remembers what it was given and holds nothing (as after a Redis loss)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.held: set[str] | None = set()
+
+    def enqueue(self, job_id: str) -> None:
+        self.sent.append(job_id)
+
+    def held_job_ids(self) -> set[str] | None:
+        return self.held
+
+    def length(self) -> int | None:
+        return len(self.sent)
+
+    def ping(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_claim_is_exclusive_and_idempotent(store: JobStore) -> None:
+    job, created = store.create(new_job())
+    assert created and job.state == JobState.QUEUED
+    stale = seconds_ago(60)
+    first = store.claim(job.id, "lease-a", stale)
+    assert first.outcome == "claimed" and first.job is not None and first.job.attempts == 1
+    assert store.claim(job.id, "lease-b", stale).outcome == "busy"
+    assert not store.heartbeat(job.id, "lease-b", "tiles", 1, 2)
+    assert store.heartbeat(job.id, "lease-a", "tiles", 1, 2)
+    assert store.succeed(job.id, "lease-a", {"ok": True}, "r.tiff", "c" * 64, 10, None, 2)
+    assert store.claim(job.id, "lease-c", stale).outcome == "finished"
+    done = store.get(job.id)
+    assert done is not None and done.state == JobState.SUCCEEDED and done.progress_done == 2
+    assert store.claim(new_job_id(), "x", stale).outcome == "missing"
+
+
+def test_cancel_beats_a_late_success(store: JobStore) -> None:
+    job, _ = store.create(new_job())
+    store.claim(job.id, "lease", seconds_ago(60))
+    assert store.cancel(job.id)
+    assert not store.heartbeat(job.id, "lease", "tiles", 2, 4)
+    assert not store.succeed(job.id, "lease", {}, "r.tiff", "c" * 64, 1, None, 4)
+    assert store.get(job.id).state == JobState.CANCELLED  # type: ignore[union-attr]
+    assert not store.cancel(job.id)
+
+
+def test_tenant_scoping_and_idempotency_keys(store: JobStore) -> None:
+    job, _ = store.create(new_job("alice", key="k1"))
+    again, created = store.create(new_job("alice", key="k1"))
+    assert not created and again.id == job.id
+    other, created = store.create(new_job("bob", key="k1"))
+    assert created and other.id != job.id
+    assert store.get(job.id, "bob") is None and store.get(job.id, "alice") is not None
+    assert [j.id for j in store.list_jobs("alice", None, 10)] == [job.id]
+
+
+def test_lost_worker_is_requeued_then_fails_after_max_attempts(
+    store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(stale_after_s=0.5, heartbeat_interval_s=0.1, requeue_grace_s=0)
+    storage = Storage(tmp_path / "st")
+    storage.create()
+    queue = ListQueue()
+    job, _ = store.create(new_job(max_attempts=2))
+    store.claim(job.id, "dead-worker-1", seconds_ago(60))
+    time.sleep(0.7)
+    assert sweep_once(settings, store, storage, queue).recovered == 1
+    assert queue.sent == [job.id]
+    requeued = store.get(job.id)
+    assert requeued is not None and requeued.state == JobState.QUEUED and requeued.attempts == 1
+    # A redelivery (or the sweeper's message) claims it again; that worker dies too.
+    assert store.claim(job.id, "dead-worker-2", seconds_ago(0.5)).outcome == "claimed"
+    time.sleep(0.7)
+    assert sweep_once(settings, store, storage, queue).failed == 1
+    failed = store.get(job.id)
+    assert failed is not None and failed.state == JobState.FAILED
+    assert failed.error_code == "attempts_exhausted" and "2 times" in (failed.error_detail or "")
+
+
+def test_sweeper_requeues_only_jobs_no_queue_holds(
+    store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(requeue_grace_s=0.2)
+    storage = Storage(tmp_path / "st")
+    storage.create()
+    queue = ListQueue()
+    held, _ = store.create(new_job())
+    lost, _ = store.create(new_job())
+    store.mark_enqueued(held.id)
+    store.mark_enqueued(lost.id)
+    queue.held = {held.id}
+    assert sweep_once(settings, store, storage, queue).requeued == 0  # within the grace time
+    time.sleep(0.3)
+    assert sweep_once(settings, store, storage, queue).requeued == 1
+    assert queue.sent == [lost.id]
+    queue.held = None  # broker unreadable: do nothing rather than guess
+    time.sleep(0.3)
+    assert sweep_once(settings, store, storage, queue).requeued == 0
+
+
+def test_retention_purges_old_finished_jobs_and_files(
+    store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(retention_s=0.2)
+    storage = Storage(tmp_path / "st")
+    storage.create()
+    job, _ = store.create(new_job())
+    storage.result_dir(job.id).mkdir(parents=True)
+    (storage.result_dir(job.id) / "x.tiff").write_bytes(b"x")
+    store.claim(job.id, "l", seconds_ago(60))
+    store.fail(job.id, "l", "boom", "it broke")
+    active, _ = store.create(new_job())
+    time.sleep(0.3)
+    assert sweep_once(settings, store, storage, ListQueue()).purged == 1
+    assert store.get(job.id) is None and not storage.result_dir(job.id).exists()
+    assert store.get(active.id) is not None
+
+
+def test_runner_reports_unwritable_output_and_leaves_nothing(
+    store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The results folder is a file, so even root cannot write there."""
+    blocker = tmp_path / "results-blocker"
+    blocker.write_text("not a folder")
+    settings = make_settings(results_dir=blocker / "results")
+    storage = Storage(tmp_path / "st", settings.results_dir)
+    storage.create()
+    job, _ = store.create(new_job())
+    storage.upload_dir(job.id).mkdir(parents=True)
+    ctx = WorkerContext(settings, store, storage, SlowEngine(tiles=1, tile_s=0))
+    assert run_job(job.id, ctx) == "failed"
+    failed = store.get(job.id)
+    assert failed is not None and failed.error_code == "output_unwritable"
+    assert failed.result_name is None
+
+
+def test_runner_does_nothing_for_a_duplicate_delivery(
+    store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings()
+    storage = Storage(tmp_path / "st")
+    storage.create()
+    engine = SlowEngine(tiles=1, tile_s=0)
+    job, _ = store.create(new_job())
+    storage.upload_dir(job.id).mkdir(parents=True)
+    ctx = WorkerContext(settings, store, storage, engine)
+    assert run_job(job.id, ctx) == "succeeded"
+    assert run_job(job.id, ctx) == "finished"
+    assert store.get(job.id).attempts == 1  # type: ignore[union-attr]
