@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.core.chain import StainChain, resolve_stages, round_up
+from service.core.chain import LAYERS, StainChain, resolve_stages, round_up
 from service.core.models import OnnxModel, Role, discover_models, file_sha256
 from service.core.normalize import IntensityRange, estimate_range, normalize
 from service.core.tiles import Tile, tile_grid, tissue_mask, tissue_tiles
@@ -40,6 +40,7 @@ class StainSpec:
     max_pixels: int = 400_000_000
     skip_background: bool = True
     stats_tiles: int = 8
+    extra_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tile_px < 64 or self.tile_px % 16:
@@ -54,6 +55,9 @@ class StainSpec:
             raise InputError(f"output_format must be tiff or ome-tiff, got {self.output_format!r}")
         if self.stats_tiles < 1:
             raise InputError("stats_tiles must be at least 1")
+        unknown = sorted(set(self.extra_layers) - set(LAYERS))
+        if unknown:
+            raise InputError(f"unknown layer(s) {', '.join(unknown)}; choose from {LAYERS}")
 
 
 @dataclass
@@ -84,6 +88,11 @@ class StainReport:
 
     def to_dict(self) -> dict[str, Any]:
         return self.data
+
+
+def layer_output_path(output: Path, layer: str) -> Path:
+    """Where an extra layer of ``output`` goes: ``out.tif`` -> ``out.gareau.tif``."""
+    return output.with_name(f"{output.name.removesuffix(output.suffix)}.{layer}{output.suffix}")
 
 
 def stain_slide(
@@ -134,23 +143,37 @@ def stain_slide(
     sample = spread_sample(todo or tiles, spec.stats_tiles)
     report_progress("statistics", 0, len(sample) if chain.needs_shared_stats else 0)
     chain.estimate_norm_stats(reader.read(tile) for tile in sample if chain.needs_shared_stats)
-    background = chain.background_rgb()
+    background = chain.background(spec.extra_layers)
     timings["statistics"] = time.perf_counter() - mark
 
-    writer = PyramidWriter(output, info.width_px, info.height_px, info.mpp_um)
+    writers: dict[str, PyramidWriter] = {}
     try:
+        writers["stain"] = PyramidWriter(output, info.width_px, info.height_px, info.mpp_um)
+        for layer in spec.extra_layers:
+            writers[layer] = PyramidWriter(
+                layer_output_path(output, layer),
+                info.width_px,
+                info.height_px,
+                info.mpp_um,
+                bands=1 if layer in ("fcm", "rcm") else 3,
+            )
         mark = time.perf_counter()
         for tile, flag in zip(tiles, flags, strict=True):
             if not flag:
-                writer.fill(tile.l0_x, tile.l0_y, tile.width_px, tile.height_px, background)
+                for name, writer in writers.items():
+                    writer.fill(
+                        tile.l0_x, tile.l0_y, tile.width_px, tile.height_px, background[name]
+                    )
         done = len(tiles) - len(todo)
         report_progress("tiles", done, len(tiles))
         for batch in reader.batches(todo, spec.batch_size):
             fcm_block = np.stack([b[1] for b in batch])
             rcm_block = np.stack([b[2] for b in batch])
-            stained = chain.run(fcm_block, rcm_block)
-            for (tile, _, _), rgb in zip(batch, stained, strict=True):
-                writer.write(tile.l0_x, tile.l0_y, rgb[: tile.height_px, : tile.width_px])
+            stained, kept = chain.run_with_layers(fcm_block, rcm_block, spec.extra_layers)
+            for i, (tile, _, _) in enumerate(batch):
+                for name, block in {"stain": stained, **kept}.items():
+                    pixels = block[i, : tile.height_px, : tile.width_px]
+                    writers[name].write(tile.l0_x, tile.l0_y, pixels)
             done += len(batch)
             report_progress("tiles", done, len(tiles))
         timings["tiles"] = time.perf_counter() - mark
@@ -158,18 +181,30 @@ def stain_slide(
 
         mark = time.perf_counter()
         report_progress("pyramid", 0, 1)
-        levels = writer.finish(spec.compression, spec.jpeg_quality, spec.output_format)
+        for writer in writers.values():
+            writer.save(spec.compression, spec.jpeg_quality, spec.output_format)
+        for layer in spec.extra_layers:  # the stain itself last: its presence means complete
+            writers[layer].publish()
+        levels = writers["stain"].publish()
         timings["pyramid"] = time.perf_counter() - mark
     except BaseException:
         reader.stop()
-        writer.abort()
+        for writer in writers.values():
+            writer.abort()
+        for layer in spec.extra_layers:
+            layer_output_path(output, layer).unlink(missing_ok=True)
         raise
     report_progress("pyramid", 1, 1)
     timings.update(chain.timer.seconds)
     timings["total"] = time.perf_counter() - started
     return StainReport(
         build_report(info, output, spec, chain, ranges, tiles, todo, tile_px, levels, timings)
-        | {"background_rgb": [int(v) for v in background]}
+        | {
+            "background_rgb": [int(v) for v in background["stain"]],
+            "extra_outputs": {
+                layer: str(layer_output_path(output, layer)) for layer in spec.extra_layers
+            },
+        }
     )
 
 

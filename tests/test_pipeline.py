@@ -14,7 +14,7 @@ import tifffile
 from service.core.chain import StainChain
 from service.core.normalize import IntensityRange, normalize
 from service.errors import JobCancelled, OutputError
-from service.pipeline import StainSpec, load_models, stain_slide
+from service.pipeline import StainSpec, layer_output_path, load_models, stain_slide
 from service.slide import SlideInputs
 
 
@@ -233,3 +233,32 @@ def test_ome_tiff_and_lossless_options(make_pair, tmp_path: Path) -> None:
             0.75
         )
         assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+
+
+def test_extra_layers_are_written_beside_the_stain(
+    make_pair, shared_models: Path, tmp_path: Path
+) -> None:
+    inputs = make_pair(600, 700)
+    output = tmp_path / "out.tif"
+    spec = StainSpec(
+        models_dir=shared_models, tile_px=256, extra_layers=("gareau", "fcm", "rcm"), **LOSSLESS
+    )
+    report = stain_slide(inputs, output, spec).to_dict()
+    paths = {layer: Path(p) for layer, p in report["extra_outputs"].items()}
+    assert paths["gareau"] == layer_output_path(output, "gareau") == tmp_path / "out.gareau.tif"
+    assert pyvips.Image.new_from_file(str(paths["fcm"])).bands == 1
+    gareau_only = stain_slide(
+        inputs,
+        tmp_path / "g.tif",
+        StainSpec(
+            models_dir=shared_models,
+            tile_px=256,
+            stages=("despeckle", "median", "gareau"),
+            **LOSSLESS,
+        ),
+    )
+    assert gareau_only.to_dict()["stages"] == ["despeckle", "median", "gareau"]
+    assert np.array_equal(read_level0(paths["gareau"]), read_level0(tmp_path / "g.tif"))
+    fcm_raw = np.asarray(pyvips.Image.new_from_file(str(inputs.fcm)).numpy())
+    fcm_layer = read_level0(paths["fcm"])
+    assert np.corrcoef(fcm_raw.ravel(), fcm_layer.ravel())[0, 1] > 0.99

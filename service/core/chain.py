@@ -18,6 +18,7 @@ from service.core.stain import gareau_stain
 from service.errors import InputError, ModelError
 
 STAGES = ("despeckle", "median", "gareau", "generator")
+LAYERS = ("gareau", "fcm", "rcm")  # extra outputs a caller may keep beside the stain
 MEDIAN_HALO_PX = 1
 
 
@@ -108,13 +109,27 @@ class StainChain:
 
     def run(self, fcm: np.ndarray, rcm: np.ndarray) -> np.ndarray:
         """Stain a batch; returns ``(N, S, S, 3)`` uint8 (halo removed)."""
+        return self.run_with_layers(fcm, rcm, ())[0]
+
+    def run_with_layers(
+        self, fcm: np.ndarray, rcm: np.ndarray, layers: Sequence[str]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Stain a batch and keep the requested intermediate ``layers`` (see LAYERS).
+
+        Returns the stain ``(N, S, S, 3)`` uint8 and each layer as ``(N, S, S, C)`` uint8.
+        """
+        kept: dict[str, np.ndarray] = {}
+        for mode, block in (("fcm", fcm), ("rcm", rcm)):
+            if mode in layers:
+                kept[mode] = to_uint8_hwc(crop(block, self.halo_px)[:, None])
         rgb = self.generator_input(fcm, rcm)
+        if "gareau" in layers:
+            kept["gareau"] = to_uint8_hwc(crop(rgb, self.generator_halo_px))
         if self.generator is not None:
             started = time.perf_counter()
             rgb, _ = self.generator.run(rgb, norm_stats=self.norm_stats, norm_mix=1.0)
             self.timer.add("generator", started)
-        rgb = crop(rgb, self.generator_halo_px)
-        return to_uint8_hwc(rgb)
+        return to_uint8_hwc(crop(rgb, self.generator_halo_px)), kept
 
     def estimate_norm_stats(self, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
         """Pool the generator's own instance-norm statistics over sample tiles (mix = 0)."""
@@ -133,15 +148,19 @@ class StainChain:
                 np.concatenate(collected), self.generator.card.norm_stats_layers
             )
 
-    def background_rgb(self) -> np.ndarray:
-        """The colour this chain gives where both modes are zero (no tissue)."""
+    def background(self, layers: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """The value this chain gives where both modes are zero (no tissue): the stain's
+        colour under "stain", and each requested layer's."""
         side_px = round_up(2 * self.halo_px + 16, max(self.size_multiple_px, 4))
         zeros = np.zeros((1, side_px, side_px), np.float32)
         saved = dict(self.timer.seconds)
-        out = self.run(zeros, zeros)
+        out, kept = self.run_with_layers(zeros, zeros, layers)
         self.timer.seconds = saved
         centre = out.shape[1] // 2
-        return np.asarray(out[0, centre, centre], np.uint8)
+        return {
+            name: np.asarray(block[0, centre, centre], np.uint8)
+            for name, block in {"stain": out, **kept}.items()
+        }
 
 
 def crop(array: np.ndarray, margin_px: int) -> np.ndarray:
@@ -152,6 +171,6 @@ def crop(array: np.ndarray, margin_px: int) -> np.ndarray:
 
 
 def to_uint8_hwc(rgb: np.ndarray) -> np.ndarray:
-    """``(N, 3, H, W)`` floats in [0, 1] to ``(N, H, W, 3)`` uint8, rounded."""
+    """``(N, C, H, W)`` floats in [0, 1] to ``(N, H, W, C)`` uint8, rounded."""
     scaled = np.clip(rgb, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
     return np.ascontiguousarray(scaled.astype(np.uint8).transpose(0, 2, 3, 1))

@@ -1,4 +1,4 @@
-"""A disk-backed RGB canvas: an uncompressed strip BigTIFF that tiles are written into.
+"""A disk-backed RGB or gray canvas: an uncompressed strip BigTIFF that tiles are written into.
 
 Tiles go in with ``pwrite`` (no memory mapping, so the process's memory does not grow with the
 slide), and libvips later streams the file sequentially into the pyramid. The file is
@@ -22,10 +22,10 @@ def _entry(tag: int, type_id: int, count: int, value: bytes) -> bytes:
     return struct.pack("<HHQ", tag, type_id, count) + value.ljust(8, b"\0")
 
 
-def _header(width_px: int, height_px: int) -> tuple[bytes, int]:
+def _header(width_px: int, height_px: int, bands: int) -> tuple[bytes, int]:
     """The TIFF header, directory and strip tables; returns them and the pixel data offset."""
     n_strips = -(-height_px // ROWS_PER_STRIP)
-    row_bytes = width_px * 3
+    row_bytes = width_px * bands
     n_entries = 10
     ifd_offset = 16
     tables_offset = ifd_offset + 8 + n_entries * 20 + 8
@@ -39,11 +39,11 @@ def _header(width_px: int, height_px: int) -> tuple[bytes, int]:
     entries = [
         _entry(256, _LONG, 1, struct.pack("<I", width_px)),
         _entry(257, _LONG, 1, struct.pack("<I", height_px)),
-        _entry(258, _SHORT, 3, struct.pack("<HHH", 8, 8, 8)),
+        _entry(258, _SHORT, bands, struct.pack(f"<{bands}H", *([8] * bands))),
         _entry(259, _SHORT, 1, short(1)),  # no compression
-        _entry(262, _SHORT, 1, short(2)),  # RGB
+        _entry(262, _SHORT, 1, short(2 if bands == 3 else 1)),  # RGB or min-is-black
         _entry(273, _LONG8, n_strips, struct.pack("<Q", offsets_at)),
-        _entry(277, _SHORT, 1, short(3)),
+        _entry(277, _SHORT, 1, short(bands)),
         _entry(278, _LONG, 1, struct.pack("<I", ROWS_PER_STRIP)),
         _entry(279, _LONG8, n_strips, struct.pack("<Q", counts_at)),
         _entry(284, _SHORT, 1, short(1)),  # interleaved
@@ -58,24 +58,26 @@ def _header(width_px: int, height_px: int) -> tuple[bytes, int]:
 
 
 class DiskCanvas:
-    """``height x width`` RGB pixels in a TIFF file, written by tile."""
+    """``height x width`` RGB (or gray) pixels in a TIFF file, written by tile."""
 
-    def __init__(self, path: Path, width_px: int, height_px: int) -> None:
-        self.path, self.width_px, self.height_px = path, width_px, height_px
-        header, self.data_offset = _header(width_px, height_px)
+    def __init__(self, path: Path, width_px: int, height_px: int, bands: int = 3) -> None:
+        if bands not in (1, 3):
+            raise ValueError(f"a canvas has 1 or 3 bands, not {bands}")
+        self.path, self.width_px, self.height_px, self.bands = path, width_px, height_px, bands
+        header, self.data_offset = _header(width_px, height_px, bands)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.posix_fallocate(self.fd, 0, self.data_offset + width_px * height_px * 3)
+            os.posix_fallocate(self.fd, 0, self.data_offset + width_px * height_px * bands)
             os.pwrite(self.fd, header, 0)
         except OSError:
             self.close()
             raise
 
-    def write(self, l0_x: int, l0_y: int, rgb: np.ndarray) -> None:
-        """Place an ``(h, w, 3)`` uint8 block with its top-left corner at (l0_x, l0_y)."""
-        block = np.ascontiguousarray(rgb, dtype=np.uint8)
-        row_bytes = self.width_px * 3
-        start = self.data_offset + l0_y * row_bytes + l0_x * 3
+    def write(self, l0_x: int, l0_y: int, pixels: np.ndarray) -> None:
+        """Place an ``(h, w, bands)`` uint8 block with its top-left corner at (l0_x, l0_y)."""
+        block = np.ascontiguousarray(pixels, dtype=np.uint8)
+        row_bytes = self.width_px * self.bands
+        start = self.data_offset + l0_y * row_bytes + l0_x * self.bands
         if block.shape[1] == self.width_px:  # whole rows: one write
             os.pwrite(self.fd, block.tobytes(), start)
             return

@@ -38,8 +38,11 @@ class PyramidLevel:
 class PyramidWriter:
     """Collects RGB tiles of a ``width x height`` slide, then saves the pyramid."""
 
-    def __init__(self, output: Path, width_px: int, height_px: int, mpp_um: float) -> None:
-        self.output = output
+    def __init__(
+        self, output: Path, width_px: int, height_px: int, mpp_um: float, bands: int = 3
+    ) -> None:
+        self.output, self.bands = output, bands
+        self.output_format: OutputFormat = "tiff"
         self.width_px, self.height_px, self.mpp_um = width_px, height_px, mpp_um
         stem = f".{output.name}.{uuid.uuid4().hex[:8]}"
         self.canvas_path = output.parent / f"{stem}.canvas.tif"
@@ -47,7 +50,7 @@ class PyramidWriter:
         self.canvas: DiskCanvas | None = None
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
-            self.canvas = DiskCanvas(self.canvas_path, width_px, height_px)
+            self.canvas = DiskCanvas(self.canvas_path, width_px, height_px, bands)
         except OSError as exc:
             self._remove_temporaries()
             raise output_error(exc, output) from exc
@@ -61,16 +64,27 @@ class PyramidWriter:
             raise output_error(exc, self.output) from exc
 
     def fill(self, l0_x: int, l0_y: int, width_px: int, height_px: int, rgb: np.ndarray) -> None:
-        self.write(l0_x, l0_y, np.broadcast_to(np.asarray(rgb, np.uint8), (height_px, width_px, 3)))
+        shape = (height_px, width_px, self.bands)
+        self.write(l0_x, l0_y, np.broadcast_to(np.asarray(rgb, np.uint8), shape))
 
     def finish(
         self, compression: Compression, jpeg_quality: int, output_format: OutputFormat
     ) -> list[PyramidLevel]:
         """Save the pyramid under a temporary name, then rename it into place."""
+        self.save(compression, jpeg_quality, output_format)
+        return self.publish()
+
+    def save(
+        self, compression: Compression, jpeg_quality: int, output_format: OutputFormat
+    ) -> None:
+        """Encode the pyramid to the temporary name (durably); ``publish`` renames it."""
+        self.output_format = output_format
         try:
             assert self.canvas is not None, "finish called twice"
             self.canvas.close()
             image = pyvips.Image.tiffload(str(self.canvas_path), access="sequential")
+            if self.bands == 3:
+                image = image.copy(interpretation="srgb")
             px_per_mm = 1000.0 / self.mpp_um
             options: dict[str, object] = {
                 "tile": True,
@@ -96,14 +110,21 @@ class PyramidWriter:
                 scale_level_resolutions(self.tmp_path)
             with self.tmp_path.open("rb+") as handle:
                 os.fsync(handle.fileno())
-            os.replace(self.tmp_path, self.output)
         except (OSError, pyvips.Error) as exc:
             self.abort()
             raise output_error(exc, self.output) from exc
         finally:
             with contextlib.suppress(OSError):
                 self.canvas_path.unlink()
-        return read_levels(self.output, output_format)
+
+    def publish(self) -> list[PyramidLevel]:
+        """Atomically rename the saved pyramid to its final name; returns its levels."""
+        try:
+            os.replace(self.tmp_path, self.output)
+        except OSError as exc:
+            self.abort()
+            raise output_error(exc, self.output) from exc
+        return read_levels(self.output, self.output_format)
 
     def abort(self) -> None:
         """Remove every temporary; the final name is never touched."""
@@ -122,10 +143,12 @@ class PyramidWriter:
             '<?xml version="1.0" encoding="UTF-8"?>'
             '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
             '<Image ID="Image:0" Name="dscm stain"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" '
-            f'Type="uint8" SizeX="{self.width_px}" SizeY="{self.height_px}" SizeC="3" SizeZ="1" '
-            f'SizeT="1" Interleaved="true" PhysicalSizeX="{mpp}" PhysicalSizeXUnit="µm" '
+            f'Type="uint8" SizeX="{self.width_px}" SizeY="{self.height_px}" SizeC="{self.bands}" '
+            'SizeZ="1" '
+            f'SizeT="1" Interleaved="{str(self.bands > 1).lower()}" PhysicalSizeX="{mpp}" '
+            'PhysicalSizeXUnit="µm" '
             f'PhysicalSizeY="{mpp}" PhysicalSizeYUnit="µm">'
-            '<Channel ID="Channel:0:0" SamplesPerPixel="3"><LightPath/></Channel>'
+            f'<Channel ID="Channel:0:0" SamplesPerPixel="{self.bands}"><LightPath/></Channel>'
             '<TiffData IFD="0" PlaneCount="1"/></Pixels></Image></OME>'
         )
 
