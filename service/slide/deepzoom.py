@@ -1,0 +1,143 @@
+"""Deep Zoom (DZI) tiles cut on the fly from a stained pyramid, for the browser viewer.
+
+Each Deep Zoom level is read from the pyramid level with the largest downsample that does not
+exceed it, so a deep-zoom tile never decodes more than about four TIFF tiles.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyvips
+
+from service.errors import InputError
+from service.slide.reader import read_mpp_um
+
+DZ_TILE_PX = 254
+DZ_OVERLAP_PX = 1
+DZ_JPEG_QUALITY = 85
+
+
+class TileNotFound(InputError, LookupError):
+    """A level, column or row outside the pyramid."""
+
+    code = "tile_not_found"
+    http_status = 404
+    title = "Tile not found"
+
+
+@dataclass(frozen=True)
+class DzLevel:
+    width_px: int
+    height_px: int
+    columns: int
+    rows: int
+    downsample: float
+
+
+class DeepZoom:
+    """The Deep Zoom view of one pyramidal TIFF (opened once, thread-safe reads)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        base = pyvips.Image.tiffload(str(path))
+        n_pages = int(base.get("n-pages")) if "n-pages" in base.get_fields() else 1
+        self.pages = [base] + [pyvips.Image.tiffload(str(path), page=i) for i in range(1, n_pages)]
+        self.pages = [p for p in self.pages if p.bands == base.bands]
+        self.width_px, self.height_px = base.width, base.height
+        self.mpp_um = read_mpp_um(base)
+        max_level = math.ceil(math.log2(max(self.width_px, self.height_px, 1)))
+        self.levels: list[DzLevel] = []
+        for level in range(max_level + 1):
+            downsample = 2.0 ** (max_level - level)
+            width = max(1, math.ceil(self.width_px / downsample))
+            height = max(1, math.ceil(self.height_px / downsample))
+            self.levels.append(
+                DzLevel(
+                    width, height, math.ceil(width / DZ_TILE_PX), math.ceil(height / DZ_TILE_PX),
+                    downsample,
+                )
+            )  # fmt: skip
+        self._lock = threading.Lock()
+
+    def dzi_xml(self) -> str:
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" '
+            f'Format="jpeg" Overlap="{DZ_OVERLAP_PX}" TileSize="{DZ_TILE_PX}">'
+            f'<Size Width="{self.width_px}" Height="{self.height_px}"/></Image>'
+        )
+
+    def tile_jpeg(self, level: int, column: int, row: int) -> bytes:
+        """The JPEG of one Deep Zoom tile; TileNotFound outside the pyramid."""
+        if not 0 <= level < len(self.levels):
+            raise TileNotFound(f"level {level} is outside 0..{len(self.levels) - 1}")
+        dz = self.levels[level]
+        if not (0 <= column < dz.columns and 0 <= row < dz.rows):
+            raise TileNotFound(f"tile ({column}, {row}) is outside level {level}")
+        x0 = column * DZ_TILE_PX - (DZ_OVERLAP_PX if column else 0)
+        y0 = row * DZ_TILE_PX - (DZ_OVERLAP_PX if row else 0)
+        x1 = min((column + 1) * DZ_TILE_PX + DZ_OVERLAP_PX, dz.width_px)
+        y1 = min((row + 1) * DZ_TILE_PX + DZ_OVERLAP_PX, dz.height_px)
+        page = self._page_for(dz.downsample)
+        page_downsample = self.width_px / page.width
+        scale = page_downsample / dz.downsample  # <= 1: shrink the page region to the tile
+        left = min(int(x0 / scale), page.width - 1)
+        top = min(int(y0 / scale), page.height - 1)
+        width = max(1, min(math.ceil((x1 - x0) / scale), page.width - left))
+        height = max(1, min(math.ceil((y1 - y0) / scale), page.height - top))
+        with self._lock:
+            region = page.crop(left, top, width, height)
+            if scale < 1.0:
+                region = region.resize(scale)
+            if (region.width, region.height) != (x1 - x0, y1 - y0):
+                region = region.thumbnail_image(x1 - x0, height=y1 - y0, size="force")
+            return bytes(region.jpegsave_buffer(Q=DZ_JPEG_QUALITY))
+
+    def _page_for(self, downsample: float) -> pyvips.Image:
+        best = self.pages[0]
+        for page in self.pages:
+            if self.width_px / page.width <= downsample * 1.001:
+                best = page
+        return best
+
+
+class DeepZoomCache:
+    """A small LRU of opened pyramids and of encoded tiles, shared by request handlers."""
+
+    def __init__(self, max_slides: int = 16, max_tiles: int = 4096) -> None:
+        self.max_slides, self.max_tiles = max_slides, max_tiles
+        self._slides: OrderedDict[Path, tuple[float, DeepZoom]] = OrderedDict()
+        self._tiles: OrderedDict[tuple[Path, float, int, int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def slide(self, path: Path) -> DeepZoom:
+        mtime = path.stat().st_mtime
+        with self._lock:
+            cached = self._slides.get(path)
+            if cached and cached[0] == mtime:
+                self._slides.move_to_end(path)
+                return cached[1]
+        zoom = DeepZoom(path)
+        with self._lock:
+            self._slides[path] = (mtime, zoom)
+            while len(self._slides) > self.max_slides:
+                self._slides.popitem(last=False)
+        return zoom
+
+    def tile(self, path: Path, level: int, column: int, row: int) -> bytes:
+        key = (path, path.stat().st_mtime, level, column, row)
+        with self._lock:
+            if key in self._tiles:
+                self._tiles.move_to_end(key)
+                return self._tiles[key]
+        data = self.slide(path).tile_jpeg(level, column, row)
+        with self._lock:
+            self._tiles[key] = data
+            while len(self._tiles) > self.max_tiles:
+                self._tiles.popitem(last=False)
+        return data
