@@ -55,7 +55,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 4,
         "broker_pool_limit": 4,
-        "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "task_publish_retry_policy": {
             "max_retries": 2,

@@ -203,7 +203,7 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
     try:
         with Attempt(ctx, job.id, lease) as attempt:
             try:
-                storage.result_dir(job.id).mkdir(parents=True, exist_ok=True)
+                storage.clear_results(job.id)
             except OSError as exc:
                 raise OutputError(f"cannot create the result folder: {exc.strerror}") from exc
             result = storage.result_path(job.id, result_name)

@@ -80,6 +80,13 @@ class Storage:
         shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
         shutil.rmtree(self.result_dir(job_id), ignore_errors=True)
 
+    def clear_results(self, job_id: str) -> Path:
+        """An empty result folder for a new attempt: a killed attempt may have left temp files."""
+        folder = self.result_dir(job_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def purge_inputs(self, job_id: str) -> None:
         shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
 

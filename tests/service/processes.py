@@ -1,0 +1,204 @@
+"""Real processes for the integration tests: redis-server, the API under uvicorn, Celery workers.
+
+Every process runs in its own session and is killed by its process group id on teardown, so a
+failing test leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        handle = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            self.args,
+            cwd=REPO,
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal_group(self, signum: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signum)
+
+    def stop(self, timeout_s: float = 10) -> None:
+        """SIGTERM, then SIGKILL for the whole process group."""
+        if self.popen is None:
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.popen.wait(5)
+        # Children (prefork pool) may outlive the leader; the group id still names them.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        self.signal_group(signal.SIGKILL)
+        if self.popen is not None:
+            self.popen.wait(5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Cluster:
+    """One test's processes and their shared configuration."""
+
+    root: Path
+    api_keys: list[dict[str, Any]]
+    extra_env: dict[str, str] = field(default_factory=dict)
+    redis_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    procs: list[Proc] = field(default_factory=list)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DSCM_")}
+        env.update(
+            PYTHONPATH=str(REPO),
+            PYTHONUNBUFFERED="1",
+            DSCM_STORAGE_DIR=str(self.root / "storage"),
+            DSCM_BROKER_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+            DSCM_MODELS_DIR=str(self.root / "no-models"),
+            DSCM_TILE_PX="64",
+            DSCM_THREADS="1",
+            DSCM_API_KEYS=json.dumps(self.api_keys),
+            DSCM_HEARTBEAT_INTERVAL_S="0.3",
+            DSCM_STALE_AFTER_S="2",
+            DSCM_SWEEP_INTERVAL_S="0.5",
+            DSCM_REQUEUE_GRACE_S="1",
+            DSCM_JOB_TIME_LIMIT_S="120",
+            DSCM_THUMBNAIL_PX="128",
+        )
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def _spawn(self, name: str, args: list[str], **env: str) -> Proc:
+        proc = Proc(name, args, self.env(**env), self.root / f"{name}.log").start()
+        self.procs.append(proc)
+        return proc
+
+    def start_redis(self) -> Proc:
+        redis_dir = self.root / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        server = shutil.which("redis-server")
+        assert server, "redis-server is not installed"
+        args = [server, "--port", str(self.redis_port), "--bind", "127.0.0.1"]
+        args += ["--dir", str(redis_dir), "--save", "", "--appendonly", "no"]
+        proc = self._spawn("redis", args)
+        wait_until(lambda: _redis_ping(self.redis_port), 10, "redis-server")
+        return proc
+
+    def start_api(self, **env: str) -> Proc:
+        args = [PYTHON, "-m", "service.cli", "serve", "--host", "127.0.0.1"]
+        proc = self._spawn("api", [*args, "--port", str(self.api_port)], **env)
+        wait_until(lambda: self._livez(proc), 30, f"the API\n{proc.output()[-2000:]}")
+        return proc
+
+    def _livez(self, proc: Proc) -> bool:
+        if not proc.alive():
+            raise AssertionError(f"the API exited:\n{proc.output()[-3000:]}")
+        try:
+            return httpx.get(f"{self.url}/livez", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_worker(self, name: str = "w1", slow: bool = False, **env: str) -> Proc:
+        if slow:
+            args = [PYTHON, str(REPO / "tests" / "service" / "slow_worker.py"), name]
+        else:
+            args = [PYTHON, "-m", "service.cli", "worker", f"--hostname={name}@%h"]
+        proc = self._spawn(f"worker-{name}", args, **env)
+        wait_until(lambda: _worker_ready(proc), 30, f"worker {name}")
+        return proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _worker_ready(proc: Proc) -> bool:
+    if not proc.alive():
+        raise AssertionError(f"the worker exited:\n{proc.output()[-3000:]}")
+    return " ready." in proc.output()
+
+
+def cluster_for(root: Path, api_keys: list[dict[str, Any]]) -> Iterator[Cluster]:
+    cluster = Cluster(root, api_keys)
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()

@@ -1,0 +1,54 @@
+"""A `dscm worker` whose engine sleeps between tiles, so a test can kill it mid-job.
+
+Run as a script by the integration tests; DSCM_TEST_TILE_DELAY_S sets the pause per tile.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service.config import Settings, get_settings
+from service.jobs.runner import PipelineEngine, Progress
+from service.worker.app import create_worker_app
+
+
+class SlowPipelineEngine(PipelineEngine):
+    def stain(
+        self,
+        rcm: Path,
+        fcm: Path,
+        output: Path,
+        options: dict[str, Any],
+        settings: Settings,
+        progress: Progress,
+        models: Any,
+    ) -> dict[str, Any]:
+        delay_s = float(os.environ.get("DSCM_TEST_TILE_DELAY_S", "0.5"))
+
+        def slow(stage: str, done: int, total: int) -> None:
+            progress(stage, done, total)
+            if stage == "tiles" and done < total:
+                time.sleep(delay_s)
+
+        return super().stain(rcm, fcm, output, options, settings, slow, models)
+
+
+if __name__ == "__main__":
+    settings = get_settings()
+    app = create_worker_app(settings, SlowPipelineEngine())
+    name = sys.argv[1] if len(sys.argv) > 1 else "slow"
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            f"--queues={settings.queue_name}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            f"--hostname={name}@%h",
+        ]
+    )
