@@ -170,7 +170,8 @@ def main() -> None:
         print(json.dumps(handler[args.child](args)))
         return
 
-    work = Path(tempfile.mkdtemp(prefix="dscm-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="dscm-bench-")
+    work = Path(scratch.name)
     models = Path(args.models)
     if len(discover_models(models)) < 2:
         print(f"{models} lacks trained models: building paper-size random ones", flush=True)
