@@ -141,8 +141,15 @@ def stain_slide(
 
     mark = time.perf_counter()
     sample = spread_sample(todo or tiles, spec.stats_tiles)
-    report_progress("statistics", 0, len(sample) if chain.needs_shared_stats else 0)
-    chain.estimate_norm_stats(reader.read(tile) for tile in sample if chain.needs_shared_stats)
+    if chain.needs_shared_stats:
+
+        def sampled() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for i, tile in enumerate(sample):
+                report_progress("statistics", i, len(sample))
+                yield reader.read(tile)
+            report_progress("statistics", len(sample), len(sample))
+
+        chain.estimate_norm_stats(sampled())
     background = chain.background(spec.extra_layers)
     timings["statistics"] = time.perf_counter() - mark
 
