@@ -8,8 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import SlowEngine
+from fastapi.testclient import TestClient
+from service_helpers import Keys, Pair, SlowEngine, submit, wait_for
 
+from service.api import create_app
 from service.config import Settings
 from service.jobs.model import JobState, NewJob, new_job_id
 from service.jobs.runner import WorkerContext, run_job
@@ -213,3 +215,14 @@ def test_runner_does_nothing_for_a_duplicate_delivery(
     assert run_job(job.id, ctx) == "succeeded"
     assert run_job(job.id, ctx) == "finished"
     assert store.get(job.id).attempts == 1  # type: ignore[union-attr]
+
+
+def test_api_on_postgresql(make_settings: Callable[..., Settings], keys: Keys, pair: Pair) -> None:
+    """The whole API with PostgreSQL as the job database (DSCM_DATABASE_URL)."""
+    for url in _postgres_url():
+        with TestClient(create_app(make_settings(database_url=url))) as client:
+            job = wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
+            assert job["state"] == "succeeded"
+            listed = client.get("/v1/jobs", headers=Keys.auth(keys.alice)).json()["items"]
+            assert [j["id"] for j in listed] == [job["id"]]
+            assert client.get("/readyz").status_code == 200
