@@ -49,8 +49,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_time_limit": settings.job_time_limit_s + 30,
-        "task_soft_time_limit": settings.job_time_limit_s,
+        # The runner enforces job_time_limit_s between tiles; these are backstops (prefork pool).
+        "task_soft_time_limit": settings.job_time_limit_s + 15,
+        "task_time_limit": settings.job_time_limit_s + 60,
         "broker_transport_options": {"visibility_timeout": visibility_s},
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 4,
