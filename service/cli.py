@@ -212,17 +212,22 @@ def models(models_dir: Path | None, as_json: bool) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--log-level", default="info", show_default=True)
-def serve(host: str, port: int, log_level: str) -> None:
+@click.option("--log-level", default=None, help="Override DSCM_LOG_LEVEL (debug, info, ...).")
+def serve(host: str, port: int, log_level: str | None) -> None:
     """Run the HTTP API (with an in-process worker unless DSCM_BROKER_URL is set)."""
     import uvicorn
 
     from service.api import create_app
+    from service.jobs.engine import PipelineEngine
+    from service.logging import configure_logging
 
     settings = get_settings()
+    level = (log_level or settings.log_level).upper()
+    configure_logging(settings.log_format, level)
     if not settings.broker_url:
         click.echo("dscm: no DSCM_BROKER_URL: jobs run in an in-process worker", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    app = create_app(PipelineEngine(), settings)
+    uvicorn.run(app, host=host, port=port, log_level=level.lower(), log_config=None)
 
 
 @main.command()
@@ -235,16 +240,19 @@ def serve(host: str, port: int, log_level: str) -> None:
 )
 @click.option("--concurrency", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--hostname", default=None, help="Celery node name (default: celery@host).")
-@click.option("--loglevel", default="INFO", show_default=True)
-def worker(pool: str, concurrency: int, hostname: str | None, loglevel: str) -> None:
+@click.option("--loglevel", default=None, help="Override DSCM_LOG_LEVEL.")
+def worker(pool: str, concurrency: int, hostname: str | None, loglevel: str | None) -> None:
     """Run a Celery worker for the jobs the API enqueues (needs DSCM_BROKER_URL)."""
     settings = get_settings()
     if not settings.broker_url:
         raise click.UsageError(
             "DSCM_BROKER_URL is not set; without a broker `dscm serve` runs jobs in-process"
         )
+    from service.logging import install_celery_logging
     from service.worker.app import create_worker_app
 
+    level = (loglevel or settings.log_level).upper()
+    install_celery_logging(settings.log_format, level)
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
 
@@ -257,7 +265,7 @@ def worker(pool: str, concurrency: int, hostname: str | None, loglevel: str) -> 
         f"--pool={pool}",
         f"--concurrency={concurrency}",
         f"--queues={settings.queue_name}",
-        f"--loglevel={loglevel}",
+        f"--loglevel={level}",
         "--without-gossip",
         "--without-mingle",
     ]

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         default=7 * 86400.0, gt=0, description="Finished jobs and their files are purged after this"
     )
     thumbnail_px: int = Field(default=1024, ge=64, le=8192)
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines of `dscm serve` / `dscm worker`: text or JSON"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     worker_metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Prometheus port of a Celery worker process"
     )

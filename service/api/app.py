@@ -15,8 +15,12 @@ from service.config import Settings, get_settings
 from service.jobs.runner import Engine
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """The API; ``settings`` default to the environment, ``engine`` to service.pipeline.
+def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
+    """The API around ``engine`` (service.jobs.engine.PipelineEngine in `dscm serve`).
+
+    The engine stains in-process when there is no broker, and answers model questions (readyz,
+    stage checks) either way; taking it as an argument keeps the pipeline out of this package.
+    ``settings`` default to the environment.
 
     Services (database, queue, in-process worker, sweeper) open in the lifespan, so a bad
     configuration stops the server at start-up rather than at the first request.

@@ -10,7 +10,7 @@ from service.api.auth import Keyring
 from service.config import Settings
 from service.jobs.db import utc_now
 from service.jobs.queues import CeleryQueue, InProcessQueue, JobQueue
-from service.jobs.runner import Engine, PipelineEngine, WorkerContext, run_job
+from service.jobs.runner import Engine, WorkerContext, run_job
 from service.jobs.storage import Storage
 from service.jobs.store import JobStore
 from service.jobs.sweeper import Sweeper, sweep_once
@@ -26,10 +26,11 @@ class Services:
     queue: JobQueue
     keyring: Keyring
     sweeper: Sweeper
+    engine: Engine
     worker: WorkerContext | None = None
 
     @classmethod
-    def start(cls, settings: Settings, engine: Engine | None = None) -> Services:
+    def start(cls, settings: Settings, engine: Engine) -> Services:
         """Open everything; a bad configuration raises here, so the app refuses to start."""
         storage = Storage(settings.storage_dir, settings.results_dir)
         storage.create()
@@ -46,13 +47,13 @@ class Services:
         if settings.broker_url:
             queue = CeleryQueue(settings)
         else:
-            worker = WorkerContext(settings, store, storage, engine or PipelineEngine())
+            worker = WorkerContext(settings, store, storage, engine)
             context = worker
             inprocess = InProcessQueue(lambda job_id: run_job(job_id, context))
             inprocess.start()
             queue = inprocess
         sweeper = Sweeper(settings, store, storage, queue)
-        services = cls(settings, store, storage, queue, keyring, sweeper, worker)
+        services = cls(settings, store, storage, queue, keyring, sweeper, engine, worker)
         if worker is not None:
             # Nothing survives in an in-process queue: hand it every queued job now.
             for job_id in store.unheld_candidates(utc_now() + timedelta(days=1)):

@@ -18,8 +18,6 @@ from service.api.problems import ApiError
 from service.api.schemas import JobCreate
 from service.api.services import Services
 from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
-from service.core.chain import resolve_stages
-from service.core.models import discover_models
 from service.errors import InputError, ModelError
 from service.jobs.model import Job, NewJob, new_job_id
 
@@ -45,7 +43,7 @@ def parse_options(form: ReceivedForm) -> JobCreate:
 def check_stages(options: JobCreate, services: Services) -> None:
     """Refuse, at submit time, stages whose model is not installed (the worker would fail)."""
     try:
-        resolve_stages(options.stages, discover_models(services.settings.models_dir).keys())
+        services.engine.check_stages(options.stages, services.settings.models_dir)
     except ModelError as exc:
         raise ApiError(422, "stage_unavailable", exc.detail) from exc
     except InputError as exc:

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ from service.jobs.errors import AttemptLost, AttemptStopped, JobTimedOut, Worker
 from service.jobs.model import Job
 from service.jobs.storage import RESULT_SUFFIX, Storage
 from service.jobs.store import JobStore, seconds_ago
+from service.logging import job_context
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -31,7 +32,11 @@ PROGRESS_WRITE_INTERVAL_S = 0.5
 
 
 class Engine(Protocol):
-    """What the runner needs from the staining engine (the real one is service.pipeline)."""
+    """What workers and the API need from the staining engine.
+
+    The real one is service.jobs.engine.PipelineEngine; the process edges (`dscm serve`,
+    `dscm worker`) pass it in, so the API package never imports the pipeline.
+    """
 
     def load_models(self, options: dict[str, Any], settings: Settings) -> Any: ...
 
@@ -48,52 +53,11 @@ class Engine(Protocol):
 
     def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None: ...
 
+    def check_models(self, models_dir: Path) -> tuple[bool, str]:
+        """Whether the installed models can be loaded (cards parse, files match); and why."""
 
-class PipelineEngine:
-    """service.pipeline, imported on first use so that importing this module stays light."""
-
-    @staticmethod
-    def spec(options: dict[str, Any], settings: Settings) -> Any:
-        from service.pipeline import StainSpec
-
-        stages = options.get("stages")
-        return StainSpec(
-            stages=tuple(stages) if stages else None,
-            models_dir=settings.models_dir,
-            tile_px=settings.tile_px,
-            compression=options.get("compression", "jpeg"),
-            jpeg_quality=int(options.get("jpeg_quality", 90)),
-            output_format=options.get("output_format", "tiff"),
-            threads=settings.threads,
-            max_pixels=settings.max_pixels,
-        )
-
-    def load_models(self, options: dict[str, Any], settings: Settings) -> Any:
-        from service.pipeline import load_models
-
-        return load_models(self.spec(options, settings))
-
-    def stain(
-        self,
-        rcm: Path,
-        fcm: Path,
-        output: Path,
-        options: dict[str, Any],
-        settings: Settings,
-        progress: Progress,
-        models: Any,
-    ) -> dict[str, Any]:
-        from service.pipeline import stain_slide
-        from service.slide import SlideInputs
-
-        spec = self.spec(options, settings)
-        report = stain_slide(SlideInputs(rcm, fcm), output, spec, progress, models)
-        return dict(report.to_dict())
-
-    def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None:
-        from service.slide import write_thumbnail
-
-        write_thumbnail(tiff, jpeg, max_px)
+    def check_stages(self, stages: Sequence[str] | None, models_dir: Path) -> None:
+        """Raise InputError for an impossible stage list, ModelError for a missing model."""
 
 
 @dataclass
@@ -103,7 +67,7 @@ class WorkerContext:
     settings: Settings
     store: JobStore
     storage: Storage
-    engine: Engine = field(default_factory=PipelineEngine)
+    engine: Engine
     stopping: threading.Event = field(default_factory=threading.Event)
     _models: dict[tuple[str, ...] | None, Any] = field(default_factory=dict)
     _models_pid: int = field(default_factory=os.getpid)
@@ -189,7 +153,8 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
     if claim.outcome != "claimed" or claim.job is None:
         log.info("job %s not run: %s", job_id, claim.outcome)
         return claim.outcome
-    outcome = _run_claimed(claim.job, lease, ctx)
+    with job_context(job_id, claim.job.tenant):
+        outcome = _run_claimed(claim.job, lease, ctx)
     telemetry.OUTCOMES.labels(outcome=outcome).inc()
     log.info("job %s attempt %d: %s", job_id, claim.job.attempts, outcome)
     return outcome

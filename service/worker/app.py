@@ -16,8 +16,9 @@ from celery import Celery, Task
 from celery.signals import worker_shutting_down
 
 from service.config import Settings
+from service.jobs.engine import PipelineEngine
 from service.jobs.queues import TASK_NAME, make_celery, task_id_for
-from service.jobs.runner import Engine, PipelineEngine, WorkerContext, run_job
+from service.jobs.runner import Engine, WorkerContext, run_job
 from service.jobs.storage import Storage
 from service.jobs.store import JobStore
 

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, write_gray_tiff
+from service_helpers import Keys, Pair, make_app, write_gray_tiff
 
-from service.api import create_app
 from service.api.auth import hash_key, new_key
 from service.config import ApiKeyEntry, Settings
 
@@ -72,5 +71,5 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+    with TestClient(make_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client

@@ -5,17 +5,21 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tifffile
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service.api import create_app
 from service.config import ApiKeyEntry, Settings
 from service.errors import OutputError
+from service.jobs.engine import PipelineEngine
+from service.jobs.runner import Engine
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -56,6 +60,11 @@ class Keys:
     @staticmethod
     def auth(key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
+
+
+def make_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """The API as `dscm serve` builds it (the real engine unless a fake is given)."""
+    return create_app(engine or PipelineEngine(), settings)
 
 
 def submit(
@@ -144,3 +153,9 @@ class SlowEngine:
 
     def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None:
         shutil.copyfile(tiff, jpeg)
+
+    def check_models(self, models_dir: Path) -> tuple[bool, str]:
+        return True, "fake engine"
+
+    def check_stages(self, stages: Sequence[str] | None, models_dir: Path) -> None:
+        return None

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings, get_settings
-from service.jobs.runner import PipelineEngine, Progress
+from service.jobs.engine import PipelineEngine
+from service.jobs.runner import Progress
 from service.worker.app import create_worker_app
 
 

@@ -7,9 +7,8 @@ from collections.abc import Callable
 
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, assert_problem, submit, wait_for
+from service_helpers import Keys, Pair, assert_problem, make_app, submit, wait_for
 
-from service.api import create_app
 from service.cli import main
 from service.config import Settings
 
@@ -19,7 +18,7 @@ def test_keys_create_prints_once_stores_hash_and_works_live(
 ) -> None:
     settings = make_settings(api_keys=[])
     key_file = settings.effective_api_keys_file
-    with TestClient(create_app(settings)) as client:
+    with TestClient(make_app(settings)) as client:
         runner = CliRunner()
         made = runner.invoke(
             main,
@@ -63,7 +62,7 @@ def test_keys_create_refuses_unknown_roles(tmp_path) -> None:
 def test_anonymous_access_only_when_configured(
     make_settings: Callable[..., Settings], pair: Pair, keys: Keys
 ) -> None:
-    with TestClient(create_app(make_settings(anonymous_tenant="demo"))) as client:
+    with TestClient(make_app(make_settings(anonymous_tenant="demo"))) as client:
         job = submit(client, None, pair)
         assert job.status_code == 202
         listed = client.get("/v1/jobs").json()["items"]

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, assert_problem, submit, wait_for, write_gray_tiff
+from service_helpers import Keys, Pair, assert_problem, make_app, submit, wait_for, write_gray_tiff
 from starlette.requests import Request
 
-from service.api import create_app
 from service.api.problems import ApiError
 from service.api.uploads import receive_form
 from service.config import Settings
@@ -21,7 +20,7 @@ from service.config import Settings
 
 @pytest.fixture
 def small_cap_client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(max_upload_bytes=100_000))) as client:
+    with TestClient(make_app(make_settings(max_upload_bytes=100_000))) as client:
         yield client
 
 
@@ -170,7 +169,7 @@ def test_rgb_input_is_422(client: TestClient, keys: Keys, pair: Pair, tmp_path: 
 
 
 def test_pixel_limit_is_422(make_settings: Callable[..., Settings], keys: Keys, pair: Pair) -> None:
-    with TestClient(create_app(make_settings(max_pixels=10_000))) as client:
+    with TestClient(make_app(make_settings(max_pixels=10_000))) as client:
         assert_problem(submit(client, keys.alice, pair), 422, "pixel_limit_exceeded")
 
 

@@ -10,9 +10,8 @@ import openslide
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import Keys, Pair, SlowEngine, assert_problem, submit, wait_for
+from service_helpers import Keys, Pair, SlowEngine, assert_problem, make_app, submit, wait_for
 
-from service.api import create_app
 from service.config import Settings
 
 
@@ -97,7 +96,7 @@ def test_result_is_409_until_done_and_cancel_stops_between_tiles(
     make_settings: Callable[..., Settings], keys: Keys, pair: Pair
 ) -> None:
     engine = SlowEngine(tiles=500, tile_s=0.01)
-    with TestClient(create_app(make_settings(), engine=engine)) as client:
+    with TestClient(make_app(make_settings(), engine=engine)) as client:
         job_id = submit(client, keys.alice, pair).json()["id"]
         assert engine.started.wait(10)
         running = wait_for(client, keys.alice, job_id, ("running",))
@@ -128,7 +127,7 @@ def test_cancel_queued_job_never_runs(
     make_settings: Callable[..., Settings], keys: Keys, pair: Pair
 ) -> None:
     engine = SlowEngine(tiles=300, tile_s=0.01)
-    with TestClient(create_app(make_settings(), engine=engine)) as client:
+    with TestClient(make_app(make_settings(), engine=engine)) as client:
         auth = Keys.auth(keys.alice)
         first = submit(client, keys.alice, pair).json()["id"]
         second = submit(client, keys.alice, pair).json()["id"]
@@ -152,7 +151,7 @@ def test_engine_error_fails_job_with_its_code(
     from service.errors import ModelError
 
     engine = SlowEngine(tiles=2, tile_s=0, fail_with=ModelError("generator.onnx is corrupt"))
-    with TestClient(create_app(make_settings(), engine=engine)) as client:
+    with TestClient(make_app(make_settings(), engine=engine)) as client:
         job = wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
         assert job["state"] == "failed"
         assert job["error"] == {"code": "model_error", "detail": "generator.onnx is corrupt"}
@@ -163,7 +162,7 @@ def test_time_limit_fails_the_job(
 ) -> None:
     engine = SlowEngine(tiles=1000, tile_s=0.01)
     settings = make_settings(job_time_limit_s=0.3)
-    with TestClient(create_app(settings, engine=engine)) as client:
+    with TestClient(make_app(settings, engine=engine)) as client:
         job = wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
         assert job["state"] == "failed" and job["error"]["code"] == "time_limit_exceeded"
 
@@ -172,7 +171,7 @@ def test_models_load_once_per_worker(
     make_settings: Callable[..., Settings], keys: Keys, pair: Pair
 ) -> None:
     engine = SlowEngine(tiles=1, tile_s=0)
-    with TestClient(create_app(make_settings(), engine=engine)) as client:
+    with TestClient(make_app(make_settings(), engine=engine)) as client:
         for _ in range(3):
             wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
     assert engine.models_loaded == 1
@@ -182,9 +181,9 @@ def test_records_survive_an_api_restart(
     make_settings: Callable[..., Settings], keys: Keys, pair: Pair
 ) -> None:
     settings = make_settings()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(make_app(settings)) as client:
         done = wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
-    with TestClient(create_app(settings)) as client:
+    with TestClient(make_app(settings)) as client:
         again = client.get(f"/v1/jobs/{done['id']}", headers=Keys.auth(keys.alice)).json()
         assert again["state"] == "succeeded" and again["result"] == done["result"]
 
@@ -194,12 +193,12 @@ def test_queued_jobs_resume_after_restart(
 ) -> None:
     settings = make_settings()
     slow = SlowEngine(tiles=10_000, tile_s=0.01)
-    with TestClient(create_app(settings, engine=slow)) as client:
+    with TestClient(make_app(settings, engine=slow)) as client:
         first = submit(client, keys.alice, pair).json()["id"]
         second = submit(client, keys.alice, pair).json()["id"]
         assert slow.started.wait(10)
     # The first was released at shutdown, the second never started: both run after restart.
-    with TestClient(create_app(settings, engine=SlowEngine(tiles=1, tile_s=0))) as client:
+    with TestClient(make_app(settings, engine=SlowEngine(tiles=1, tile_s=0))) as client:
         for job_id in (first, second):
             job = wait_for(client, keys.alice, job_id)
             assert job["state"] == "succeeded" and job["attempts"] == 1
@@ -245,6 +244,6 @@ def test_readyz_reports_a_model_that_does_not_match_its_card(
         "output": {"channels": 3}, "halo_px": 4,
     }  # fmt: skip
     (models / "g.json").write_text(json.dumps(card))
-    with TestClient(create_app(make_settings(models_dir=models))) as client:
+    with TestClient(make_app(make_settings(models_dir=models))) as client:
         body = assert_problem(client.get("/readyz"), 503, "not_ready")
         assert "does not match" in str(body["checks"])

@@ -9,11 +9,11 @@ import pytest
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_helpers import Keys
+from service_helpers import Keys, make_app
 
-from service.api import create_app
 from service.api.services import Services
 from service.config import Settings
+from service.jobs.engine import PipelineEngine
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import not_a_server_error  # noqa: E402
@@ -30,9 +30,9 @@ def api_app(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Fa
         max_upload_bytes=1_000_000,
         tile_px=128,
     )
-    app = create_app(config)
+    app = make_app(config)
     # schemathesis calls the ASGI app without its lifespan, so open the services here.
-    services = Services.start(config)
+    services = Services.start(config, PipelineEngine())
     app.state.services = services
     yield app
     services.close()

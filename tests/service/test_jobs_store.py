@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, SlowEngine, submit, wait_for
+from service_helpers import Keys, Pair, SlowEngine, make_app, submit, wait_for
 
-from service.api import create_app
 from service.config import Settings
 from service.jobs.model import JobState, NewJob, new_job_id
 from service.jobs.runner import WorkerContext, run_job
@@ -220,7 +219,7 @@ def test_runner_does_nothing_for_a_duplicate_delivery(
 def test_api_on_postgresql(make_settings: Callable[..., Settings], keys: Keys, pair: Pair) -> None:
     """The whole API with PostgreSQL as the job database (DSCM_DATABASE_URL)."""
     for url in _postgres_url():
-        with TestClient(create_app(make_settings(database_url=url))) as client:
+        with TestClient(make_app(make_settings(database_url=url))) as client:
             job = wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
             assert job["state"] == "succeeded"
             listed = client.get("/v1/jobs", headers=Keys.auth(keys.alice)).json()["items"]
