@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections.abc import Callable
 
 import openslide
@@ -111,8 +112,6 @@ def test_result_is_409_until_done_and_cancel_stops_between_tiles(
         for _ in range(100):
             if engine.stopped_at is not None:
                 break
-            import time
-
             time.sleep(0.02)
         assert engine.stopped_at is not None and engine.stopped_at < engine.tiles
         assert not (settings.storage_dir / "uploads" / job_id).exists()
