@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -37,6 +38,7 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.integration
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_api_in_celery_mode_never_loads_the_engine(tmp_path: Path, keys: Keys, pair: Pair) -> None:
     cluster = Cluster(tmp_path, [])
     try:

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from service_helpers import Keys, make_app
 
 from service.api.services import Services
 from service.config import Settings
 from service.jobs.engine import PipelineEngine
 
+# schemathesis (and the Hypothesis it brings) belongs to the dev extra; skip cleanly without it.
 schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 
