@@ -30,6 +30,7 @@ STAIN_TASK_NAME = "dscm.stain_job"
 _JOB_ID: ContextVar[str | None] = ContextVar("dscm_job_id", default=None)
 _TENANT: ContextVar[str | None] = ContextVar("dscm_tenant", default=None)
 _HOST = socket.gethostname()
+_CHATTY_LOGGERS = ("pyvips",)
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRS = frozenset(
@@ -136,6 +137,9 @@ def configure_logging(
     handler.addFilter(ContextFilter())
     root.addHandler(handler)
     root.setLevel(_level(level))
+    # libvips reports every operation at INFO ("shrinkv: using vector path"): keep it for DEBUG.
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if root.level > logging.DEBUG else 0)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

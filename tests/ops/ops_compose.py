@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 WORKER_OVERRIDE = REPO / "docker-compose.worker.yml"
@@ -62,6 +60,8 @@ def interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # PyYAML: tests that need it importorskip it first
+
     data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict), f"{path} is not a mapping"
     return data

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from ops_compose import (
+
+yaml = pytest.importorskip("yaml", reason="PyYAML reads the compose files (pip install pyyaml)")
+
+from ops_compose import (  # noqa: E402 (after the importorskip)
     COMPOSE_FILE,
     DOCKERFILES,
     ENV_EXAMPLE,
