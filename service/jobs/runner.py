@@ -232,7 +232,8 @@ def _fail(
 ) -> str:
     _remove(result, thumb)
     if ctx.store.fail(job.id, lease, code, detail):
-        ctx.storage.purge_inputs(job.id)
+        # The job is failed and no other attempt can own it: drop whatever the engine left.
+        ctx.storage.purge(job.id)
         return "failed"
     return "lost"
 
