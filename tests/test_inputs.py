@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pyvips
 from click.testing import CliRunner
 from conftest import confocal_like, huge_header_tiff, write_gray
 
@@ -197,3 +198,19 @@ def test_output_parent_is_a_file(tmp_path: Path) -> None:
     result = run_stain(rcm, fcm, blocker / "o.tif", "--stages", "gareau")
     assert result.exit_code == 5
     assert "cannot write" in result.stderr and "Traceback" not in result.output
+
+
+def test_tiny_images_are_refused(tmp_path: Path) -> None:
+    tiny = write_gray(tmp_path / "tiny.tif", np.full((1, 1), 0.5))
+    result = run_stain(tiny, tiny, tmp_path / "o.tif")
+    assert_clean_failure(result, tmp_path / "o.tif", "too small")
+
+
+def test_screen_resolution_is_not_taken_for_a_microscope_resolution(tmp_path: Path) -> None:
+    paths = []
+    for name, unit in zip(("r.png", "f.png"), confocal_like(64, 64), strict=True):
+        image = pyvips.Image.new_from_array((unit * 255).astype(np.uint8))
+        image.copy(xres=72 / 25.4, yres=72 / 25.4).pngsave(str(tmp_path / name))  # 72 dpi
+        paths.append(tmp_path / name)
+    assert pyvips.Image.new_from_file(str(paths[0])).xres == pytest.approx(72 / 25.4, rel=0.01)
+    assert probe_pair(SlideInputs(*paths), 10**9).mpp_um == pytest.approx(0.75)

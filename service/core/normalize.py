@@ -46,6 +46,7 @@ def estimate_range(thumbnail: np.ndarray) -> IntensityRange:
 def normalize(pixels: np.ndarray, intensity: IntensityRange) -> np.ndarray:
     """Map raw pixels to float32 in [0, 1] with the slide-wide range."""
     scale = np.float32(1.0 / (intensity.high - intensity.low))
-    out = (pixels.astype(np.float32, copy=False) - np.float32(intensity.low)) * scale
+    out = np.subtract(np.asarray(pixels, np.float32), np.float32(intensity.low), dtype=np.float32)
+    out *= scale
     np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(out, 0.0, 1.0, out=out)

@@ -27,6 +27,10 @@ pyvips.block_untrusted_set(True)
 
 DEFAULT_MPP_UM = 0.75
 SMALL_FORMAT_MAX_PIXELS = 50_000_000  # PNG/JPEG decode whole; they are for small crops
+MIN_SIDE_PX = 16
+# Resolution tags outside this range are not microscope resolutions (a 72 dpi PNG says
+# 353 um/px): the file is treated as saying nothing and the default applies.
+PLAUSIBLE_MPP_UM = (0.01, 100.0)
 RCM_DETECTOR = "DET#1"
 FCM_DETECTOR = "DET#2"
 SCAN_FILE = "highres_raw.tif"
@@ -133,9 +137,11 @@ def read_mpp_um(image: pyvips.Image) -> float | None:
     if "resolution-unit" not in fields and image.get("xres") <= 1.0:
         return None
     xres_px_per_mm = float(image.get("xres"))
-    if not math.isfinite(xres_px_per_mm) or xres_px_per_mm <= 1.0:
+    if not math.isfinite(xres_px_per_mm) or xres_px_per_mm <= 0.0:
         return None
-    return 1000.0 / xres_px_per_mm
+    mpp_um = 1000.0 / xres_px_per_mm
+    low, high = PLAUSIBLE_MPP_UM
+    return mpp_um if low <= mpp_um <= high else None
 
 
 def probe_image(path: Path, max_pixels: int) -> tuple[ImageInfo, pyvips.Image]:
@@ -146,6 +152,11 @@ def probe_image(path: Path, max_pixels: int) -> tuple[ImageInfo, pyvips.Image]:
     if pixels > limit:
         raise PixelLimitExceeded(
             f"{path.name}: {image.width} x {image.height} px exceeds the limit of {limit} px"
+        )
+    if min(image.width, image.height) < MIN_SIDE_PX:
+        raise InputError(
+            f"{path.name}: {image.width} x {image.height} px is too small to stain "
+            f"(at least {MIN_SIDE_PX} px per side)"
         )
     if image.format not in _NUMPY_DTYPES:
         raise InputError(

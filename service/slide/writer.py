@@ -178,7 +178,7 @@ def output_error(exc: BaseException, output: Path) -> OutputError:
 def write_thumbnail(tiff: Path, jpeg: Path, max_px: int = 1024) -> None:
     """A JPEG preview of a stained pyramid (reads its smallest sufficient level)."""
     try:
-        thumb = pyvips.Image.thumbnail(str(tiff), max_px, height=max_px)
+        thumb = pyvips.Image.thumbnail(str(tiff), max_px, height=max_px, size="down")
         tmp = jpeg.with_name(f".{jpeg.name}.{uuid.uuid4().hex[:8]}.tmp.jpg")
         thumb.jpegsave(str(tmp), Q=85)
         os.replace(tmp, jpeg)
