@@ -22,6 +22,15 @@ LOSS_CSV_NAME = "losses.csv"
 LOSS_PLOT_NAME = "losses.png"
 
 
+def configure_torch(seed: int, threads: int = 0) -> None:
+    """Seeds, thread count and flush-to-zero: tiny gradients of freshly initialised networks
+    are denormal floats, which made CPU backward passes up to 9x slower (measured)."""
+    torch.set_flush_denormal(True)
+    if threads:
+        torch.set_num_threads(threads)
+    set_seed(seed)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

@@ -20,9 +20,9 @@ from training.common import (
     LOSS_PLOT_NAME,
     LossLog,
     ProgressLine,
+    configure_torch,
     load_checkpoint,
     save_checkpoint,
-    set_seed,
     step_rng,
 )
 from training.data import load_split
@@ -86,9 +86,7 @@ def train_despeckle(options: DespeckleOptions) -> Path:
     """Train (or resume) and return the checkpoint path."""
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(options.seed)
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    configure_torch(options.seed, options.threads)
     prepared = Path(options.prepared_dir)
     train_clean = [clean_reflectance(rgb) for rgb in load_split(prepared, ("train_a", "train_b"))]
     val_clean = [clean_reflectance(rgb) for rgb in load_split(prepared, ("val",))]

@@ -1,0 +1,104 @@
+"""Provenance for model cards: what data a checkpoint was trained on, split how, licensed how."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from training.common import LOSS_CSV_NAME, OPTIONS_NAME
+from training.data import load_manifest, split_summary
+from training.export import CardInfo
+
+DATA_LICENCE = (
+    "weights trained on MoNuSeg 2018 (CC BY-NC-SA 4.0) and TCGA glioma tiles "
+    "(pengyzhang/cell_seg_matlab, no licence stated): research use; skin image (public domain) "
+    "held out"
+)
+
+
+def _options(checkpoint_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((checkpoint_dir / OPTIONS_NAME).read_text())
+    return data
+
+
+def _last_values(checkpoint_dir: Path, columns: list[str]) -> dict[str, float]:
+    """The last logged value of each column (validation numbers are logged at checkpoints)."""
+    found: dict[str, float] = {}
+    path = checkpoint_dir / LOSS_CSV_NAME
+    if not path.is_file():
+        return found
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            for column in columns:
+                if row.get(column):
+                    found[column] = float(row[column])
+    return found
+
+
+def _data_section(options: dict[str, Any], used_splits: list[str]) -> tuple[dict[str, Any], ...]:
+    manifest = load_manifest(Path(options["prepared_dir"]))
+    training_data = {
+        "sources": manifest["licences"],
+        "prepared_fingerprint": manifest["fingerprint"],
+        "um_per_px": manifest["um_per_px"],
+        "used_splits": used_splits,
+        "split_rule": manifest["split_rule"],
+    }
+    splits = {"counts": split_summary(manifest), "cases": manifest["splits"]}
+    return training_data, splits
+
+
+def despeckle_card_info(checkpoint_dir: Path, name: str = "despeckle") -> CardInfo:
+    options = _options(checkpoint_dir)
+    training_data, splits = _data_section(options, ["train_a", "train_b"])
+    training_data.update(
+        {
+            "recipe": "inverted Y of YUV, normalised like a slide; speckle Gauss(1, "
+            f"{options['speckle_std']}); random flips, {options['crop_px']} px crops",
+            "steps": options["steps"],
+            "batch_size": options["batch_size"],
+            "optimiser": f"Adam lr {options['lr']}, MSE",
+        }
+    )
+    metrics = _last_values(
+        checkpoint_dir, ["val_psnr_noisy", "val_psnr_net", "val_psnr_net_median"]
+    )
+    return CardInfo(
+        name=name,
+        training_data=training_data,
+        splits=splits,
+        metrics={"validation": metrics},
+        licence=DATA_LICENCE,
+    )
+
+
+def generator_card_info(
+    checkpoint_dir: Path, generator_info: dict[str, Any], name: str = "generator"
+) -> CardInfo:
+    options = _options(checkpoint_dir)
+    training_data, splits = _data_section(options, ["train_a (domain A)", "train_b (domain B)"])
+    training_data.update(
+        {
+            "domain_a": "Gareau stain of synthetic confocal (training/synthetic.py) of train_a, "
+            "through the exported despeckler and 3x3 median",
+            "domain_b": "real H&E of train_b (cases disjoint from train_a)",
+            "despeckler": options.get("despeckle_onnx", ""),
+            "recipe": "CycleGAN: LSGAN, cycle L1 lambda 10, identity 0.5 lambda, pool 50, "
+            "Adam 2e-4 beta1 0.5, linear decay in the second stage",
+            "stage_crops_px": options["stage_crops_px"],
+            "stage_steps": options["stage_steps"],
+            "batch_size": options["batch_size"],
+            "discriminator_ndf": options["ndf"],
+            "checkpoint": {k: v for k, v in generator_info.items() if k != "options"},
+        }
+    )
+    validation = {k: v for k, v in generator_info.items() if k.startswith("val_")}
+    return CardInfo(
+        name=name,
+        training_data=training_data,
+        splits=splits,
+        metrics={"validation": validation},
+        licence=DATA_LICENCE,
+    )

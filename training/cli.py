@@ -1,0 +1,184 @@
+"""``dscm-train prepare | despeckle | cyclegan | export | import-reference | evaluate``."""
+
+from __future__ import annotations
+
+import os
+
+# Other processes share these CPUs: spinning OpenMP workers then wait on descheduled peers,
+# which made training steps 2x slower here (measured). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_DATA = "../shared/data"
+DEFAULT_PREPARED = "build/prepared"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+@click.group()
+def main() -> None:
+    """Train, export and evaluate the despeckler and the stain generator."""
+
+
+@main.command()
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False), default=DEFAULT_DATA)
+@click.option("--out", "out_dir", default=DEFAULT_PREPARED, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--patch-px", default=512, show_default=True)
+@click.option("--min-tissue", default=0.5, show_default=True)
+def prepare(data_root: str, out_dir: str, seed: int, patch_px: int, min_tissue: float) -> None:
+    """Tissue patches of the H&E under DATA_ROOT/he, split by case, with a manifest."""
+    from training.data import prepare as run_prepare
+    from training.data import split_summary
+
+    manifest = run_prepare(Path(data_root), Path(out_dir), seed, patch_px, min_tissue)
+    for split, counts in split_summary(manifest).items():
+        click.echo(f"{split:13s} {counts['cases']:3d} cases {counts['patches']:4d} patches")
+
+
+@main.command()
+@click.option("--prepared", default=DEFAULT_PREPARED, show_default=True)
+@click.option("--out", "out_dir", default="build/despeckle", show_default=True)
+@click.option("--width", default=32, show_default=True, help="64 = the paper's size")
+@click.option("--depth", default=7, show_default=True)
+@click.option("--steps", default=1200, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--crop-px", default=128, show_default=True, help="the paper: 256")
+@click.option("--lr", default=5e-4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint-every", default=100, show_default=True)
+@click.option("--threads", default=0, help="torch threads (0: all cores)")
+def despeckle(**kwargs: object) -> None:
+    """Train (or resume) the despeckler."""
+    from training.train_despeckle import DespeckleOptions, train_despeckle
+
+    prepared = str(kwargs.pop("prepared"))
+    train_despeckle(DespeckleOptions(prepared_dir=prepared, **kwargs))  # type: ignore[arg-type]
+
+
+@main.command()
+@click.option("--prepared", default=DEFAULT_PREPARED, show_default=True)
+@click.option("--out", "out_dir", default="build/cyclegan", show_default=True)
+@click.option("--despeckle-onnx", default="models/despeckle.onnx", show_default=True)
+@click.option("--ngf", default=16, show_default=True, help="64 = the paper's size")
+@click.option("--n-blocks", default=9, show_default=True)
+@click.option("--ndf", default=64, show_default=True)
+@click.option("--stage-crops", default="256,512", show_default=True)
+@click.option("--stage-steps", default="1000,1000", show_default=True)
+@click.option("--batch-size", default=1, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint-every", default=250, show_default=True)
+@click.option("--threads", default=0)
+def cyclegan(stage_crops: str, stage_steps: str, **kwargs: object) -> None:
+    """Train (or resume) the CycleGAN; domain A is built with the exported despeckler."""
+    from training.train_cyclegan import CycleGanOptions, train_cyclegan
+
+    prepared = str(kwargs.pop("prepared"))
+    options = CycleGanOptions(
+        prepared_dir=prepared,
+        stage_crops_px=_ints(stage_crops),
+        stage_steps=_ints(stage_steps),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    train_cyclegan(options)
+
+
+@main.command()
+@click.argument("role", type=click.Choice(["despeckle", "generator"]))
+@click.argument("checkpoint_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "onnx_path", default=None, help="default: models/<role>.onnx")
+@click.option("--name", default=None, help="card name (default: role and size)")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--notes", default="", help="free text for the card (e.g. training caveats)")
+def export(
+    role: str, checkpoint_dir: str, onnx_path: str | None, name: str | None, which: str, notes: str
+) -> None:
+    """Export a checkpoint to ONNX (checked against torch) + its model card."""
+    from training.cards import despeckle_card_info, generator_card_info
+    from training.export import export_model
+
+    folder = Path(checkpoint_dir)
+    out = Path(onnx_path or f"models/{role}.onnx")
+    if role == "despeckle":
+        from training.train_despeckle import load_despeckler
+
+        model = load_despeckler(folder)
+        info = despeckle_card_info(folder, name or f"despeckle-w{model.width}-d{model.depth}")
+    else:
+        from training.train_cyclegan import load_generator
+
+        generator, details = load_generator(folder, which)
+        model = generator  # type: ignore[assignment]
+        info = generator_card_info(
+            folder, details, name or f"generator-ngf{generator.ngf}-b{generator.n_blocks}"
+        )
+    info.notes = notes
+    card = export_model(model, out, info)
+    click.echo(f"wrote {out} ({card['parameters']} parameters, halo {card['halo_px']} px)")
+
+
+@main.command("import-reference")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "onnx_path", default="models/generator.onnx", show_default=True)
+@click.option("--name", default="")
+@click.option("--licence", default="as the checkpoint's", show_default=True)
+def import_reference_command(checkpoint: str, onnx_path: str, name: str, licence: str) -> None:
+    """Convert a reference CycleGAN ``*_net_G_A.pth`` into ONNX + card."""
+    from training.import_reference import import_reference
+
+    card = import_reference(Path(checkpoint), Path(onnx_path), name, licence)
+    click.echo(f"wrote {onnx_path} ({card['architecture']}, {card['parameters']} parameters)")
+
+
+@main.command()
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False), default=DEFAULT_DATA)
+@click.option("--prepared", default=DEFAULT_PREPARED, show_default=True)
+@click.option("--models", "models_dir", default="models", show_default=True)
+@click.option("--figures", "figures_dir", default="docs/figures", show_default=True)
+@click.option("--doc", "doc_path", default="docs/models.md", show_default=True)
+@click.option("--json", "json_path", default="docs/figures/results.json", show_default=True)
+@click.option("--preface", default="", help="text placed above the tables")
+@click.option("--update-cards/--no-update-cards", default=True, show_default=True)
+def evaluate(
+    data_root: str,
+    prepared: str,
+    models_dir: str,
+    figures_dir: str,
+    doc_path: str,
+    json_path: str,
+    preface: str,
+    update_cards: bool,
+) -> None:
+    """Despeckling and staining evaluations; results into docs/models.md and the cards."""
+    from training.evaluate import evaluate_all
+    from training.export import update_card
+    from training.report import results_markdown, write_results
+
+    results = evaluate_all(Path(data_root), Path(prepared), Path(models_dir), Path(figures_dir))
+    command = "dscm-train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_results(
+        Path(doc_path), Path(json_path), results, results_markdown(results, command, preface)
+    )
+    if update_cards:
+        models = Path(models_dir)
+        if (models / "despeckle.json").is_file():
+            update_card(models / "despeckle.json", metrics={"held_out": results["despeckle"]})
+        if (models / "generator.json").is_file():
+            held_out = {
+                "test_slides": results["staining_test_slides"],
+                "skin": results["staining_skin"],
+            }
+            update_card(models / "generator.json", metrics={"held_out": held_out})
+    click.echo(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
