@@ -40,6 +40,7 @@ class StainSpec:
     max_pixels: int = 400_000_000
     skip_background: bool = True
     stats_tiles: int = 8
+    stats_crop_px: int = 384
     extra_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -55,6 +56,8 @@ class StainSpec:
             raise InputError(f"output_format must be tiff or ome-tiff, got {self.output_format!r}")
         if self.stats_tiles < 1:
             raise InputError("stats_tiles must be at least 1")
+        if self.stats_crop_px < 64 or self.stats_crop_px % 16:
+            raise InputError("stats_crop_px must be a multiple of 16 and >= 64")
         unknown = sorted(set(self.extra_layers) - set(LAYERS))
         if unknown:
             raise InputError(f"unknown layer(s) {', '.join(unknown)}; choose from {LAYERS}")
@@ -140,13 +143,14 @@ def stain_slide(
     reader = TileReader(fcm, rcm, ranges, tile_px, chain.halo_px)
 
     mark = time.perf_counter()
-    sample = spread_sample(todo or tiles, spec.stats_tiles)
+    crop_px = min(spec.stats_crop_px, tile_px)
+    sample = [centre_crop(t, crop_px) for t in spread_sample(todo or tiles, spec.stats_tiles)]
     if chain.needs_shared_stats:
 
         def sampled() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for i, tile in enumerate(sample):
                 report_progress("statistics", i, len(sample))
-                yield reader.read(tile)
+                yield reader.read(tile, crop_px)
             report_progress("statistics", len(sample), len(sample))
 
         chain.estimate_norm_stats(sampled())
@@ -215,6 +219,17 @@ def stain_slide(
     )
 
 
+def centre_crop(tile: Tile, side_px: int) -> Tile:
+    """A square of ``side_px`` centred on the tile (the tile's box may be smaller: edges)."""
+    return Tile(
+        tile.index,
+        tile.l0_x + (tile.width_px - side_px) // 2,
+        tile.l0_y + (tile.height_px - side_px) // 2,
+        side_px,
+        side_px,
+    )
+
+
 def spread_sample(tiles: list[Tile], count: int) -> list[Tile]:
     """Up to ``count`` tiles spread evenly over the list (deterministic)."""
     if len(tiles) <= count:
@@ -239,9 +254,12 @@ class TileReader:
         self.busy_s = 0.0
         self._stop = threading.Event()
 
-    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, tile: Tile, crop_px: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A normalised block of the grid's tile size (or ``crop_px``) plus the halo on every
+        side, with its top-left corner at the tile's."""
         started = time.perf_counter()
-        x, y, side = tile.l0_x - self.halo_px, tile.l0_y - self.halo_px, self.side_px
+        side = self.side_px if crop_px is None else crop_px + 2 * self.halo_px
+        x, y = tile.l0_x - self.halo_px, tile.l0_y - self.halo_px
         fcm = normalize(self.fcm.read_padded(x, y, side, side), self.ranges["fcm"])
         rcm = normalize(self.rcm.read_padded(x, y, side, side), self.ranges["rcm"])
         self.busy_s += time.perf_counter() - started
