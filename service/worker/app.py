@@ -33,6 +33,7 @@ class ContextHolder:
         self.engine = engine
         self._context: WorkerContext | None = None
         self._pid = 0
+        self._stopping = False  # inherited by a context made after the stop was asked for
 
     def get(self) -> WorkerContext:
         if self._context is None or self._pid != os.getpid():
@@ -42,10 +43,13 @@ class ContextHolder:
             self._context = WorkerContext(
                 self.settings, store, storage, self.engine or PipelineEngine()
             )
+            if self._stopping:
+                self._context.stopping.set()
             self._pid = os.getpid()
         return self._context
 
     def stop(self) -> None:
+        self._stopping = True
         if self._context is not None:
             self._context.stopping.set()
 
@@ -59,7 +63,7 @@ def create_worker_app(settings: Settings, engine: Engine | None = None) -> Celer
     @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
     def stain_job(task: Task, job_id: str) -> str:
         outcome = run_job(job_id, holder.get())
-        if outcome == "released":
+        if outcome in ("released", "stopping"):
             # Shutting down mid-job: the job is queued again before this delivery is acked.
             task.app.send_task(
                 TASK_NAME, args=[job_id], task_id=task_id_for(job_id), queue=settings.queue_name
