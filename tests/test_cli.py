@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import SAMPLE_SCAN
+from engine_fixtures import SAMPLE_SCAN
 
 from service.cli import main
 

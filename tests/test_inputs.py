@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import pyvips
 from click.testing import CliRunner
-from conftest import confocal_like, huge_header_tiff, write_gray
+from engine_fixtures import confocal_like, huge_header_tiff, write_gray
 
 from service.cli import main
 from service.errors import (
