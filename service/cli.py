@@ -54,7 +54,9 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
 )
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), help="Model folder.")
 @click.option("--tile-px", type=int, help="Output tile edge in pixels (multiple of 16).")
-@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option(
+    "--batch-size", type=int, help="Tiles per model call (default: DSCM_BATCH_SIZE or 1)."
+)
 @click.option("--threads", type=int, help="onnxruntime threads (default: all cores).")
 @click.option(
     "--compression", type=click.Choice(["jpeg", "lossless"]), default="jpeg", show_default=True
@@ -75,7 +77,7 @@ def stain(
     stages: str | None,
     models_dir: Path | None,
     tile_px: int | None,
-    batch_size: int,
+    batch_size: int | None,
     threads: int | None,
     compression: Literal["jpeg", "lossless"],
     quality: int,
@@ -101,7 +103,7 @@ def stain(
             stages=tuple(stages.split(",")) if stages else None,
             models_dir=models_dir or settings.models_dir,
             tile_px=tile_px or settings.tile_px,
-            batch_size=batch_size,
+            batch_size=batch_size or settings.batch_size,
             compression=compression,
             jpeg_quality=quality,
             output_format=output_format,

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     )
     tile_px: int = Field(default=1024, ge=64, le=8192, description="Output tile edge, pixels")
     threads: int | None = Field(default=None, ge=1, description="onnxruntime threads per model")
+    batch_size: int = Field(
+        default=1, ge=1, le=64, description="Tiles per model call (raise it on a GPU)"
+    )
 
     # ---- service (API, jobs, workers); see docs/api.md ----
     storage_dir: Path = Field(
@@ -91,6 +94,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     worker_metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Prometheus port of a Celery worker process"
+    )
+    viewer_secret: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="HMAC key of signed viewer links; unset: a random key per process",
+    )
+    viewer_link_ttl_s: float = Field(
+        default=3600.0, gt=0, le=7 * 86400.0, description="Longest life of a signed viewer link"
     )
 
     @model_validator(mode="after")
