@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from service import __version__
 from service.api.problems import install_problem_handlers
-from service.api.routes import health, jobs
+from service.api.routes import health, jobs, pages, viewer
 from service.api.services import Services
 from service.config import Settings, get_settings
 from service.jobs.runner import Engine
@@ -45,5 +46,8 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = lambda: settings
     install_problem_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(viewer.router)
     app.include_router(health.router)
+    app.include_router(pages.router)
+    app.mount(pages.STATIC_PREFIX, StaticFiles(directory=pages.STATIC_DIR), name="static")
     return app

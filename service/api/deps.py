@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.api.auth import Principal
 from service.api.problems import ApiError
 from service.api.services import Services
+from service.api.viewer_links import LinkError, is_link_token
 from service.config import Role, Settings, get_settings
 from service.jobs.model import Job, is_job_id
 
@@ -27,10 +28,10 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_principal(
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def get_principal(services: ServicesDep, credentials: CredentialsDep) -> Principal:
     challenge = {"WWW-Authenticate": 'Bearer realm="dscm"'}
     if credentials is None:
         anonymous = services.keyring.anonymous()
@@ -71,3 +72,28 @@ def find_job(services: Services, principal: Principal, job_id: str) -> Job:
     if job is None:
         raise ApiError(404, "job_not_found", "no such job")
     return job
+
+
+def get_viewable_job(job_id: str, services: ServicesDep, credentials: CredentialsDep) -> Job:
+    """The job, for a key with the read role or for a signed viewer link to this very job.
+
+    Only the job record and its Deep Zoom tiles take a link; a link to another job, or of
+    another tenant, gets the same 404 as a job that does not exist.
+    """
+    if credentials is not None and is_link_token(credentials.credentials):
+        try:
+            claims = services.links.verify(credentials.credentials)
+        except LinkError as exc:
+            code = "viewer_link_expired" if exc.expired else "invalid_viewer_link"
+            raise ApiError(401, code, str(exc)) from exc
+        if claims.job_id != job_id:
+            raise ApiError(404, "job_not_found", "no such job")
+        principal = Principal(claims.tenant, frozenset({"read"}), None)
+    else:
+        principal = get_principal(services, credentials)
+        if not principal.has("read"):
+            raise ApiError(403, "forbidden", "this API key lacks the 'read' role")
+    return find_job(services, principal, job_id)
+
+
+ViewableJobDep = Annotated[Job, Depends(get_viewable_job)]

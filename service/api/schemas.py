@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from service.jobs.model import JobState
 
 StageName = Literal["despeckle", "median", "gareau", "generator"]
+ExtraLayer = Literal["gareau", "fcm", "rcm"]
+ViewLayer = Literal["stain", "gareau", "fcm", "rcm"]
 
 
 class JobCreate(BaseModel):
@@ -24,16 +26,25 @@ class JobCreate(BaseModel):
     output_format: Literal["tiff", "ome-tiff"] = "tiff"
     compression: Literal["jpeg", "lossless"] = "jpeg"
     jpeg_quality: int = Field(default=90, ge=1, le=100)
+    layers: list[ExtraLayer] | None = Field(
+        default=None,
+        description="Extra outputs kept beside the stain for the viewer: gareau, fcm, rcm",
+    )
 
-    @field_validator("stages", mode="before")
+    @field_validator("stages", "layers", mode="before")
     @classmethod
-    def _split_stages(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [value]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             parts = [p.strip() for v in value for p in v.split(",") if p.strip()]
             return parts or None
         return value
+
+    @field_validator("layers")
+    @classmethod
+    def _unique_layers(cls, value: list[ExtraLayer] | None) -> list[ExtraLayer] | None:
+        return list(dict.fromkeys(value)) if value else None
 
     @field_validator("output_format", "compression", "jpeg_quality", mode="before")
     @classmethod
@@ -80,6 +91,8 @@ class JobLinks(BaseModel):
     self: str
     result: str
     thumbnail: str
+    viewer: str
+    dzi: str
 
 
 class JobPublic(BaseModel):
@@ -99,12 +112,29 @@ class JobPublic(BaseModel):
     result: JobResultPublic | None
     report: dict[str, Any] | None
     error: JobError | None
+    layers: list[ViewLayer] = Field(
+        description="Layers the viewer can show (Deep Zoom), once the job succeeded"
+    )
     links: JobLinks
 
 
 class JobList(BaseModel):
     items: list[JobPublic]
     next: str | None = Field(description="URL of the next (older) page; null on the last page")
+
+
+class ViewerLinkCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_s: float | None = Field(
+        default=None, gt=0, description="Life of the link; default and cap: DSCM_VIEWER_LINK_TTL_S"
+    )
+
+
+class ViewerLink(BaseModel):
+    url: str = Field(description="The viewer page; the token is in the fragment, never sent")
+    token: str
+    expires_at: datetime
 
 
 class Problem(BaseModel):

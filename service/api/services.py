@@ -1,4 +1,5 @@
-"""What the API process holds while it runs: store, storage, queue, keys, sweeper (and worker)."""
+"""What the API process holds while it runs: store, storage, queue, keys, sweeper, viewer links,
+the Deep Zoom tile cache (and the in-process worker)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from service.api.auth import Keyring
+from service.api.tiles import TileService
+from service.api.viewer_links import ViewerLinks
 from service.config import Settings
 from service.jobs.db import utc_now
 from service.jobs.queues import CeleryQueue, InProcessQueue, JobQueue
@@ -27,6 +30,8 @@ class Services:
     keyring: Keyring
     sweeper: Sweeper
     engine: Engine
+    links: ViewerLinks
+    tiles: TileService
     worker: WorkerContext | None = None
 
     @classmethod
@@ -53,7 +58,11 @@ class Services:
             inprocess.start()
             queue = inprocess
         sweeper = Sweeper(settings, store, storage, queue)
-        services = cls(settings, store, storage, queue, keyring, sweeper, engine, worker)
+        links = ViewerLinks.from_settings(settings)
+        tiles = TileService(storage)
+        services = cls(
+            settings, store, storage, queue, keyring, sweeper, engine, links, tiles, worker
+        )
         if worker is not None:
             # Nothing survives in an in-process queue: hand it every queued job now.
             for job_id in store.unheld_candidates(utc_now() + timedelta(days=1)):

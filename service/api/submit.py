@@ -55,11 +55,18 @@ def fingerprint(form: ReceivedForm, options: JobCreate) -> str:
         {
             "rcm": form.files["rcm"].sha256,
             "fcm": form.files["fcm"].sha256,
-            "options": options.model_dump(mode="json"),
+            "options": _fingerprinted_options(options),
         },
         sort_keys=True,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _fingerprinted_options(options: JobCreate) -> dict[str, Any]:
+    dumped = options.model_dump(mode="json")
+    if dumped.get("layers") is None:  # as before the option existed: old keys still replay
+        dumped.pop("layers", None)
+    return dumped
 
 
 def replay(services: Services, tenant: str, key: str, print_: str) -> Job | None:

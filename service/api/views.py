@@ -6,6 +6,7 @@ import base64
 import binascii
 from datetime import datetime
 
+from service.api.layers import job_layers
 from service.api.problems import ApiError
 from service.api.schemas import (
     InputFilePublic,
@@ -20,11 +21,16 @@ from service.api.schemas import (
 from service.jobs.model import Job, JobState
 
 API_PREFIX = "/v1"
+VIEWER_PREFIX = "/viewer"
 MEDIA_TYPES = {"tiff": "image/tiff", "ome-tiff": "image/tiff"}
 
 
 def job_url(job_id: str, tail: str = "") -> str:
     return f"{API_PREFIX}/jobs/{job_id}{tail}"
+
+
+def viewer_url(job_id: str) -> str:
+    return f"{VIEWER_PREFIX}/{job_id}"
 
 
 def to_public(job: Job) -> JobPublic:
@@ -67,10 +73,13 @@ def to_public(job: Job) -> JobPublic:
         result=result,
         report=job.report,
         error=error,
+        layers=job_layers(job),
         links=JobLinks(
             self=job_url(job.id),
             result=job_url(job.id, "/result"),
             thumbnail=job_url(job.id, "/thumbnail"),
+            viewer=viewer_url(job.id),
+            dzi=job_url(job.id, "/dzi"),
         ),
     )
 

@@ -37,6 +37,7 @@ class PipelineEngine:
             output_format=options.get("output_format", "tiff"),
             threads=settings.threads,
             max_pixels=settings.max_pixels,
+            extra_layers=tuple(options.get("layers") or ()),
         )
 
     def load_models(self, options: dict[str, Any], settings: Settings) -> Any:

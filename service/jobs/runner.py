@@ -185,52 +185,46 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
                 ctx.engine.thumbnail(result, thumb, ctx.settings.thumbnail_px)
             except OSError as exc:
                 raise OutputError(f"cannot write the thumbnail: {exc.strerror}") from exc
-        report = public_report(report, result_name)
+        report = public_report(report, result_name, storage.result_dir(job.id))
         size_bytes = result.stat().st_size
         sha256 = str(report.get("output_sha256") or "")
         tiles = int((report.get("tiles") or {}).get("total", 0))
         published = (result_name, sha256, size_bytes, thumb_name, tiles)
+        # The extra layers were published (under this attempt's names) before the stain; they
+        # become the job's in this same transaction, named in its report.
         if not store.succeed(job.id, lease, report, *published):
-            _remove(result, thumb)
+            _discard(storage, job.id, lease)
             return "lost"
         storage.purge_inputs(job.id)
         telemetry.observe_report(report)
         return "succeeded"
     except WorkerStopping:
-        _remove(result, thumb)
+        _discard(storage, job.id, lease)
         store.release(job.id, lease)
         return "released"
     except AttemptLost:
-        _remove(result, thumb)
+        _discard(storage, job.id, lease)
         return "lost"
     except JobTimedOut as exc:
-        return _fail(ctx, job, lease, exc.code, exc.detail, result, thumb)
+        return _fail(ctx, job, lease, exc.code, exc.detail)
     except AttemptStopped as exc:
-        return _fail(ctx, job, lease, exc.code, exc.detail, result, thumb)
+        return _fail(ctx, job, lease, exc.code, exc.detail)
     except DscmError as exc:
-        return _fail(ctx, job, lease, exc.code, exc.detail, result, thumb)
+        return _fail(ctx, job, lease, exc.code, exc.detail)
     except OSError as exc:
         detail = f"I/O error while staining: {exc.strerror or exc}"
-        return _fail(ctx, job, lease, "io_error", detail, result, thumb)
+        return _fail(ctx, job, lease, "io_error", detail)
     except Exception as exc:
         log.exception("job %s: unexpected error", job.id)
         if type(exc).__name__ == "SoftTimeLimitExceeded":
             detail = "the worker's time limit stopped the job"
-            return _fail(ctx, job, lease, JobTimedOut.code, detail, result, thumb)
+            return _fail(ctx, job, lease, JobTimedOut.code, detail)
         detail = f"unexpected {type(exc).__name__}; see the worker log"
-        return _fail(ctx, job, lease, "internal_error", detail, result, thumb)
+        return _fail(ctx, job, lease, "internal_error", detail)
 
 
-def _fail(
-    ctx: WorkerContext,
-    job: Job,
-    lease: str,
-    code: str,
-    detail: str,
-    result: Path | None,
-    thumb: Path | None,
-) -> str:
-    _remove(result, thumb)
+def _fail(ctx: WorkerContext, job: Job, lease: str, code: str, detail: str) -> str:
+    _discard(ctx.storage, job.id, lease)
     if ctx.store.fail(job.id, lease, code, detail):
         # The job is failed and no other attempt can own it: drop whatever the engine left.
         ctx.storage.purge(job.id)
@@ -238,14 +232,28 @@ def _fail(
     return "lost"
 
 
-def _remove(*paths: Path | None) -> None:
-    for path in paths:
-        if path is not None:
-            path.unlink(missing_ok=True)
+def _discard(storage: Storage, job_id: str, lease: str) -> None:
+    """Delete every file this attempt wrote (result, extra layers, thumbnail)."""
+    storage.remove_attempt_files(job_id, lease)
 
 
-def public_report(report: dict[str, Any], result_name: str) -> dict[str, Any]:
-    """The engine's report without server paths."""
+def public_report(report: dict[str, Any], result_name: str, result_dir: Path) -> dict[str, Any]:
+    """The engine's report without server paths: extra outputs by file name only.
+
+    Each extra output must be a file the engine published in ``result_dir`` under this attempt's
+    result name, so the API can later serve it by name without ever leaving that folder.
+    """
     cleaned = dict(report)
     cleaned["output"] = result_name
+    stem = result_name.split(".", 1)[0]
+    names: dict[str, str] = {}
+    for layer, location in (report.get("extra_outputs") or {}).items():
+        path = Path(str(location))
+        if path.parent.resolve() != result_dir.resolve() or not path.name.startswith(f"{stem}."):
+            raise OutputError(f"the engine wrote layer {layer!r} outside the job's folder")
+        if not path.is_file():
+            raise OutputError(f"the engine did not publish layer {layer!r}")
+        names[str(layer)] = path.name
+    if "extra_outputs" in report:
+        cleaned["extra_outputs"] = names
     return cleaned

@@ -2,6 +2,7 @@
 
     <storage_dir>/uploads/<job id>/{rcm,fcm}<suffix>   inputs, written by the API
     <results_dir>/<job id>/<lease>.tiff|.jpg           outputs, one private name per attempt
+    <results_dir>/<job id>/<lease>.<layer>.tiff        extra layers (gareau, fcm, rcm), if asked
 
 Paths are built only from validated job ids and names this module makes, never from client text.
 """
@@ -63,6 +64,24 @@ class Storage:
         if path.parent != self.result_dir(job_id) or name.startswith("."):
             raise ValueError(f"bad result name {name!r}")
         return path
+
+    def published_file(self, job_id: str, name: str) -> Path:
+        """A file published in the job's result folder, never anything outside it.
+
+        ``name`` comes from the job record (written by the runner); a name with a separator, a
+        leading dot, or a symlink that leads elsewhere is refused with ValueError.
+        """
+        path = self.result_path(job_id, name)
+        if path.resolve().parent != self.result_dir(job_id).resolve():
+            raise ValueError(f"{name!r} is outside the job's result folder")
+        return path
+
+    def remove_attempt_files(self, job_id: str, lease: str) -> None:
+        """Delete what one attempt published under its private name (``<lease>.*``)."""
+        if not lease.isalnum():
+            raise ValueError(f"bad lease {lease!r}")
+        for path in self.result_dir(job_id).glob(f"{lease}.*"):
+            path.unlink(missing_ok=True)
 
     def temp_upload_dir(self) -> Path:
         """A private folder for a request still being received (moved in place once accepted)."""

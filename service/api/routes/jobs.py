@@ -10,20 +10,18 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import ReaderDep, ServicesDep, SubmitterDep, find_job
+from service.api.deps import ReaderDep, ServicesDep, SubmitterDep, ViewableJobDep, find_job
 from service.api.metrics import ACCEPT_SECONDS, SUBMISSIONS
 from service.api.problems import ApiError
-from service.api.schemas import JobList, JobPublic, Problem
+from service.api.published import published_path
+from service.api.routes.common import problems
+from service.api.schemas import JobList, JobPublic
 from service.api.submit import accept_job
 from service.api.views import API_PREFIX, decode_cursor, encode_cursor, job_url, to_public
 from service.errors import DscmError
-from service.jobs.model import Job, JobState
+from service.jobs.model import JobState
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
-
-
-def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem, "content": {"application/problem+json": {}}} for code in codes}
 
 
 _MULTIPART_BODY: dict[str, Any] = {
@@ -45,6 +43,12 @@ _MULTIPART_BODY: dict[str, Any] = {
                         "output_format": {"type": "string", "enum": ["tiff", "ome-tiff"]},
                         "compression": {"type": "string", "enum": ["jpeg", "lossless"]},
                         "jpeg_quality": {"type": "integer", "minimum": 1, "maximum": 100},
+                        "layers": {
+                            "type": "string",
+                            "description": "comma-separated extra outputs for the viewer: "
+                            "gareau, fcm, rcm (default: none)",
+                            "example": "gareau,fcm,rcm",
+                        },
                     },
                 }
             }
@@ -114,25 +118,8 @@ def list_jobs(
     responses=problems(401, 403, 404),
     summary="State, progress, report or error of one job",
 )
-def get_job(job_id: str, principal: ReaderDep, services: ServicesDep) -> JobPublic:
-    return to_public(find_job(services, principal, job_id))
-
-
-def _finished_file(services: ServicesDep, job: Job, name: str | None, what: str) -> Any:
-    if job.state in (JobState.QUEUED, JobState.RUNNING):
-        raise ApiError(
-            409, "job_not_finished", f"the job is {job.state.value}; poll {job_url(job.id)}"
-        )
-    if job.state != JobState.SUCCEEDED:
-        raise ApiError(
-            409, f"job_{job.state.value}", f"the job {job.state.value}: it has no {what}"
-        )
-    if job.purged_at is not None or name is None:
-        raise ApiError(410, "purged", f"the {what} was deleted")
-    path = services.storage.result_path(job.id, name)
-    if not path.is_file():
-        raise ApiError(410, "purged", f"the {what} is no longer stored")
-    return path
+def get_job(job: ViewableJobDep) -> JobPublic:
+    return to_public(job)
 
 
 @router.get(
@@ -147,7 +134,7 @@ def _finished_file(services: ServicesDep, job: Job, name: str | None, what: str)
 )
 def get_result(job_id: str, principal: ReaderDep, services: ServicesDep) -> FileResponse:
     job = find_job(services, principal, job_id)
-    path = _finished_file(services, job, job.result_name, "result")
+    path = published_path(services.storage, job, job.result_name, "result")
     headers = {}
     if job.result_sha256:
         digest = base64.b64encode(bytes.fromhex(job.result_sha256)).decode()
@@ -166,7 +153,7 @@ def get_result(job_id: str, principal: ReaderDep, services: ServicesDep) -> File
 )
 def get_thumbnail(job_id: str, principal: ReaderDep, services: ServicesDep) -> FileResponse:
     job = find_job(services, principal, job_id)
-    path = _finished_file(services, job, job.thumbnail_name, "thumbnail")
+    path = published_path(services.storage, job, job.thumbnail_name, "thumbnail")
     return FileResponse(path, media_type="image/jpeg")
 
 

@@ -1,0 +1,140 @@
+// Shared by the dscm pages: credentials in sessionStorage, API calls, the key form, formatting.
+// Credentials never go into a URL: an API key is typed once per tab; a signed viewer link
+// carries its token in the fragment (#token=...), which browsers never send to a server.
+"use strict";
+
+const Dscm = (() => {
+  const KEY_ITEM = "dscm.apiKey";
+  const linkItem = (jobId) => `dscm.link.${jobId}`;
+
+  class ApiProblem extends Error {
+    constructor(status, body) {
+      const detail = body && (body.detail || body.title);
+      super(detail || `HTTP ${status}`);
+      this.status = status;
+      this.code = body && body.code;
+    }
+  }
+
+  /** Move a viewer link's token from the fragment into this tab's storage. */
+  function takeLinkToken(jobId) {
+    const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+    if (match) {
+      sessionStorage.setItem(linkItem(jobId), decodeURIComponent(match[1]));
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+  }
+
+  function apiKey() {
+    return sessionStorage.getItem(KEY_ITEM);
+  }
+
+  /** The Authorization header value for a job (or for the job list when jobId is null). */
+  function authorization(jobId) {
+    const credential = apiKey() || (jobId ? sessionStorage.getItem(linkItem(jobId)) : null);
+    return credential ? `Bearer ${credential}` : null;
+  }
+
+  function forget(jobId) {
+    sessionStorage.removeItem(KEY_ITEM);
+    if (jobId) sessionStorage.removeItem(linkItem(jobId));
+  }
+
+  async function api(path, { jobId = null, method = "GET", body = undefined } = {}) {
+    const headers = { Accept: "application/json" };
+    const auth = authorization(jobId);
+    if (auth) headers.Authorization = auth;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+      credentials: "omit",
+    });
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (_) {
+      data = null;
+    }
+    if (!response.ok) throw new ApiProblem(response.status, data);
+    return data;
+  }
+
+  /** Show the key form; resolves once the user entered a key (stored for this tab only). */
+  function askForKey(message) {
+    const form = document.getElementById("key-form");
+    const input = document.getElementById("key-input");
+    const note = document.getElementById("key-message");
+    note.textContent = message || "";
+    form.hidden = false;
+    input.focus();
+    return new Promise((resolve) => {
+      form.addEventListener(
+        "submit",
+        (event) => {
+          event.preventDefault();
+          sessionStorage.setItem(KEY_ITEM, input.value.trim());
+          input.value = "";
+          form.hidden = true;
+          resolve();
+        },
+        { once: true },
+      );
+    });
+  }
+
+  function percent(job) {
+    return job.state === "succeeded" ? 100 : job.progress.percent;
+  }
+
+  function progressText(job) {
+    const stage = job.stage ? `${job.stage} ` : "";
+    const { done, total } = job.progress;
+    return total ? `${stage}${done}/${total} (${percent(job).toFixed(1)} %)` : stage.trim();
+  }
+
+  function localTime(iso) {
+    return iso ? new Date(iso).toLocaleString() : "";
+  }
+
+  function element(tag, props = {}, children = []) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(props)) {
+      if (name === "text") node.textContent = value;
+      else if (name === "dataset") Object.assign(node.dataset, value);
+      else node.setAttribute(name, value);
+    }
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  /** Ask the API for a signed link to a job's viewer and put it on the clipboard. */
+  async function shareLink(jobId) {
+    const link = await api(`/v1/jobs/${jobId}/viewer-link`, { method: "POST", body: {} });
+    const url = new URL(link.url, location.origin).href;
+    try {
+      await navigator.clipboard.writeText(url);
+    } catch (_) {
+      window.prompt("Viewer link (copy it):", url);
+      return url;
+    }
+    return url;
+  }
+
+  return {
+    ApiProblem,
+    takeLinkToken,
+    apiKey,
+    authorization,
+    forget,
+    api,
+    askForKey,
+    percent,
+    progressText,
+    localTime,
+    element,
+    shareLink,
+  };
+})();

@@ -1,0 +1,100 @@
+// The tenant's jobs: state, progress, submitted time and links; refreshed while any job runs.
+"use strict";
+
+(() => {
+  const POLL_MS = 3000;
+  const $ = (id) => document.getElementById(id);
+  let pages = [null]; // cursors of the pages shown: null is the newest page
+  let timer = null;
+
+  function showMessage(text, kind = "info") {
+    $("message").textContent = text;
+    $("message").dataset.kind = kind;
+    $("message").hidden = !text;
+  }
+
+  function listUrl(cursorUrl) {
+    if (cursorUrl) return cursorUrl;
+    const state = $("state-filter").value;
+    return `/v1/jobs?limit=50${state ? `&state=${state}` : ""}`;
+  }
+
+  function row(job) {
+    const e = Dscm.element;
+    const names = [job.inputs.rcm.filename, job.inputs.fcm.filename].filter(Boolean).join(" + ");
+    const progress = e("progress", { max: "100", value: String(Dscm.percent(job)) });
+    const label = job.purged_at ? "deleted" : job.state;
+    const links = e("td", { class: "links" });
+    if (job.layers.length) {
+      links.append(e("a", { href: job.links.viewer, text: "View" }));
+      const share = e("button", { type: "button", text: "Share link" });
+      share.addEventListener("click", async () => {
+        try {
+          await Dscm.shareLink(job.id);
+          showMessage(`Viewer link for ${names || job.id} copied.`);
+        } catch (error) {
+          showMessage(`No link: ${error.message}`, "error");
+        }
+      });
+      links.append(share);
+    } else if (job.state === "queued" || job.state === "running") {
+      links.append(e("a", { href: job.links.viewer, text: "Watch" }));
+    }
+    const size = `${job.inputs.width_px} × ${job.inputs.height_px} px`;
+    const error = job.error ? e("div", { class: "error", text: job.error.code }) : "";
+    return e("tr", { dataset: { jobId: job.id, state: job.state } }, [
+      e("td", { text: Dscm.localTime(job.created_at), title: job.created_at }),
+      e("td", { title: job.id }, [names || job.id.slice(0, 8)]),
+      e("td", {}, [e("span", { class: "badge", text: label, dataset: { state: label } }), error]),
+      e("td", { class: "progress" }, [progress, e("span", { text: Dscm.progressText(job) })]),
+      e("td", { text: size }),
+      links,
+    ]);
+  }
+
+  async function load() {
+    clearTimeout(timer);
+    let list;
+    try {
+      list = await Dscm.api(listUrl(pages[pages.length - 1]));
+    } catch (error) {
+      if (error.status === 401 || error.status === 403) {
+        Dscm.forget(null);
+        await Dscm.askForKey(`${error.message}. Enter an API key with the read role.`);
+        return load();
+      }
+      showMessage(error.message, "error");
+      timer = setTimeout(load, POLL_MS * 2);
+      return;
+    }
+    $("forget-key").hidden = false;
+    const body = $("jobs").querySelector("tbody");
+    body.replaceChildren(...list.items.map(row));
+    $("jobs").hidden = false;
+    showMessage(list.items.length ? "" : "No jobs yet: submit one with POST /v1/jobs.");
+    $("older").hidden = !list.next;
+    $("older").dataset.next = list.next || "";
+    document.body.dataset.state = "ready";
+    const active = list.items.some((job) => job.state === "queued" || job.state === "running");
+    if (active) timer = setTimeout(load, POLL_MS);
+  }
+
+  async function start() {
+    $("forget-key").addEventListener("click", () => {
+      Dscm.forget(null);
+      location.reload();
+    });
+    $("state-filter").addEventListener("change", () => {
+      pages = [null];
+      load();
+    });
+    $("older").addEventListener("click", () => {
+      pages.push($("older").dataset.next);
+      load();
+    });
+    if (!Dscm.apiKey()) await Dscm.askForKey("Enter an API key with the read role.");
+    load();
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();

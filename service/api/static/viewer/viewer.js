@@ -1,0 +1,218 @@
+// The viewer of one job: its state and progress while it runs, then its Deep Zoom layers.
+// window.dscmViewer exposes the state (and whenDrawn()) for the browser test and for debugging.
+"use strict";
+
+(() => {
+  const POLL_MS = 2000;
+  const LAYER_LABELS = {
+    stain: ["Stained", "The H&E-like digital stain"],
+    gareau: ["Gareau", "Gareau's linear stain of FCM + RCM, without networks"],
+    fcm: ["FCM", "Raw fluorescence (nuclei bright)"],
+    rcm: ["RCM", "Raw reflectance"],
+  };
+  const jobId = location.pathname.split("/").filter(Boolean).pop();
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    jobId,
+    job: null,
+    viewer: null,
+    layer: null,
+    tilesLoaded: 0,
+    maxLevel: -1,
+    errors: [],
+    whenDrawn,
+  };
+  window.dscmViewer = state;
+
+  function setPageState(value) {
+    document.body.dataset.state = value;
+  }
+
+  function showMessage(text, kind = "info") {
+    const box = $("message");
+    box.textContent = text;
+    box.dataset.kind = kind;
+    box.hidden = !text;
+  }
+
+  function renderJob(job) {
+    const names = [job.inputs.rcm.filename, job.inputs.fcm.filename].filter(Boolean);
+    $("job-title").textContent = names.length ? names.join(" + ") : `job ${job.id.slice(0, 8)}`;
+    $("job-title").title = `job ${job.id}, submitted ${Dscm.localTime(job.created_at)}`;
+    const badge = $("job-state");
+    badge.textContent = job.purged_at ? "deleted" : job.state;
+    badge.dataset.state = job.purged_at ? "purged" : job.state;
+    const active = job.state === "queued" || job.state === "running";
+    $("progress-wrap").hidden = !active;
+    $("progress").value = Dscm.percent(job);
+    $("progress-text").textContent = Dscm.progressText(job);
+    $("share").hidden = !Dscm.apiKey();
+    $("forget-key").hidden = !Dscm.apiKey();
+  }
+
+  function renderLayers(job) {
+    const nav = $("layers");
+    nav.replaceChildren();
+    job.layers.forEach((layer, index) => {
+      const [label, title] = LAYER_LABELS[layer];
+      const button = Dscm.element("button", {
+        type: "button",
+        title: `${title} (key ${index + 1})`,
+        "aria-pressed": String(layer === state.layer),
+        dataset: { layer },
+        text: label,
+      });
+      button.addEventListener("click", () => showLayer(layer));
+      nav.append(button);
+    });
+    nav.hidden = job.layers.length < 2;
+  }
+
+  function dziUrl(layer) {
+    return `/v1/jobs/${jobId}/dzi?layer=${encodeURIComponent(layer)}`;
+  }
+
+  function openViewer(job) {
+    $("viewer").hidden = false;
+    $("zoom").hidden = false;
+    state.layer = job.layers[0];
+    const viewer = OpenSeadragon({
+      element: $("viewer"),
+      tileSources: dziUrl(state.layer),
+      loadTilesWithAjax: true,
+      ajaxHeaders: { Authorization: Dscm.authorization(jobId) },
+      drawer: "canvas",
+      showNavigationControl: false,
+      showNavigator: true,
+      navigatorPosition: "BOTTOM_RIGHT",
+      maxZoomPixelRatio: 2,
+      visibilityRatio: 0.5,
+      timeout: 60000,
+      gestureSettingsMouse: { clickToZoom: false },
+    });
+    state.viewer = viewer;
+    viewer.addHandler("open", () => {
+      setPageState("loading");
+      const item = viewer.world.getItemAt(0);
+      item.addHandler("fully-loaded-change", (event) => {
+        if (event.fullyLoaded) setPageState("ready");
+      });
+    });
+    viewer.addHandler("open-failed", (event) => {
+      showMessage(`Could not open the ${state.layer} layer: ${event.message}`, "error");
+      setPageState("error");
+    });
+    viewer.addHandler("tile-loaded", (event) => {
+      state.tilesLoaded += 1;
+      state.maxLevel = Math.max(state.maxLevel, event.tile.level);
+    });
+    viewer.addHandler("tile-load-failed", (event) => {
+      state.errors.push(event.message);
+    });
+    viewer.addHandler("animation-start", () => setPageState("loading"));
+    viewer.addHandler("animation-finish", () => {
+      if (viewer.world.getItemCount() && viewer.world.getItemAt(0).getFullyLoaded()) {
+        setPageState("ready");
+      }
+    });
+    DscmScaleBar.attach(viewer, $("scalebar"), job.inputs.mpp_um);
+    $("zoom-in").addEventListener("click", () => zoom(1.5));
+    $("zoom-out").addEventListener("click", () => zoom(1 / 1.5));
+    $("home").addEventListener("click", () => viewer.viewport.goHome());
+    document.addEventListener("keydown", (event) => {
+      const index = Number(event.key) - 1;
+      if (index >= 0 && index < job.layers.length && !event.ctrlKey && !event.metaKey) {
+        showLayer(job.layers[index]);
+      }
+    });
+    renderLayers(job);
+  }
+
+  function zoom(factor) {
+    state.viewer.viewport.zoomBy(factor);
+    state.viewer.viewport.applyConstraints();
+  }
+
+  /** Switch layer, keeping the part of the slide in view (every layer has the same size). */
+  function showLayer(layer) {
+    if (!state.viewer || layer === state.layer) return;
+    const bounds = state.viewer.viewport.getBounds();
+    state.layer = layer;
+    state.viewer.addOnceHandler("open", () => state.viewer.viewport.fitBounds(bounds, true));
+    state.viewer.open(dziUrl(layer));
+    document.body.dataset.layer = layer;
+    renderLayers(state.job);
+  }
+
+  /** Resolves once the current view's tiles are all drawn and nothing moves. */
+  function whenDrawn(timeoutMs = 30000) {
+    const started = performance.now();
+    return new Promise((resolve, reject) => {
+      let calm = 0;
+      function check() {
+        const viewer = state.viewer;
+        const item = viewer && viewer.world.getItemAt(0);
+        const drawn = item && item.getFullyLoaded() && !viewer.isAnimating();
+        calm = drawn ? calm + 1 : 0;
+        if (calm >= 3) resolve(true);
+        else if (performance.now() - started > timeoutMs) reject(new Error("tiles not drawn"));
+        else setTimeout(check, 100);
+      }
+      check();
+    });
+  }
+
+  async function refresh() {
+    let job;
+    try {
+      job = await Dscm.api(`/v1/jobs/${jobId}`, { jobId });
+    } catch (error) {
+      if (error.status === 401 || error.status === 403) {
+        Dscm.forget(jobId);
+        await Dscm.askForKey(`${error.message}. Enter an API key with the read role.`);
+        return refresh();
+      }
+      showMessage(error.status === 404 ? "No such job for this key." : error.message, "error");
+      setPageState("error");
+      if (!error.status || error.status >= 500) setTimeout(refresh, POLL_MS * 2);
+      return;
+    }
+    state.job = job;
+    renderJob(job);
+    if (job.state === "queued" || job.state === "running") {
+      setPageState(job.state);
+      showMessage(job.state === "queued" ? "Waiting for a worker…" : "Staining…");
+      setTimeout(refresh, POLL_MS);
+    } else if (job.purged_at) {
+      setPageState("purged");
+      showMessage("This job's files were deleted.", "error");
+    } else if (job.state === "succeeded") {
+      showMessage("");
+      if (!state.viewer) openViewer(job);
+    } else {
+      setPageState(job.state);
+      const why = job.error ? `${job.error.code}: ${job.error.detail}` : job.state;
+      showMessage(`The job ${job.state} (${why}).`, "error");
+    }
+  }
+
+  async function start() {
+    Dscm.takeLinkToken(jobId);
+    $("forget-key").addEventListener("click", () => {
+      Dscm.forget(jobId);
+      location.reload();
+    });
+    $("share").addEventListener("click", async () => {
+      try {
+        const url = await Dscm.shareLink(jobId);
+        showMessage(`Viewer link copied (valid for a limited time): ${url}`);
+      } catch (error) {
+        showMessage(`No link: ${error.message}`, "error");
+      }
+    });
+    if (!Dscm.authorization(jobId)) await Dscm.askForKey("Enter an API key with the read role.");
+    refresh();
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();

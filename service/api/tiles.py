@@ -1,0 +1,75 @@
+"""Deep Zoom for the viewer: which file a job's layer is, and its DZI and tiles (cached).
+
+A layer is one of a fixed set of names, never a path: ``stain`` is the job's result, the others
+are the extra outputs the runner recorded (by file name) in the job's report. Every file is
+looked up inside the job's own result folder. pyvips (through service.slide.deepzoom) is imported
+on the first tile, so an API process that never serves one never loads it.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from service.api.layers import layer_file_name
+from service.api.problems import ApiError
+from service.api.published import published_path
+from service.api.schemas import ViewLayer
+from service.jobs.model import Job, JobState
+from service.jobs.storage import Storage
+
+if TYPE_CHECKING:
+    from service.slide.deepzoom import DeepZoomCache
+
+MAX_OPEN_SLIDES = 16
+MAX_CACHED_TILES = 4096  # about 4096 x 15 kB = 60 MB of JPEG at most
+
+
+class TileService:
+    """The DZI and tiles of jobs' layers, through one shared DeepZoomCache."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        max_slides: int = MAX_OPEN_SLIDES,
+        max_tiles: int = MAX_CACHED_TILES,
+    ) -> None:
+        self.storage = storage
+        self._sizes = (max_slides, max_tiles)
+        self._cache: DeepZoomCache | None = None
+        self._lock = threading.Lock()
+
+    def cache(self) -> DeepZoomCache:
+        with self._lock:
+            if self._cache is None:
+                from service.slide.deepzoom import DeepZoomCache
+
+                self._cache = DeepZoomCache(*self._sizes)
+            return self._cache
+
+    def layer_path(self, job: Job, layer: ViewLayer) -> Path:
+        """The file behind ``layer``: 409/410 as for the result, 404 for a layer not kept."""
+        what = "result" if layer == "stain" else f"{layer} layer"
+        name = layer_file_name(job, layer)
+        kept = job.state == JobState.SUCCEEDED and job.purged_at is None
+        if name is None and layer != "stain" and kept:
+            raise ApiError(
+                404, "layer_not_found", f"the job has no {layer} layer (submit with layers={layer})"
+            )
+        return published_path(self.storage, job, name, what)
+
+    def dzi(self, job: Job, layer: ViewLayer) -> str:
+        path = self.layer_path(job, layer)
+        try:
+            return self.cache().slide(path).dzi_xml()
+        except FileNotFoundError as exc:  # purged between the check and the read
+            raise ApiError(410, "purged", "the result was deleted") from exc
+
+    def tile(self, job: Job, layer: ViewLayer, level: int, column: int, row: int) -> bytes:
+        """One JPEG tile; TileNotFound (404) for a level, column or row outside the pyramid."""
+        path = self.layer_path(job, layer)
+        try:
+            return self.cache().tile(path, level, column, row)
+        except FileNotFoundError as exc:
+            raise ApiError(410, "purged", "the result was deleted") from exc

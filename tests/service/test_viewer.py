@@ -1,0 +1,303 @@
+"""The viewer's API: layers as a job option, Deep Zoom per layer, bounds, tenants, signed links."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from service_helpers import (
+    Keys,
+    Pair,
+    SlowEngine,
+    assert_problem,
+    make_app,
+    submit,
+    wait_for,
+    write_gray_tiff,
+)
+
+from service.api.viewer_links import ViewerLinks
+from service.config import Settings
+
+SECRET = "s" * 40
+WIDTH_PX, HEIGHT_PX = 700, 500  # Deep Zoom: deepest level 10, 3 x 2 tiles of 254 px
+DEEPEST = 10
+
+
+@pytest.fixture(scope="module")
+def viewer_settings(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Settings:
+    root = tmp_path_factory.mktemp("viewer")
+    return Settings(
+        storage_dir=root / "storage",
+        models_dir=root / "no-models",
+        tile_px=256,
+        api_keys=list(keys.entries),
+        api_keys_file=root / "keys.json",
+        thumbnail_px=128,
+        viewer_secret=SECRET,
+        viewer_link_ttl_s=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def vclient(viewer_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(make_app(viewer_settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def wide_pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    folder = tmp_path_factory.mktemp("wide-pair")
+    return Pair(
+        write_gray_tiff(folder / "rcm.tif", HEIGHT_PX, WIDTH_PX, 3),
+        write_gray_tiff(folder / "fcm.tif", HEIGHT_PX, WIDTH_PX, 4),
+    )
+
+
+@pytest.fixture(scope="module")
+def layered(vclient: TestClient, keys: Keys, wide_pair: Pair) -> dict[str, Any]:
+    """A finished job that kept every extra layer."""
+    accepted = submit(vclient, keys.alice, wide_pair, {"layers": "gareau,fcm,rcm"})
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for(vclient, keys.alice, accepted.json()["id"], timeout_s=120)
+    assert job["state"] == "succeeded", job
+    return job
+
+
+@pytest.fixture(scope="module")
+def plain(vclient: TestClient, keys: Keys, wide_pair: Pair) -> dict[str, Any]:
+    """A finished job without extra layers (the default)."""
+    job = wait_for(vclient, keys.alice, submit(vclient, keys.alice, wide_pair).json()["id"])
+    assert job["state"] == "succeeded", job
+    return job
+
+
+def tile_url(job: dict[str, Any], level: int, column: int, row: int, layer: str = "stain") -> str:
+    return f"/v1/jobs/{job['id']}/dzi_files/{level}/{column}_{row}.jpeg?layer={layer}"
+
+
+def test_a_job_keeps_the_layers_it_asked_for(layered: dict[str, Any], plain: dict[str, Any]):
+    assert layered["options"]["layers"] == ["gareau", "fcm", "rcm"]
+    assert layered["layers"] == ["stain", "gareau", "fcm", "rcm"]
+    assert layered["links"]["viewer"] == f"/viewer/{layered['id']}"
+    extra = layered["report"]["extra_outputs"]
+    assert set(extra) == {"gareau", "fcm", "rcm"}
+    assert all("/" not in name for name in extra.values())  # names, never server paths
+    assert plain["options"]["layers"] is None and plain["layers"] == ["stain"]
+
+
+@pytest.mark.parametrize("layer", ["stain", "gareau", "fcm", "rcm"])
+def test_dzi_of_each_layer(vclient: TestClient, keys: Keys, layered: dict[str, Any], layer: str):
+    answer = vclient.get(f"{layered['links']['dzi']}?layer={layer}", headers=keys.auth(keys.alice))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/xml")
+    assert f'Width="{WIDTH_PX}"' in answer.text and f'Height="{HEIGHT_PX}"' in answer.text
+    assert answer.headers["cache-control"].startswith("private")
+
+
+def test_deepest_tiles_are_jpegs_of_the_right_layer(
+    vclient: TestClient, keys: Keys, layered: dict[str, Any]
+) -> None:
+    auth = keys.auth(keys.alice)
+    images = {}
+    for layer in ("stain", "fcm"):
+        answer = vclient.get(tile_url(layered, DEEPEST, 0, 0, layer), headers=auth)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "image/jpeg"
+        assert "immutable" in answer.headers["cache-control"]
+        images[layer] = Image.open(io.BytesIO(answer.content))
+    assert images["stain"].size == (255, 255)  # 254 + 1 px overlap on the inner edges
+    assert images["stain"].mode == "RGB" and images["fcm"].mode == "L"
+    last = Image.open(
+        io.BytesIO(vclient.get(tile_url(layered, DEEPEST, 2, 1), headers=auth).content)
+    )
+    assert last.size == (WIDTH_PX - 2 * 254 + 1, HEIGHT_PX - 254 + 1)
+
+
+@pytest.mark.parametrize(
+    ("level", "column", "row"),
+    [(DEEPEST + 1, 0, 0), (DEEPEST, 3, 0), (DEEPEST, 0, 2), (0, 1, 0), (10**30, 0, 0)],
+)
+def test_tiles_outside_the_pyramid_are_404(
+    vclient: TestClient, keys: Keys, layered: dict[str, Any], level: int, column: int, row: int
+) -> None:
+    answer = vclient.get(tile_url(layered, level, column, row), headers=keys.auth(keys.alice))
+    assert_problem(answer, 404, "tile_not_found")
+
+
+@pytest.mark.parametrize(
+    "tail",
+    ["-1/0_0.jpeg", "10/-1_0.jpeg", "10/a_0.jpeg", "10/0_0.png", "10/0_0_0.jpeg", "10/0.jpeg"],
+)
+def test_malformed_tile_paths_are_404(
+    vclient: TestClient, keys: Keys, layered: dict[str, Any], tail: str
+) -> None:
+    answer = vclient.get(
+        f"/v1/jobs/{layered['id']}/dzi_files/{tail}", headers=keys.auth(keys.alice)
+    )
+    assert_problem(answer, 404)
+
+
+def test_another_tenants_job_is_404_everywhere(
+    vclient: TestClient, keys: Keys, layered: dict[str, Any]
+) -> None:
+    bob = keys.auth(keys.bob)
+    for url in (
+        layered["links"]["self"],
+        layered["links"]["dzi"],
+        f"{layered['links']['dzi']}?layer=fcm",
+        tile_url(layered, DEEPEST, 0, 0),
+        tile_url(layered, DEEPEST, 99, 99),
+    ):
+        assert_problem(vclient.get(url, headers=bob), 404, "job_not_found")
+    link = vclient.post(f"/v1/jobs/{layered['id']}/viewer-link", headers=bob)
+    assert_problem(link, 404, "job_not_found")
+    for key in (keys.alice_reader, keys.admin):  # same tenant read-only, and operators
+        answer = vclient.get(tile_url(layered, DEEPEST, 0, 0), headers=keys.auth(key))
+        assert answer.status_code == 200
+    assert_problem(vclient.get(tile_url(layered, DEEPEST, 0, 0)), 401, "unauthenticated")
+
+
+def test_layers_are_names_not_paths(
+    vclient: TestClient, keys: Keys, layered: dict[str, Any], plain: dict[str, Any]
+) -> None:
+    auth = keys.auth(keys.alice)
+    for layer in ("../../api-keys.json", "out.tif", "STAIN", ""):
+        answer = vclient.get(f"{layered['links']['dzi']}?layer={layer}", headers=auth)
+        assert_problem(answer, 422, "invalid_request")
+    answer = vclient.get(f"{plain['links']['dzi']}?layer=fcm", headers=auth)
+    assert_problem(answer, 404, "layer_not_found")
+    assert vclient.get(f"{plain['links']['dzi']}", headers=auth).status_code == 200
+
+
+def test_an_unknown_layer_option_is_refused(vclient: TestClient, keys: Keys, pair: Pair) -> None:
+    answer = submit(vclient, keys.alice, pair, {"layers": "gareau,he"})
+    assert_problem(answer, 422, "invalid_option")
+
+
+def test_deleting_a_job_removes_its_layers(
+    vclient: TestClient, keys: Keys, pair: Pair, viewer_settings: Settings
+) -> None:
+    auth = keys.auth(keys.alice)
+    job = wait_for(
+        vclient, keys.alice, submit(vclient, keys.alice, pair, {"layers": "fcm"}).json()["id"]
+    )
+    folder = viewer_settings.storage_dir / "results" / job["id"]
+    assert sorted(p.name.split(".", 1)[1] for p in folder.iterdir()) == ["fcm.tiff", "jpg", "tiff"]
+    assert vclient.get(tile_url(job, 8, 0, 0, "fcm"), headers=auth).status_code == 200
+    assert vclient.delete(job["links"]["self"], headers=auth).status_code == 200
+    assert not folder.exists()
+    assert_problem(vclient.get(f"{job['links']['dzi']}?layer=fcm", headers=auth), 410, "purged")
+    assert_problem(vclient.get(tile_url(job, 8, 0, 0, "fcm"), headers=auth), 410, "purged")
+    assert vclient.get(job["links"]["self"], headers=auth).json()["layers"] == []
+
+
+def test_tiles_of_a_running_job_are_409(make_settings: Any, keys: Keys, pair: Pair) -> None:
+    engine = SlowEngine(tiles=400, tile_s=0.02)
+    with TestClient(make_app(make_settings(), engine), raise_server_exceptions=False) as client:
+        job = submit(client, keys.alice, pair, {"layers": "gareau"}).json()
+        assert engine.started.wait(10)
+        auth = keys.auth(keys.alice)
+        running = client.get(job["links"]["self"], headers=auth).json()
+        assert running["state"] == "running" and running["layers"] == []
+        assert_problem(client.get(job["links"]["dzi"], headers=auth), 409, "job_not_finished")
+        answer = client.get(tile_url(job, 0, 0, 0, "gareau"), headers=auth)
+        assert_problem(answer, 409, "job_not_finished")
+        client.delete(job["links"]["self"], headers=auth)
+
+
+def test_a_signed_link_opens_one_job_read_only(
+    vclient: TestClient, keys: Keys, layered: dict[str, Any], plain: dict[str, Any]
+) -> None:
+    made = vclient.post(
+        f"/v1/jobs/{layered['id']}/viewer-link", headers=keys.auth(keys.alice_reader)
+    )
+    assert made.status_code == 201, made.text
+    link = made.json()
+    token = link["token"]
+    assert link["url"] == f"/viewer/{layered['id']}#token={token}"
+    auth = {"Authorization": f"Bearer {token}"}
+    assert vclient.get(layered["links"]["self"], headers=auth).json()["state"] == "succeeded"
+    assert vclient.get(f"{layered['links']['dzi']}?layer=rcm", headers=auth).status_code == 200
+    assert vclient.get(tile_url(layered, DEEPEST, 1, 1, "gareau"), headers=auth).status_code == 200
+    assert_problem(vclient.get(tile_url(layered, 99, 0, 0), headers=auth), 404, "tile_not_found")
+    # Nothing else: not another job, not the list, not the download.
+    assert_problem(vclient.get(plain["links"]["dzi"], headers=auth), 404, "job_not_found")
+    assert_problem(vclient.get("/v1/jobs", headers=auth), 401, "invalid_api_key")
+    assert_problem(vclient.get(layered["links"]["result"], headers=auth), 401, "invalid_api_key")
+    assert_problem(vclient.delete(layered["links"]["self"], headers=auth), 401, "invalid_api_key")
+
+
+def test_expired_forged_and_foreign_links_are_refused(
+    vclient: TestClient, layered: dict[str, Any]
+) -> None:
+    def status(token: str) -> Any:
+        return vclient.get(layered["links"]["dzi"], headers={"Authorization": f"Bearer {token}"})
+
+    ours = ViewerLinks(SECRET.encode(), 600)
+    old, _ = ours.issue(layered["id"], "alice-hospital", 60, now_s=time.time() - 3600)
+    assert_problem(status(old), 401, "viewer_link_expired")
+    good, _ = ours.issue(layered["id"], "alice-hospital")
+    payload, signature = good.removeprefix("dscmv1.").split(".")
+    assert_problem(status(f"dscmv1.{payload}.{signature[:-2]}AA"), 401, "invalid_viewer_link")
+    assert_problem(status("dscmv1.garbage"), 401, "invalid_viewer_link")
+    other_secret, _ = ViewerLinks(b"x" * 32, 600).issue(layered["id"], "alice-hospital")
+    assert_problem(status(other_secret), 401, "invalid_viewer_link")
+    wrong_tenant, _ = ours.issue(layered["id"], "bob-clinic")
+    assert_problem(status(wrong_tenant), 404, "job_not_found")
+    assert status(good).status_code == 200
+
+
+def test_link_lifetime_is_capped(vclient: TestClient, keys: Keys, layered: dict[str, Any]) -> None:
+    made = vclient.post(
+        f"/v1/jobs/{layered['id']}/viewer-link",
+        json={"ttl_s": 10**6},
+        headers=keys.auth(keys.alice),
+    ).json()
+    left_s = datetime.fromisoformat(made["expires_at"]).timestamp() - time.time()
+    assert 590 < left_s <= 600
+    bad = vclient.post(
+        f"/v1/jobs/{layered['id']}/viewer-link", json={"ttl_s": -1}, headers=keys.auth(keys.alice)
+    )
+    assert_problem(bad, 422, "invalid_request")
+
+
+def test_pages_and_vendored_assets(vclient: TestClient, layered: dict[str, Any]) -> None:
+    for url in ("/viewer", layered["links"]["viewer"]):
+        page = vclient.get(url)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert layered["id"] not in page.text  # a static shell: no job data without a key
+    assert_problem(vclient.get("/viewer/not-a-job"), 404, "job_not_found")
+    script = vclient.get("/static/vendor/openseadragon/openseadragon.min.js")
+    assert script.status_code == 200 and script.text.startswith("//! openseadragon 6.1.1")
+    assert "Redistribution and use" in vclient.get("/static/vendor/openseadragon/LICENSE.txt").text
+    assert_problem(vclient.get("/static/../api/auth.py"), 404)
+    assert_problem(vclient.get("/static/viewer/nothing.js"), 404)
+
+
+def test_storage_never_names_a_file_outside_the_job(viewer_settings: Settings) -> None:
+    from service.jobs.storage import Storage
+
+    storage = Storage(viewer_settings.storage_dir)
+    job_id = "0" * 32
+    for name in ("../x.tiff", ".hidden", "a/b.tiff", "/etc/passwd"):
+        with pytest.raises(ValueError):
+            storage.published_file(job_id, name)
+    folder = storage.clear_results(job_id)
+    (folder / "link.tiff").symlink_to(Path("/etc/hostname"))
+    with pytest.raises(ValueError):
+        storage.published_file(job_id, "link.tiff")
+    (folder / "lease1.tiff").write_bytes(b"x")
+    (folder / "lease1.gareau.tiff").write_bytes(b"x")
+    (folder / "lease2.tiff").write_bytes(b"x")
+    storage.remove_attempt_files(job_id, "lease1")
+    assert sorted(p.name for p in folder.iterdir()) == ["lease2.tiff", "link.tiff"]
+    storage.purge(job_id)
