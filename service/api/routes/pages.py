@@ -22,10 +22,11 @@ TEMPLATES_DIR = API_DIR / "templates"
 STATIC_DIR = API_DIR / "static"
 STATIC_PREFIX = "/static"
 
-# Scripts and styles only from this origin; tiles are blob:/data: images drawn on a canvas.
+# Scripts only from this origin; tiles are blob:/data: images drawn on a canvas. OpenSeadragon
+# writes style attributes into its own markup, so inline styles (not scripts) are allowed.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; "
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
         "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
         "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
     ),

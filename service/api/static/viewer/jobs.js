@@ -19,6 +19,13 @@
     return `/v1/jobs?limit=50${state ? `&state=${state}` : ""}`;
   }
 
+  const LAYER_NAMES = { stain: "stained", gareau: "Gareau", fcm: "FCM", rcm: "RCM" };
+
+  function progressLabel(job) {
+    if (job.state === "queued" || job.state === "running") return Dscm.progressText(job);
+    return job.state === "succeeded" ? "100 %" : "";
+  }
+
   function row(job) {
     const e = Dscm.element;
     const names = [job.inputs.rcm.filename, job.inputs.fcm.filename].filter(Boolean).join(" + ");
@@ -46,8 +53,9 @@
       e("td", { text: Dscm.localTime(job.created_at), title: job.created_at }),
       e("td", { title: job.id }, [names || job.id.slice(0, 8)]),
       e("td", {}, [e("span", { class: "badge", text: label, dataset: { state: label } }), error]),
-      e("td", { class: "progress" }, [progress, e("span", { text: Dscm.progressText(job) })]),
+      e("td", {}, [progress, e("span", { class: "progress-text", text: progressLabel(job) })]),
       e("td", { text: size }),
+      e("td", { text: job.layers.map((layer) => LAYER_NAMES[layer]).join(", ") }),
       links,
     ]);
   }

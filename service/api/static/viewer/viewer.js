@@ -17,6 +17,7 @@
     job: null,
     viewer: null,
     layer: null,
+    openedLayer: null,
     tilesLoaded: 0,
     maxLevel: -1,
     errors: [],
@@ -68,23 +69,46 @@
     nav.hidden = job.layers.length < 2;
   }
 
-  function dziUrl(layer) {
-    return `/v1/jobs/${jobId}/dzi?layer=${encodeURIComponent(layer)}`;
+  /**
+   * The Deep Zoom tile source of a layer, from its DZI (fetched with this tab's credentials).
+   * Built here rather than from the DZI's URL because the layer travels as a query parameter
+   * (?layer=), which OpenSeadragon only carries over to the tile URLs for *.dzi addresses.
+   */
+  async function tileSource(layer) {
+    const query = `?layer=${encodeURIComponent(layer)}`;
+    const response = await fetch(`/v1/jobs/${jobId}/dzi${query}`, {
+      headers: { Authorization: Dscm.authorization(jobId) },
+      credentials: "omit",
+    });
+    if (!response.ok) throw new Dscm.ApiProblem(response.status, null);
+    const xml = new DOMParser().parseFromString(await response.text(), "application/xml");
+    const image = xml.documentElement;
+    const size = image.getElementsByTagName("Size")[0];
+    return new OpenSeadragon.DziTileSource({
+      width: Number(size.getAttribute("Width")),
+      height: Number(size.getAttribute("Height")),
+      tileSize: Number(image.getAttribute("TileSize")),
+      tileOverlap: Number(image.getAttribute("Overlap")),
+      tilesUrl: `/v1/jobs/${jobId}/dzi_files/`,
+      fileFormat: image.getAttribute("Format"),
+      queryParams: query,
+    });
   }
 
-  function openViewer(job) {
+  async function openViewer(job) {
     $("viewer").hidden = false;
     $("zoom").hidden = false;
     state.layer = job.layers[0];
     const viewer = OpenSeadragon({
       element: $("viewer"),
-      tileSources: dziUrl(state.layer),
+      tileSources: await tileSource(state.layer),
       loadTilesWithAjax: true,
       ajaxHeaders: { Authorization: Dscm.authorization(jobId) },
       drawer: "canvas",
       showNavigationControl: false,
       showNavigator: true,
       navigatorPosition: "BOTTOM_RIGHT",
+      navigatorAutoFade: false,
       maxZoomPixelRatio: 2,
       visibilityRatio: 0.5,
       timeout: 60000,
@@ -92,6 +116,8 @@
     });
     state.viewer = viewer;
     viewer.addHandler("open", () => {
+      state.openedLayer = state.layer;
+      document.body.dataset.layer = state.layer;
       setPageState("loading");
       const item = viewer.world.getItemAt(0);
       item.addHandler("fully-loaded-change", (event) => {
@@ -134,14 +160,22 @@
   }
 
   /** Switch layer, keeping the part of the slide in view (every layer has the same size). */
-  function showLayer(layer) {
+  async function showLayer(layer) {
     if (!state.viewer || layer === state.layer) return;
     const bounds = state.viewer.viewport.getBounds();
     state.layer = layer;
-    state.viewer.addOnceHandler("open", () => state.viewer.viewport.fitBounds(bounds, true));
-    state.viewer.open(dziUrl(layer));
-    document.body.dataset.layer = layer;
+    state.openedLayer = null;
     renderLayers(state.job);
+    let source;
+    try {
+      source = await tileSource(layer);
+    } catch (error) {
+      showMessage(`Could not open the ${layer} layer: ${error.message}`, "error");
+      return;
+    }
+    if (state.layer !== layer) return; // another layer was chosen meanwhile
+    state.viewer.addOnceHandler("open", () => state.viewer.viewport.fitBounds(bounds, true));
+    state.viewer.open(source);
   }
 
   /** Resolves once the current view's tiles are all drawn and nothing moves. */
@@ -152,7 +186,11 @@
       function check() {
         const viewer = state.viewer;
         const item = viewer && viewer.world.getItemAt(0);
-        const drawn = item && item.getFullyLoaded() && !viewer.isAnimating();
+        const drawn =
+          item &&
+          state.openedLayer === state.layer &&
+          item.getFullyLoaded() &&
+          !viewer.isAnimating();
         calm = drawn ? calm + 1 : 0;
         if (calm >= 3) resolve(true);
         else if (performance.now() - started > timeoutMs) reject(new Error("tiles not drawn"));
@@ -188,7 +226,12 @@
       showMessage("This job's files were deleted.", "error");
     } else if (job.state === "succeeded") {
       showMessage("");
-      if (!state.viewer) openViewer(job);
+      if (!state.viewer) {
+        openViewer(job).catch((error) => {
+          showMessage(`Could not open the slide: ${error.message}`, "error");
+          setPageState("error");
+        });
+      }
     } else {
       setPageState(job.state);
       const why = job.error ? `${job.error.code}: ${job.error.detail}` : job.state;
