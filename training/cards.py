@@ -37,6 +37,13 @@ def _last_values(checkpoint_dir: Path, columns: list[str]) -> dict[str, float]:
     return found
 
 
+def _checkpoint_step(checkpoint_dir: Path) -> int:
+    import torch
+
+    state = torch.load(checkpoint_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return int(state["step"])
+
+
 def _data_section(options: dict[str, Any], used_splits: list[str]) -> tuple[dict[str, Any], ...]:
     manifest = load_manifest(Path(options["prepared_dir"]))
     training_data = {
@@ -57,7 +64,8 @@ def despeckle_card_info(checkpoint_dir: Path, name: str = "despeckle") -> CardIn
         {
             "recipe": "inverted Y of YUV, normalised like a slide; speckle Gauss(1, "
             f"{options['speckle_std']}); random flips, {options['crop_px']} px crops",
-            "steps": options["steps"],
+            "steps": _checkpoint_step(checkpoint_dir),
+            "steps_planned": options["steps"],
             "batch_size": options["batch_size"],
             "optimiser": f"Adam lr {options['lr']}, MSE",
         }
