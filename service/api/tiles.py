@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from service.slide.deepzoom import DeepZoomCache
 
 MAX_OPEN_SLIDES = 16
-MAX_CACHED_TILES = 4096  # about 4096 x 15 kB = 60 MB of JPEG at most
+MAX_CACHED_TILES = 4096  # tiles of real tissue are 20-30 kB: at most about 120 MB
 
 
 class TileService:
