@@ -1,5 +1,8 @@
-"""What the API process holds while it runs: store, storage, queue, keys, sweeper, viewer links,
-the Deep Zoom tile cache (and the in-process worker)."""
+"""What the API process holds while it runs.
+
+Store, storage, queue, keys, sweeper, viewer-link signer, Deep Zoom tile cache, and in embedded
+mode the in-process worker.
+"""
 
 from __future__ import annotations
 
