@@ -58,3 +58,21 @@ def test_cache_returns_identical_bytes(pyramid: Path) -> None:
     assert cache.tile(pyramid, 8, 0, 0) == first
     cache.tile(pyramid, 9, 0, 0), cache.tile(pyramid, 10, 0, 0)  # evicts the first
     assert cache.tile(pyramid, 8, 0, 0) == first
+
+
+def test_evict_forgets_a_pyramid(pyramid: Path) -> None:
+    cache = DeepZoomCache()
+    zoom = cache.slide(pyramid)
+    cache.tile(pyramid, 8, 0, 0)
+    cache.evict(pyramid)
+    assert cache.slide(pyramid) is not zoom
+
+
+def test_ome_tiff_pyramid_levels_are_used(make_pair, tmp_path: Path) -> None:
+    inputs = make_pair(900, 1300)
+    output = tmp_path / "stain.ome.tif"
+    stain_slide(inputs, output, StainSpec(models_dir=tmp_path, output_format="ome-tiff"))
+    zoom = DeepZoom(output)
+    assert len(zoom.pages) >= 3
+    level = zoom.levels[3]
+    assert decode(zoom.tile_jpeg(3, 0, 0)).shape[:2] == (level.height_px, level.width_px)

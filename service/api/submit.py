@@ -145,17 +145,29 @@ async def accept_job(
                     "this Idempotency-Key was used for a different request",
                 )
             return job, True
-        await run_in_threadpool(enqueue, services, job.id)
+        log.info(
+            "job %s accepted: %d x %d px",
+            job.id,
+            info.width_px,
+            info.height_px,
+            extra={"job_id": job.id, "tenant": job.tenant},
+        )
+        await run_in_threadpool(enqueue, services, job.id, job.tenant)
         return job, False
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def enqueue(services: Services, job_id: str) -> None:
+def enqueue(services: Services, job_id: str, tenant: str) -> None:
     """Hand the job to the queue; if the broker is down the job stays queued for the sweeper."""
     try:
         services.queue.enqueue(job_id)
     except Exception as exc:
-        log.warning("job %s accepted but not enqueued (the sweeper will retry): %s", job_id, exc)
+        log.warning(
+            "job %s accepted but not enqueued (the sweeper will retry): %s",
+            job_id,
+            exc,
+            extra={"job_id": job_id, "tenant": tenant},
+        )
         return
     services.store.mark_enqueued(job_id)

@@ -59,6 +59,19 @@ class TileService:
             )
         return published_path(self.storage, job, name, what)
 
+    def forget(self, job: Job) -> None:
+        """Close the job's open pyramids (before its files are deleted) and drop its tiles."""
+        if self._cache is None:
+            return
+        for layer in ("stain", "gareau", "fcm", "rcm"):
+            name = layer_file_name(job, layer)
+            if name is None:
+                continue
+            try:
+                self._cache.evict(self.storage.published_file(job.id, name))
+            except ValueError:  # a record naming something outside the job's folder
+                continue
+
     def dzi(self, job: Job, layer: ViewLayer) -> str:
         path = self.layer_path(job, layer)
         try:

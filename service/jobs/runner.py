@@ -155,8 +155,8 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
         return claim.outcome
     with job_context(job_id, claim.job.tenant):
         outcome = _run_claimed(claim.job, lease, ctx)
+        log.info("job %s attempt %d: %s", job_id, claim.job.attempts, outcome)
     telemetry.OUTCOMES.labels(outcome=outcome).inc()
-    log.info("job %s attempt %d: %s", job_id, claim.job.attempts, outcome)
     return outcome
 
 

@@ -45,8 +45,15 @@ class DeepZoom:
     def __init__(self, path: Path) -> None:
         self.path = path
         base = pyvips.Image.tiffload(str(path))
-        n_pages = int(base.get("n-pages")) if "n-pages" in base.get_fields() else 1
-        self.pages = [base] + [pyvips.Image.tiffload(str(path), page=i) for i in range(1, n_pages)]
+        fields = base.get_fields()
+        if "n-subifds" in fields and int(base.get("n-subifds")) > 0:  # OME-TIFF pyramid
+            reduced = range(int(base.get("n-subifds")))
+            self.pages = [base] + [pyvips.Image.tiffload(str(path), subifd=i) for i in reduced]
+        else:
+            n_pages = int(base.get("n-pages")) if "n-pages" in fields else 1
+            self.pages = [base] + [
+                pyvips.Image.tiffload(str(path), page=i) for i in range(1, n_pages)
+            ]
         self.pages = [p for p in self.pages if p.bands == base.bands]
         self.width_px, self.height_px = base.width, base.height
         self.mpp_um = read_mpp_um(base)
@@ -62,7 +69,6 @@ class DeepZoom:
                     downsample,
                 )
             )  # fmt: skip
-        self._lock = threading.Lock()
 
     def dzi_xml(self) -> str:
         return (
@@ -90,13 +96,13 @@ class DeepZoom:
         top = min(int(y0 / scale), page.height - 1)
         width = max(1, min(math.ceil((x1 - x0) / scale), page.width - left))
         height = max(1, min(math.ceil((y1 - y0) / scale), page.height - top))
-        with self._lock:
-            region = page.crop(left, top, width, height)
-            if scale < 1.0:
-                region = region.resize(scale)
-            if (region.width, region.height) != (x1 - x0, y1 - y0):
-                region = region.thumbnail_image(x1 - x0, height=y1 - y0, size="force")
-            return bytes(region.jpegsave_buffer(Q=DZ_JPEG_QUALITY))
+        # libvips images are immutable and its operations thread-safe: no lock needed
+        region = page.crop(left, top, width, height)
+        if scale < 1.0:
+            region = region.resize(scale)
+        if (region.width, region.height) != (x1 - x0, y1 - y0):
+            region = region.thumbnail_image(x1 - x0, height=y1 - y0, size="force")
+        return bytes(region.jpegsave_buffer(Q=DZ_JPEG_QUALITY))
 
     def _page_for(self, downsample: float) -> pyvips.Image:
         best = self.pages[0]
@@ -128,6 +134,13 @@ class DeepZoomCache:
             while len(self._slides) > self.max_slides:
                 self._slides.popitem(last=False)
         return zoom
+
+    def evict(self, path: Path) -> None:
+        """Forget a pyramid (and its tiles), e.g. before its files are deleted."""
+        with self._lock:
+            self._slides.pop(path, None)
+            for key in [k for k in self._tiles if k[0] == path]:
+                del self._tiles[key]
 
     def tile(self, path: Path, level: int, column: int, row: int) -> bytes:
         key = (path, path.stat().st_mtime, level, column, row)

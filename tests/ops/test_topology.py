@@ -365,11 +365,6 @@ def test_worker_logs_are_json_with_the_job_id(topology: Topology) -> None:
     assert not [r for r in records if r.get("logger") == "pyvips" and r["level"] == "INFO"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="service/jobs/runner.py logs the attempt's outcome after leaving job_context, and "
-    "nothing else the worker logs at INFO inside a job, so no INFO line carries the tenant",
-)
 def test_worker_logs_carry_the_tenant(topology: Topology) -> None:
     with_job = [r for r in worker_records(topology) if r.get("job_id")]
     assert any(r.get("tenant") == TENANT for r in with_job), with_job[-5:]
@@ -424,13 +419,6 @@ def test_sigterm_hands_the_running_job_to_another_worker(
     topology.start_worker(f"{busy_name}-restarted", service)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="service/worker: a worker already in warm shutdown still takes the re-sent task; "
-    "with no context yet it runs the whole job (past stop_grace_period on a real slide), "
-    "otherwise run_job returns 'stopping' and the delivery is acked, so the job waits for "
-    "the sweeper (DSCM_REQUEUE_GRACE_S) instead of sitting in Redis",
-)
 def test_stopping_every_worker_leaves_the_job_in_the_queue(
     topology: Topology, tmp_path: Path
 ) -> None:

@@ -100,9 +100,14 @@ def test_result_is_409_until_done_and_cancel_stops_between_tiles(
     with TestClient(make_app(make_settings(), engine=engine)) as client:
         job_id = submit(client, keys.alice, pair).json()["id"]
         assert engine.started.wait(10)
-        running = wait_for(client, keys.alice, job_id, ("running",))
-        assert running["stage"] == "tiles"
         auth = Keys.auth(keys.alice)
+        deadline = time.monotonic() + 10
+        while True:  # the stage reaches the record with the next heartbeat/progress write
+            running = wait_for(client, keys.alice, job_id, ("running",))
+            if running["stage"] == "tiles" or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert running["stage"] == "tiles"
         assert_problem(client.get(f"/v1/jobs/{job_id}/result", headers=auth), 409)
         assert_problem(client.get(f"/v1/jobs/{job_id}/thumbnail", headers=auth), 409)
 

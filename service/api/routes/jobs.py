@@ -166,6 +166,7 @@ def get_thumbnail(job_id: str, principal: ReaderDep, services: ServicesDep) -> F
 async def delete_job(job_id: str, principal: SubmitterDep, services: ServicesDep) -> JobPublic:
     job = find_job(services, principal, job_id)
     await run_in_threadpool(services.store.cancel, job.id)
+    services.tiles.forget(job)
     await run_in_threadpool(services.storage.purge, job.id)
     await run_in_threadpool(services.store.mark_purged, job.id)
     refreshed = services.store.get(job.id)
