@@ -153,11 +153,20 @@ def random_paper_models(folder: Path) -> Path:
     return folder
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    return int(width), int(height or width)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", choices=["stain", "model-only", "baseline"])
     parser.add_argument("--models", default=str(REPO / "models"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
+    parser.add_argument(
+        "--sizes", type=parse_size, nargs="+", default=[(4096, 4096), (8192, 8192)],
+        help="slide sizes: N (square) or WxH, e.g. 15000x10000",
+    )  # fmt: skip
+    parser.add_argument("--tissue-fraction", type=float, default=TISSUE_FRACTION)
     parser.add_argument("--tile-px", type=int, default=1024)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--baseline-windows", type=int, help="time only the first N windows")
@@ -178,28 +187,32 @@ def main() -> None:
         models = random_paper_models(work / "models")
     common = {"models": models, "tile_px": args.tile_px, "threads": args.threads}
     rows = []
-    for size in args.sizes:
-        inputs = write_pair(work / f"in-{size}", size, size, tissue_fraction=TISSUE_FRACTION)
-        ours = run_child(
-            "stain", rcm=inputs.rcm, fcm=inputs.fcm, out=work / f"out-{size}.tif", **common
+    for width, height in args.sizes:
+        size = f"{width}x{height}"
+        inputs = write_pair(
+            work / f"in-{size}", width, height, tissue_fraction=args.tissue_fraction
         )
+        out = work / f"out-{size}.tif"
+        ours = run_child("stain", rcm=inputs.rcm, fcm=inputs.fcm, out=out, **common)
         report = ours["report"]
         computed = report["tiles"]["computed"]
         model_only = run_child("model-only", **common)
         model_only_s = model_only["per_tile_s"] * computed
+        megapixels = width * height / 1e6
         row = {
             "size_px": size,
-            "megapixels": size * size / 1e6,
+            "tissue_fraction": args.tissue_fraction,
+            "megapixels": megapixels,
             "tiles_computed": computed,
             "tiles_total": report["tiles"]["total"],
             "end_to_end_s": ours["wall_s"],
-            "end_to_end_mp_per_s": size * size / 1e6 / ours["wall_s"],
+            "end_to_end_mp_per_s": megapixels / ours["wall_s"],
             "model_only_s": model_only_s,
             "ratio_end_to_end_over_model_only": ours["wall_s"] / model_only_s,
             "peak_rss_mb": ours["max_rss_bytes"] / 2**20,
             "timings_s": report["timings_s"],
         }
-        if size == min(args.sizes) and not args.no_baseline:
+        if (width, height) == min(args.sizes) and not args.no_baseline:
             base = run_child(
                 "baseline", rcm=inputs.rcm, fcm=inputs.fcm, out=work / "baseline.tif",
                 models=models, threads=args.threads, baseline_windows=args.baseline_windows,
@@ -223,11 +236,11 @@ def main() -> None:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = ("size", "MP/s", "e2e s", "model s", "ratio", "RSS MB", "speed-up")
-    print("\n" + " ".join(f"{h:>8}" for h in header))
+    print("\n" + f"{header[0]:>11} " + " ".join(f"{h:>8}" for h in header[1:]))
     for r in rows:
         speed = f"{r['speedup_vs_baseline']:.1f}x" if "speedup_vs_baseline" in r else "-"
         print(
-            f"{r['size_px']:>8} {r['end_to_end_mp_per_s']:>8.3f} {r['end_to_end_s']:>8.1f} "
+            f"{r['size_px']:>11} {r['end_to_end_mp_per_s']:>8.3f} {r['end_to_end_s']:>8.1f} "
             f"{r['model_only_s']:>8.1f} {r['ratio_end_to_end_over_model_only']:>8.2f} "
             f"{r['peak_rss_mb']:>8.0f} {speed:>8}"
         )
