@@ -15,7 +15,7 @@ from train_fakes import he_like, write_png
 
 @pytest.fixture(scope="session")
 def fake_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A look-alike of the shared data folder: MoNuSeg-like and glioma-like files, one skin image."""
+    """A look-alike of the shared data folder: MoNuSeg- and glioma-like files, one skin image."""
     root = tmp_path_factory.mktemp("data")
     cases = [f"TCGA-{letter * 2}-{index:04d}" for index, letter in enumerate("ABCDEFGHIJ", 1)]
     for index, case in enumerate(cases):
