@@ -137,9 +137,9 @@ def configure_logging(
     handler.addFilter(ContextFilter())
     root.addHandler(handler)
     root.setLevel(_level(level))
-    # libvips reports every operation at INFO ("shrinkv: using vector path"): keep it for DEBUG.
+    # libvips reports every operation at INFO/DEBUG; those records are never wanted.
     for name in _CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING if root.level > logging.DEBUG else 0)
+        logging.getLogger(name).setLevel(logging.WARNING)  # see service/slide/reader.py
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

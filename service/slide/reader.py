@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,10 @@ from service.slide.tiff_header import check_tiff_extent
 # Only the three loaders below are ever used; the rest of libvips' loaders (some of which are
 # not fuzzed for hostile input) stay blocked too.
 pyvips.block_untrusted_set(True)
+# pyvips logs every operation at DEBUG and formats images with a repr that itself logs: with
+# two handlers on two threads that re-entry deadlocks on the handlers' locks (seen in CI).
+# Nothing of ours needs those records, so they are never created.
+logging.getLogger("pyvips").setLevel(logging.WARNING)
 
 DEFAULT_MPP_UM = 0.75
 SMALL_FORMAT_MAX_PIXELS = 50_000_000  # PNG/JPEG decode whole; they are for small crops
