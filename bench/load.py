@@ -84,6 +84,22 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def api_env(scratch: Path, tenant: str, **settings: str) -> tuple[str, dict[str, str]]:
+    """A fresh API key for ``tenant`` and the environment of a `dscm serve` that accepts it
+    (storage in ``scratch``, no models: Gareau-only jobs), without the caller's DSCM_ settings."""
+    key_id, key = new_key()
+    entry = {"id": key_id, "tenant": tenant, "roles": ["submit", "read"], "sha256": hash_key(key)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSCM_")}
+    env.update(
+        PYTHONPATH=str(REPO),
+        DSCM_STORAGE_DIR=str(scratch / "storage"),
+        DSCM_MODELS_DIR=str(scratch / "no-models"),
+        DSCM_API_KEYS=json.dumps([entry]),
+        **settings,
+    )
+    return key, env
+
+
 def http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200
@@ -184,17 +200,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="dscm-load-"))
     pair = write_pair(scratch / "pair", args.size_px, args.size_px, tissue_fraction=0.6)
     pair_bytes = pair.rcm.stat().st_size
-    key_id, key = new_key()
-    entry = {"id": key_id, "tenant": "load", "roles": ["submit", "read"], "sha256": hash_key(key)}
+    key, env = api_env(scratch, "load", DSCM_THREADS="1")
     redis_port, api_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSCM_")}
-    env.update(
-        PYTHONPATH=str(REPO),
-        DSCM_STORAGE_DIR=str(scratch / "storage"),
-        DSCM_MODELS_DIR=str(scratch / "no-models"),
-        DSCM_API_KEYS=json.dumps([entry]),
-        DSCM_THREADS="1",
-    )
     if args.mode == "celery":
         env["DSCM_BROKER_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     procs = Processes(scratch, env)

@@ -41,8 +41,7 @@ import pyvips
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.load import Processes, free_port, http_ok, percentile, wait_for  # noqa: E402
-from service.api.auth import hash_key, new_key  # noqa: E402
+from bench.load import Processes, api_env, free_port, http_ok, percentile, wait_for  # noqa: E402
 from service.slide import SlideInputs  # noqa: E402
 from service.slide.deepzoom import (  # noqa: E402
     DZ_JPEG_QUALITY,
@@ -183,17 +182,8 @@ def stain_through_the_service(
 ) -> tuple[Processes, str, str, str, Path]:
     """A real `dscm serve` stains the pair; returns it, its URL, key, the job and its pyramid."""
     pair = write_tissue_like_pair(scratch / "pair", args.width_px, args.height_px)
-    key_id, key = new_key()
-    entry = {"id": key_id, "tenant": "bench", "roles": ["submit", "read"], "sha256": hash_key(key)}
+    key, env = api_env(scratch, "bench", DSCM_JOB_TIME_LIMIT_S="3000")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSCM_")}
-    env.update(
-        PYTHONPATH=str(REPO),
-        DSCM_STORAGE_DIR=str(scratch / "storage"),
-        DSCM_MODELS_DIR=str(scratch / "no-models"),
-        DSCM_API_KEYS=json.dumps([entry]),
-        DSCM_JOB_TIME_LIMIT_S="3000",
-    )
     procs = Processes(scratch, env)
     serve = ["-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     procs.spawn("api", [sys.executable, *serve, "--log-level", "warning"])

@@ -1,4 +1,4 @@
-"""A header-only TIFF check: do the strips or tiles of page 0 fit inside the file?
+"""Small TIFF directory readers: an extent check for uploads, a resolution fix for outputs.
 
 libvips reads TIFF data lazily, so a truncated upload would otherwise be noticed only when the
 missing region is decoded. Reading the offset and byte-count tables (a few KB) catches it
@@ -8,7 +8,9 @@ before any pixel is decoded, which lets the API refuse the upload at once.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from service.errors import CorruptSlide
 
@@ -18,6 +20,52 @@ _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS = 273, 279, 324, 325
 _WANTED = {_STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS}
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Byte order and field sizes of classic TIFF or BigTIFF, and the first directory."""
+
+    order: str
+    big: bool
+    first_ifd: int
+
+    @property
+    def count_fmt(self) -> str:  # entries in a directory
+        return "Q" if self.big else "H"
+
+    @property
+    def value_count_fmt(self) -> str:  # values in an entry
+        return "Q" if self.big else "I"
+
+    @property
+    def offset_fmt(self) -> str:
+        return "Q" if self.big else "I"
+
+    @property
+    def entry_size(self) -> int:
+        return 20 if self.big else 12
+
+    @property
+    def value_size(self) -> int:
+        return 8 if self.big else 4
+
+
+def _layout(head: bytes) -> _Layout:
+    order = "<" if head[:2] == b"II" else ">"
+    big = struct.unpack(order + "H", head[2:4])[0] == 43
+    if len(head) < (16 if big else 8):
+        raise ValueError("TIFF header is truncated")
+    first = struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0]
+    return _Layout(order, big, first)
+
+
+def _read_directory(handle: BinaryIO, layout: _Layout, offset: int) -> tuple[int, bytes]:
+    """The entry count and raw entry table of the directory at ``offset``."""
+    handle.seek(offset)
+    count_size = struct.calcsize(layout.count_fmt)
+    n_entries = struct.unpack(layout.order + layout.count_fmt, handle.read(count_size))[0]
+    return n_entries, handle.read(n_entries * layout.entry_size)
+
+
 def check_tiff_extent(path: Path) -> None:
     """Raise CorruptSlide if page 0's image data extends past the end of the file."""
     size = path.stat().st_size
@@ -25,21 +73,14 @@ def check_tiff_extent(path: Path) -> None:
         head = handle.read(16)
         if len(head) < 8:
             raise CorruptSlide(f"{path.name}: TIFF header is truncated")
-        order = "<" if head[:2] == b"II" else ">"
-        version = struct.unpack(order + "H", head[2:4])[0]
-        big = version == 43
-        if big:
-            ifd_offset = struct.unpack(order + "Q", head[8:16])[0]
-            count_fmt, value_count_fmt, entry_size, value_size = "Q", "Q", 20, 8
-        else:
-            ifd_offset = struct.unpack(order + "I", head[4:8])[0]
-            count_fmt, value_count_fmt, entry_size, value_size = "H", "I", 12, 4
-        count_size = struct.calcsize(count_fmt)
-        if ifd_offset + count_size > size:
+        try:
+            layout = _layout(head)
+        except ValueError as exc:
+            raise CorruptSlide(f"{path.name}: {exc}") from exc
+        order, entry_size, value_size = layout.order, layout.entry_size, layout.value_size
+        if layout.first_ifd + struct.calcsize(layout.count_fmt) > size:
             raise CorruptSlide(f"{path.name}: TIFF directory lies past the end of the file")
-        handle.seek(ifd_offset)
-        n_entries = struct.unpack(order + count_fmt, handle.read(count_size))[0]
-        table = handle.read(n_entries * entry_size)
+        n_entries, table = _read_directory(handle, layout, layout.first_ifd)
         if len(table) < n_entries * entry_size:
             raise CorruptSlide(f"{path.name}: TIFF directory is truncated")
         arrays: dict[int, list[int]] = {}
@@ -48,13 +89,13 @@ def check_tiff_extent(path: Path) -> None:
             tag, type_id = struct.unpack(order + "HH", entry[:4])
             if tag not in _WANTED or type_id not in _TYPE_SIZES:
                 continue
-            n_values = struct.unpack(order + value_count_fmt, entry[4 : 4 + value_size])[0]
+            n_values = struct.unpack(order + layout.value_count_fmt, entry[4 : 4 + value_size])[0]
             raw_bytes = n_values * _TYPE_SIZES[type_id]
             value_field = entry[4 + value_size : 4 + 2 * value_size]
             if raw_bytes <= value_size:
                 data = value_field[:raw_bytes]
             else:
-                offset = struct.unpack(order + ("Q" if big else "I"), value_field)[0]
+                offset = struct.unpack(order + layout.offset_fmt, value_field)[0]
                 if offset + raw_bytes > size:
                     raise CorruptSlide(f"{path.name}: TIFF offset table lies past end of file")
                 handle.seek(offset)
@@ -80,19 +121,13 @@ def scale_level_resolutions(path: Path) -> None:
     Overwrites the 8-byte RATIONAL values in place; the file's layout does not change.
     """
     with path.open("r+b") as handle:
-        head = handle.read(16)
-        order = "<" if head[:2] == b"II" else ">"
-        big = struct.unpack(order + "H", head[2:4])[0] == 43
-        count_fmt, entry_size, value_size = ("Q", 20, 8) if big else ("H", 12, 4)
-        offset_fmt = "Q" if big else "I"
-        ifd_offset = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])[0]
-        base_width = 0
+        layout = _layout(handle.read(16))
+        order, entry_size, value_size = layout.order, layout.entry_size, layout.value_size
+        count_size = struct.calcsize(layout.count_fmt)
+        ifd_offset, base_width = layout.first_ifd, 0
         while ifd_offset:
-            handle.seek(ifd_offset)
-            count_size = struct.calcsize(count_fmt)
-            n_entries = struct.unpack(order + count_fmt, handle.read(count_size))[0]
-            table = handle.read(n_entries * entry_size)
-            next_offset = struct.unpack(order + offset_fmt, handle.read(value_size))[0]
+            n_entries, table = _read_directory(handle, layout, ifd_offset)
+            next_offset = struct.unpack(order + layout.offset_fmt, handle.read(value_size))[0]
             width, rationals = 0, {}
             for i in range(n_entries):
                 entry = table[i * entry_size : (i + 1) * entry_size]
@@ -103,7 +138,7 @@ def scale_level_resolutions(path: Path) -> None:
                         order + ("H" if type_id == 3 else "I"), field[: 2 if type_id == 3 else 4]
                     )[0]
                 elif tag in (_XRES, _YRES) and type_id == _RATIONAL:
-                    if big:  # 8 bytes fit in the entry itself
+                    if layout.big:  # 8 bytes fit in the entry itself
                         rationals[tag] = ifd_offset + count_size + i * entry_size + 4 + value_size
                     else:
                         rationals[tag] = struct.unpack(order + "I", field)[0]
