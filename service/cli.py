@@ -179,33 +179,42 @@ def info(path: Path, as_json: bool) -> None:
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), help="Model folder.")
 @click.option("--json", "as_json", is_flag=True, help="The full cards as JSON.")
 def models(models_dir: Path | None, as_json: bool) -> None:
-    """The installed models and their cards."""
-    from service.core.models import discover_models, read_card
+    """The installed models, which stages run by default, and their measured quality."""
+    from service.core.chain import resolve_stages
+    from service.core.models import discover_stage_models, stages_off_by_default
 
     folder = models_dir or get_settings().models_dir
     try:
-        found = discover_models(folder)
+        found = discover_stage_models(folder)
         cards = {
             role: json.loads(path.with_suffix(".json").read_text()) for role, path in found.items()
         }
-        summaries = {
-            role: read_card(path.with_suffix(".json")).to_summary() for role, path in found.items()
-        }
-    except DscmError as error:
-        fail(error)
+        default_off = stages_off_by_default(found)
+        default = resolve_stages(None, found, default_off)
+    except (DscmError, OSError, ValueError) as error:
+        fail(error if isinstance(error, DscmError) else InputError(str(error)))
     if as_json:
         click.echo(json.dumps(cards, indent=2))
         return
+    click.echo(f"default chain: {' -> '.join(default)}")
+    for role in default_off:
+        click.echo(f"one flag away: --stages {','.join((*default, role))}")
     if not found:
         click.echo(f"no models in {folder}: only the median and gareau stages can run")
-    for role, summary in summaries.items():
-        metrics = cards[role].get("metrics", {})
-        click.echo(
-            f"{role:<10} {summary['name']} v{summary['version']} ({summary['architecture']}), "
-            f"halo {summary['halo_px']} px, sha256 {summary['sha256'][:12]}"
-        )
-        for key, value in metrics.items():
-            click.echo(f"           {key}: {value}")
+    for role, card in cards.items():
+        state = "off by default" if role in default_off else "on"
+        click.echo(f"{role:<10} {card.get('name')} v{card.get('version')} ({state})")
+        if "architecture" in card:
+            click.echo(f"           {card['architecture']}, halo {card.get('halo_px')} px")
+        trained = card.get("training_data", {}).get("um_per_px")
+        if trained:
+            click.echo(f"           trained at {trained} um/px")
+        real = card.get("metrics", {}).get("real_crop") or {}
+        for method, values in real.items():
+            click.echo(
+                f"           real crop, {method}: FD_skin {values['fd_skin']:.1f}, "
+                f"cb {values['cb_db']:.1f} dB, nuc_r {values['nuc_r']:.3f}"
+            )
 
 
 # ---- service commands (serve, worker, keys) are defined below this line ----

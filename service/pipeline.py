@@ -13,7 +13,14 @@ from typing import Any, Literal
 import numpy as np
 
 from service.core.chain import LAYERS, StainChain, resolve_stages, round_up
-from service.core.models import OnnxModel, Role, discover_models, file_sha256
+from service.core.colour import ColourTarget, load_colour_target
+from service.core.models import (
+    OnnxModel,
+    Role,
+    discover_stage_models,
+    file_sha256,
+    stages_off_by_default,
+)
 from service.core.normalize import IntensityRange, estimate_range, normalize
 from service.core.tiles import Tile, tile_grid, tissue_mask, tissue_tiles
 from service.errors import InputError
@@ -65,22 +72,34 @@ class StainSpec:
 
 @dataclass
 class ModelSet:
-    """ONNX sessions loaded once (per worker process) and reused for every slide."""
+    """ONNX sessions (and the colour card) loaded once per worker process, reused per slide."""
 
     models: dict[Role, OnnxModel] = field(default_factory=dict)
+    colour: ColourTarget | None = None
+    default_off: tuple[str, ...] = ()
+
+    @property
+    def roles(self) -> list[str]:
+        return [*self.models, *(["colour"] if self.colour else [])]
 
     def chain(self, requested: Sequence[str] | None) -> StainChain:
-        stages = resolve_stages(requested, self.models)
-        return StainChain(stages, self.models.get("despeckle"), self.models.get("generator"))
+        stages = resolve_stages(requested, self.roles, self.default_off)
+        return StainChain(
+            stages, self.models.get("despeckle"), self.models.get("generator"), self.colour
+        )
 
 
 def load_models(spec: StainSpec) -> ModelSet:
     """Load the models that ``spec`` can use from ``spec.models_dir``."""
-    found = discover_models(spec.models_dir)
-    wanted = resolve_stages(spec.stages, found)
-    return ModelSet(
-        {role: OnnxModel(path, spec.threads) for role, path in found.items() if role in wanted}
-    )
+    found = discover_stage_models(spec.models_dir)
+    default_off = stages_off_by_default(found)
+    wanted = resolve_stages(spec.stages, found, default_off)
+    onnx: dict[Role, OnnxModel] = {}
+    for role in ("despeckle", "generator"):
+        if role in found and role in wanted:
+            onnx[role] = OnnxModel(found[role], spec.threads)
+    colour = load_colour_target(found["colour"]) if "colour" in wanted else None
+    return ModelSet(onnx, colour, default_off)
 
 
 @dataclass
@@ -145,7 +164,7 @@ def stain_slide(
     mark = time.perf_counter()
     crop_px = min(spec.stats_crop_px, tile_px)
     sample = [centre_crop(t, crop_px) for t in spread_sample(todo or tiles, spec.stats_tiles)]
-    if chain.needs_shared_stats:
+    if chain.needs_slide_stats:
 
         def sampled() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for i, tile in enumerate(sample):
@@ -153,7 +172,7 @@ def stain_slide(
                 yield reader.read(tile, crop_px)
             report_progress("statistics", len(sample), len(sample))
 
-        chain.estimate_norm_stats(sampled())
+        chain.estimate_slide_stats(sampled())
     background = chain.background(spec.extra_layers)
     timings["statistics"] = time.perf_counter() - mark
 
@@ -348,5 +367,6 @@ def build_report(
             "batch_size": spec.batch_size,
         },
         "shared_norm_stats": chain.norm_stats is not None,
+        "colour": chain.colour_report(),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }

@@ -160,3 +160,18 @@ def make_generator(
     if shared_norm:
         card.update(norm_stats_size=2 * width, norm_stats_layers=[width])
     return write_model(folder, "generator", model, card)
+
+
+def make_colour_card(folder: Path, lab_mean=(70.0, 27.0, -8.0), lab_std=(11.0, 9.0, 3.5)) -> Path:
+    """A colour stage card (no ONNX file): the target look of the colour transfer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "colour.json"
+    card = {
+        "name": "test-look",
+        "version": "0.0.1",
+        "role": "colour",
+        "lab_mean": list(lab_mean),
+        "lab_std": list(lab_std),
+    }
+    path.write_text(json.dumps(card))
+    return path

@@ -79,11 +79,20 @@ def test_pooled_stats_equal_the_stats_of_the_union() -> None:
 
 def test_default_stages_follow_installed_models() -> None:
     assert resolve_stages(None, []) == ("median", "gareau")
-    assert resolve_stages(None, ["generator", "despeckle"]) == STAGES_ALL
+    assert resolve_stages(None, ["generator", "despeckle"]) == STAGES_NO_COLOUR
+    assert resolve_stages(None, ["generator", "despeckle", "colour"]) == STAGES_ALL
     assert resolve_stages(["gareau", "despeckle"], ["despeckle"]) == ("despeckle", "gareau")
 
 
-STAGES_ALL = ("despeckle", "median", "gareau", "generator")
+def test_a_model_kept_out_of_the_default_runs_only_when_asked() -> None:
+    installed = ["generator", "despeckle", "colour"]
+    default = resolve_stages(None, installed, default_off=["generator"])
+    assert default == ("despeckle", "median", "gareau", "colour")
+    assert resolve_stages(STAGES_ALL, installed, default_off=["generator"]) == STAGES_ALL
+
+
+STAGES_NO_COLOUR = ("despeckle", "median", "gareau", "generator")
+STAGES_ALL = ("despeckle", "median", "gareau", "colour", "generator")
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,10 @@ import openslide
 import pytest
 import pyvips
 import tifffile
+from onnx_factory import make_colour_card
 
 from service.core.chain import StainChain
+from service.core.colour import ColourTransfer
 from service.core.normalize import IntensityRange, normalize
 from service.errors import JobCancelled, OutputError
 from service.pipeline import StainSpec, layer_output_path, load_models, stain_slide
@@ -116,14 +118,14 @@ def test_instance_norm_generator_has_no_seams(
 
     # exact against one whole-image pass that uses the same slide-wide statistics
     chain = models.chain(None)
-    chain.estimate_norm_stats([])  # no samples: keep stats None, then set the pooled ones
+    chain.estimate_slide_stats([])  # no samples: keep stats None, then set the pooled ones
     chain.norm_stats = _stats_of(inputs, spec, models)
     assert psnr(shared, whole_image_pass(inputs, report, chain)) >= 40.0
 
     # against plain instance norm over the whole image (what the network was trained to do)
     plain_chain = models.chain(None)
     whole_in = whole_image_pass(inputs, report, plain_chain)  # norm_stats None: own stats
-    monkeypatch.setattr(StainChain, "estimate_norm_stats", lambda self, blocks: None)
+    monkeypatch.setattr(StainChain, "estimate_slide_stats", lambda self, blocks: None)
     stain_slide(inputs, tmp_path / "naive.tif", spec, models=models)
     naive = read_level0(tmp_path / "naive.tif")
     print(
@@ -139,18 +141,18 @@ def test_instance_norm_generator_has_no_seams(
 def _stats_of(inputs: SlideInputs, spec: StainSpec, models) -> np.ndarray:
     """The statistics stain_slide pools, obtained through the same public entry point."""
     captured: list[np.ndarray] = []
-    original = StainChain.estimate_norm_stats
+    original = StainChain.estimate_slide_stats
 
     def spy(self: StainChain, blocks) -> None:
         original(self, blocks)
         assert self.norm_stats is not None
         captured.append(self.norm_stats)
 
-    StainChain.estimate_norm_stats = spy  # type: ignore[method-assign]
+    StainChain.estimate_slide_stats = spy  # type: ignore[method-assign]
     try:
         stain_slide(inputs, inputs.rcm.parent / "again.tif", spec, models=models)
     finally:
-        StainChain.estimate_norm_stats = original  # type: ignore[method-assign]
+        StainChain.estimate_slide_stats = original  # type: ignore[method-assign]
     return captured[0]
 
 
@@ -166,6 +168,31 @@ def test_background_tiles_are_skipped_and_filled(
     image = read_level0(tmp_path / "o.tif")
     far_right = image[:, -200:].reshape(-1, 3)
     assert np.abs(far_right.astype(int) - report["background_rgb"]).max() <= 3  # JPEG
+
+
+def test_colour_stage_is_seamless_and_keeps_skipped_glass_white(make_pair, tmp_path: Path) -> None:
+    folder = tmp_path / "colour-only"
+    make_colour_card(folder)
+    inputs = make_pair(1024, 2048, tissue_fraction=0.5)
+    spec = StainSpec(models_dir=folder, tile_px=256, compression="lossless")
+    models = load_models(spec)
+    report = stain_slide(inputs, tmp_path / "c.tif", spec, models=models).to_dict()
+    assert report["stages"] == ["median", "gareau", "colour"]
+    assert report["colour"]["target"] == "test-look"
+    assert 0 < report["tiles"]["skipped"] < report["tiles"]["total"]
+    assert min(report["background_rgb"]) == 255  # no signal: Gareau's white, untouched
+    image = read_level0(tmp_path / "c.tif")
+    # one affine map for the whole slide: equal to a whole-image pass with that map
+    chain = models.chain(None)
+    transfer = report["colour"]["transfer"]
+    chain.colour_transfer = ColourTransfer(tuple(transfer["scale"]), tuple(transfer["offset"]))
+    whole = whole_image_pass(inputs, report, chain)
+    computed = np.ones(image.shape[:2], bool)
+    assert psnr(image[computed], whole[computed]) >= 40.0
+    # glass next to tissue (computed tiles) matches the skipped tiles' fill
+    fcm = np.asarray(pyvips.Image.new_from_file(str(inputs.fcm)).numpy())
+    glass = image[fcm <= np.percentile(fcm, 5)]
+    assert np.abs(glass.astype(int) - 255).mean() < 3
 
 
 def test_progress_reports_every_tile_and_cancel_leaves_nothing(make_pair, tmp_path: Path) -> None:

@@ -44,6 +44,14 @@ def _checkpoint_step(checkpoint_dir: Path) -> int:
     return int(state["step"])
 
 
+def _elapsed_s(checkpoint_dir: Path) -> float:
+    """Training wall time summed over resumed runs (0 where a checkpoint predates it)."""
+    import torch
+
+    state = torch.load(checkpoint_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return float(state.get("elapsed_s", 0.0))
+
+
 def _data_section(options: dict[str, Any], used_splits: list[str]) -> tuple[dict[str, Any], ...]:
     manifest = load_manifest(Path(options["prepared_dir"]))
     training_data = {
@@ -86,19 +94,40 @@ def generator_card_info(
     checkpoint_dir: Path, generator_info: dict[str, Any], name: str = "generator"
 ) -> CardInfo:
     options = _options(checkpoint_dir)
-    training_data, splits = _data_section(options, ["train_a (domain A)", "train_b (domain B)"])
+    colour_card = options.get("colour_card", "")
+    colour = f", then the colour stage ({colour_card})" if colour_card else ""
+    if options.get("domain", "tcga") == "skin":
+        used = ["train_skin (domains A and B, paired)", "val_skin (checkpoint selection)"]
+        domain_a = (
+            "Gareau stain of synthetic confocal (training/synthetic.py) of train_skin, through "
+            f"the exported despeckler and 3x3 median{colour}"
+        )
+        domain_b = "real skin H&E of train_skin, moved to the colour card's look (glass kept)"
+    else:
+        used = ["train_a (domain A)", "train_b (domain B)"]
+        domain_a = (
+            "Gareau stain of synthetic confocal (training/synthetic.py) of train_a, "
+            f"through the exported despeckler and 3x3 median{colour}"
+        )
+        domain_b = "real H&E of train_b (cases disjoint from train_a)"
+    training_data, splits = _data_section(options, used)
+    paired = float(options.get("lambda_paired", 0.0))
     training_data.update(
         {
-            "domain_a": "Gareau stain of synthetic confocal (training/synthetic.py) of train_a, "
-            "through the exported despeckler and 3x3 median",
-            "domain_b": "real H&E of train_b (cases disjoint from train_a)",
+            "domain_a": domain_a,
+            "domain_b": domain_b,
             "despeckler": options.get("despeckle_onnx", ""),
+            "colour_card": colour_card,
             "recipe": "CycleGAN: LSGAN, cycle L1 lambda 10, identity 0.5 lambda, pool 50, "
-            "Adam 2e-4 beta1 0.5, linear decay in the second stage",
+            "Adam 2e-4 beta1 0.5, linear decay in the second stage"
+            + (f"; paired L1 lambda {paired:g} (synthetic pairs)" if paired else ""),
+            "upsampling": options.get("upsample", "transpose"),
+            "precision": "bf16 autocast" if options.get("bf16") else "fp32",
             "stage_crops_px": options["stage_crops_px"],
             "stage_steps": options["stage_steps"],
             "batch_size": options["batch_size"],
             "discriminator_ndf": options["ndf"],
+            "wall_time_min": round(_elapsed_s(checkpoint_dir) / 60, 1),
             "checkpoint": {k: v for k, v in generator_info.items() if k != "options"},
         }
     )

@@ -2,7 +2,9 @@
 
 Splits are by *case*: every file of one TCGA case (a MoNuSeg slide, the crops of one glioma
 slide, and a MoNuSeg and a glioma file of the same patient) lands in one split, so no tissue is
-seen in training and evaluation both. The skin images are always held out for evaluation.
+seen in training and evaluation both. Skin, the stain's target domain, is split by slide: two
+real skin whole slides (``he/skin-wsi``) train the generator (``train_skin``, every tenth crop
+``val_skin``), the third slide and the skin photograph are held out (``heldout_skin``).
 Images are resampled to about the confocal pixel size (0.75 um/px: 40x scans by 1/3).
 """
 
@@ -22,12 +24,19 @@ from service.core.filters import otsu_threshold
 from training.synthetic import TISSUE_CHROMA, read_rgb, to_unit_rgb
 
 MANIFEST_NAME = "manifest.json"
-SPLITS = ("train_a", "train_b", "val", "test", "heldout_skin")
+SPLITS = ("train_a", "train_b", "val", "test", "train_skin", "val_skin", "heldout_skin")
+# Skin slides (folders of he/skin-wsi) that train the generator; the others are held out.
+TRAIN_SKIN_SLIDES = ("keloid-scar", "molluscum-contagiosum")
+SKIN_SOURCES = ("he/skin", "he/skin-wsi")
+SKIN_VAL_EVERY = 10  # crop number divisible by this -> val_skin
+# Skin crops include tissue edges with glass: the generator must see glass to keep it white.
+SKIN_MIN_TISSUE = 0.05
 # (folder, glob, licence, um/px of the scan)
 SOURCES: tuple[tuple[str, str, str, float], ...] = (
     ("he/monuseg", "*.png", "CC BY-NC-SA 4.0 (MoNuSeg 2018)", 0.25),
     ("he/tcga-glioma", "*.png", "none stated (pengyzhang/cell_seg_matlab); do not ship", 0.25),
     ("he/skin", "wikimedia-*.jpg", "public domain (Wikimedia Commons, Kilbad)", 0.75),
+    ("he/skin-wsi", "*/*-[0-9][0-9]-*.jpg", "MIT (pathologyatlas)", 0.75),
 )
 TARGET_UM_PER_PX = 0.75
 _TCGA_CASE = re.compile(r"TCGA-[0-9A-Z]{2}-[0-9A-Z]{4}")
@@ -56,7 +65,10 @@ class PatchRecord:
 
 
 def case_of(path: Path) -> str:
-    """The TCGA case of a file name, or the file stem when there is none (each its own slide)."""
+    """The TCGA case of a file name, the slide folder of a skin-wsi crop, or else the file stem
+    (each its own slide)."""
+    if path.parent.parent.name == "skin-wsi":
+        return path.parent.name
     match = _TCGA_CASE.search(path.name)
     return match.group(0) if match else path.stem
 
@@ -75,7 +87,7 @@ def assign_splits(
     """Case id -> split. Skin is ``heldout_skin``; the rest is shuffled by case into test, val
     and two disjoint training halves (CycleGAN domain A comes from one, domain B from the
     other; the despeckler trains on both)."""
-    cases = sorted({im.case_id for im in images if im.source != "he/skin"})
+    cases = sorted({im.case_id for im in images if im.source not in SKIN_SOURCES})
     random.Random(seed).shuffle(cases)
     n_test = round(len(cases) * test_fraction)
     n_val = round(len(cases) * val_fraction)
@@ -88,9 +100,18 @@ def assign_splits(
         else:
             splits[case] = "train_a" if (index - n_test - n_val) % 2 == 0 else "train_b"
     for im in images:
-        if im.source == "he/skin":
-            splits[im.case_id] = "heldout_skin"
+        if im.source in SKIN_SOURCES:
+            splits[im.case_id] = "train_skin" if im.case_id in TRAIN_SKIN_SLIDES else "heldout_skin"
     return splits
+
+
+def split_of(image: SourceImage, splits: dict[str, str]) -> str:
+    """The split of one file: its case's, except every tenth crop of a training skin slide."""
+    split = splits[image.case_id]
+    number = re.search(r"-(\d\d)-", image.path.name)
+    if split == "train_skin" and number and int(number.group(1)) % SKIN_VAL_EVERY == 0:
+        return "val_skin"
+    return split
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
@@ -146,9 +167,10 @@ def prepare(
     splits = assign_splits(images, seed=seed)
     records: list[PatchRecord] = []
     for image in images:
-        split = splits[image.case_id]
+        split = split_of(image, splits)
         rgb = resample(read_rgb(image.path), image.um_per_px / TARGET_UM_PER_PX)
-        for top, left, patch, fraction in grid_patches(rgb, patch_px, min_tissue):
+        least = min(min_tissue, SKIN_MIN_TISSUE) if image.source in SKIN_SOURCES else min_tissue
+        for top, left, patch, fraction in grid_patches(rgb, patch_px, least):
             name = f"{split}/{image.path.stem}_y{top}_x{left}.png"
             (out_dir / split).mkdir(parents=True, exist_ok=True)
             pyvips.Image.new_from_array(np.ascontiguousarray(patch)).pngsave(str(out_dir / name))
@@ -170,7 +192,11 @@ def prepare(
         "patch_px": patch_px,
         "min_tissue": min_tissue,
         "licences": {folder: licence for folder, _, licence, _ in SOURCES},
-        "split_rule": "by TCGA case (file name), else by file; skin held out",
+        "split_rule": (
+            "by TCGA case (file name), else by file; skin by slide: "
+            f"{', '.join(TRAIN_SKIN_SLIDES)} train (every {SKIN_VAL_EVERY}th crop val), "
+            "the rest held out"
+        ),
         "splits": {
             name: sorted({r.case_id for r in records if r.split == name}) for name in SPLITS
         },
@@ -190,9 +216,16 @@ def load_manifest(prepared_dir: Path) -> dict[str, Any]:
 
 def load_split(prepared_dir: Path, splits: tuple[str, ...]) -> list[np.ndarray]:
     """The RGB uint8 patches of the given splits, in manifest order."""
+    return [rgb for rgb, _ in load_split_with_cases(prepared_dir, splits)]
+
+
+def load_split_with_cases(
+    prepared_dir: Path, splits: tuple[str, ...]
+) -> list[tuple[np.ndarray, str]]:
+    """(RGB uint8 patch, case id) of the given splits, in manifest order."""
     manifest = load_manifest(prepared_dir)
     return [
-        read_rgb(prepared_dir / record["file"])
+        (read_rgb(prepared_dir / record["file"]), str(record["case_id"]))
         for record in manifest["patches"]
         if record["split"] in splits
     ]

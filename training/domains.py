@@ -2,16 +2,20 @@
 
 Domain A: Gareau stain of (synthetic) confocal, exactly as the engine makes it: normalise each
 mode (``estimate_range``/``normalize``), despeckle the reflectance (the exported ONNX model,
-through ``OnnxModel``), 3x3 median, ``gareau_stain``. Domain B: real H&E. Both in [0, 1],
-channels first.
+through ``OnnxModel``), 3x3 median, ``gareau_stain``, and with a colour card the colour stage
+(statistics pooled over each slide's images, as the engine pools them over a slide's tiles).
+Domain B: real H&E. Both in [0, 1], channels first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from service.core.colour import ColourTarget, ColourTransfer, LabAccumulator, tissue_weight
 from service.core.filters import median3x3
 from service.core.models import OnnxModel
 from service.core.normalize import estimate_range, normalize
@@ -42,6 +46,31 @@ def gareau_from_confocal(
     return gareau_stain(fcm, rcm)
 
 
+@dataclass(frozen=True)
+class ChainView:
+    """One image through the engine's steps up to Gareau, with what the colour stage needs."""
+
+    gareau: np.ndarray  # (3, H, W) in [0, 1]
+    weight: np.ndarray  # (H, W): the colour stage's tissue weight
+    fcm: np.ndarray  # normalised
+    rcm: np.ndarray  # normalised, despeckled + median
+
+
+def chain_view(fcm_raw: np.ndarray, rcm_raw: np.ndarray, despeckler: OnnxModel | None) -> ChainView:
+    fcm = normalise_mode(fcm_raw)
+    rcm = despeckle_reflectance(normalise_mode(rcm_raw), despeckler)
+    return ChainView(gareau_stain(fcm, rcm), tissue_weight(fcm, rcm), fcm, rcm)
+
+
+def colour_views(views: Sequence[ChainView], target: ColourTarget) -> list[np.ndarray]:
+    """The colour stage on the images of ONE slide: pooled statistics, one transfer."""
+    accumulator = LabAccumulator()
+    for view in views:
+        accumulator.add(view.gareau, view.weight)
+    transfer = ColourTransfer.fit(accumulator.stats(), target.lab)
+    return [transfer.apply(view.gareau, view.weight) for view in views]
+
+
 def gareau_from_he(rgb: np.ndarray, seed: int, despeckler: OnnxModel | None) -> np.ndarray:
     """H&E -> synthetic confocal (seeded) -> Gareau RGB ``(3, H, W)`` in [0, 1]."""
     pair = synthesize_confocal(rgb, seed=seed)
@@ -60,7 +89,26 @@ def load_despeckler(path: Path | None) -> OnnxModel | None:
 
 
 def build_domain_a(
-    he_images: list[np.ndarray], despeckler: OnnxModel | None, seed: int = 0
+    he_images: list[np.ndarray],
+    despeckler: OnnxModel | None,
+    seed: int = 0,
+    colour: ColourTarget | None = None,
+    cases: Sequence[str] | None = None,
 ) -> list[np.ndarray]:
-    """Gareau RGB of the synthetic confocal of each H&E image (seed + index per image)."""
-    return [gareau_from_he(rgb, seed + index, despeckler) for index, rgb in enumerate(he_images)]
+    """Gareau RGB of the synthetic confocal of each H&E image (seed + index per image), through
+    the colour stage when ``colour`` is given (statistics pooled per case: one slide each)."""
+    if colour is None:
+        return [gareau_from_he(rgb, seed + i, despeckler) for i, rgb in enumerate(he_images)]
+    views = []
+    for index, rgb in enumerate(he_images):
+        pair = synthesize_confocal(rgb, seed=seed + index)
+        views.append(chain_view(pair.fcm, pair.rcm, despeckler))
+    case_of = list(cases) if cases is not None else ["slide"] * len(views)
+    out: list[np.ndarray] = [np.empty(0)] * len(views)
+    for case in sorted(set(case_of)):
+        members = [i for i, c in enumerate(case_of) if c == case]
+        for i, image in zip(
+            members, colour_views([views[i] for i in members], colour), strict=True
+        ):
+            out[i] = image
+    return out

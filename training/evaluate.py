@@ -3,10 +3,10 @@
 1. Despeckling, the paper's Table 1 protocol on held-out slides: inverted Y with speckle
    Gauss(1, 0.2); PSNR/SSIM of noisy, 3x3 median, Lee filter, BM3D on the log image (if the
    ``bm3d`` package is installed), the network, and the network + 3x3 median.
-2. Staining fidelity on held-out slides and the held-out skin image, where the true H&E is
-   known: synthetic confocal -> the engine's chain up to Gareau, then the generator; PSNR, SSIM
-   and CIEDE2000 against the true H&E for Gareau alone and Gareau + generator.
-3. The real confocal crop through the chain, as a figure.
+2. Staining (``training/stain_eval.py``): Gareau alone, the colour transfer and the full chain
+   on the real confocal crop and on synthetic confocal of held-out skin slides and held-out
+   TCGA slides, with the stain-quality measures (FD_skin, cb_dB, glass, nuc_r) and, where the
+   true H&E is known, PSNR, SSIM and CIEDE2000; figures of each.
 """
 
 from __future__ import annotations
@@ -16,15 +16,21 @@ from typing import Any
 
 import numpy as np
 
+from service.core.colour import find_colour_card, load_colour_target
 from service.core.filters import median3x3
 from service.core.models import OnnxModel
-from training.data import load_split
-from training.domains import gareau_from_confocal, he_to_chw, normalise_mode
-from training.metrics import gray_metrics, stain_metrics
+from training.data import load_split_with_cases
+from training.domains import chain_view, normalise_mode
+from training.metrics import gray_metrics
 from training.speckle import add_speckle, clean_reflectance
+from training.stain_eval import (
+    EVAL_SEED,
+    StainMethods,
+    evaluate_real_crop,
+    evaluate_skin,
+    reference_fits,
+)
 from training.synthetic import SPECKLE_STD, box_mean, read_gray_unit, synthesize_confocal
-
-EVAL_SEED = 1234
 
 
 def lee_filter(noisy: np.ndarray, window_px: int = 7, noise_cv: float = SPECKLE_STD) -> np.ndarray:
@@ -80,63 +86,6 @@ def evaluate_despeckle(
     }
 
 
-def run_generator(generator: OnnxModel, gareau_chw: np.ndarray) -> np.ndarray:
-    """Whole image, own statistics (mix 0), cropped to the size multiple."""
-    multiple = generator.card.size_multiple_px
-    height, width = (s - s % multiple for s in gareau_chw.shape[1:])
-    out, _ = generator.run(gareau_chw[None, :, :height, :width], norm_stats=None)
-    result: np.ndarray = out[0]
-    return result
-
-
-def evaluate_staining(
-    he_images: list[np.ndarray],
-    despeckler: OnnxModel | None,
-    generator: OnnxModel | None,
-    seed_offset: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Mean PSNR/SSIM/CIEDE2000 against the true H&E: Gareau alone vs Gareau + generator."""
-    scores: dict[str, list[dict[str, float]]] = {}
-    for index, rgb in enumerate(he_images):
-        truth = he_to_chw(rgb)
-        pair = synthesize_confocal(rgb, seed=EVAL_SEED + seed_offset + index)
-        gareau = gareau_from_confocal(pair.fcm, pair.rcm, despeckler)
-        outputs = {"Gareau": gareau}
-        if generator is not None:
-            outputs["Gareau + generator"] = run_generator(generator, gareau)
-        for name, image in outputs.items():
-            height, width = image.shape[1:]
-            reference = truth[:, :height, :width]
-            scores.setdefault(name, []).append(stain_metrics(image[:, :height, :width], reference))
-    return {
-        name: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        for name, rows in scores.items()
-    }
-
-
-def real_crop_panels(
-    data_root: Path, despeckler: OnnxModel | None, generator: OnnxModel | None
-) -> dict[str, np.ndarray] | None:
-    """FCM, RCM, despeckled RCM, Gareau, generator output of the real crop (HWC in [0, 1])."""
-    fcm_path = data_root / "confocal" / "crop-512-fcm.jpg"
-    rcm_path = data_root / "confocal" / "crop-512-rcm.jpg"
-    if not (fcm_path.is_file() and rcm_path.is_file()):
-        return None
-    fcm = normalise_mode(read_gray_unit(fcm_path))
-    rcm = normalise_mode(read_gray_unit(rcm_path))
-    despeckled = median3x3(run_despeckler(despeckler, rcm) if despeckler else rcm)
-    gareau = gareau_from_confocal(read_gray_unit(fcm_path), read_gray_unit(rcm_path), despeckler)
-    panels = {
-        "FCM": fcm,
-        "RCM": rcm,
-        "RCM despeckled + median": despeckled,
-        "Gareau": gareau.transpose(1, 2, 0),
-    }
-    if generator is not None:
-        panels["Gareau + generator"] = run_generator(generator, gareau).transpose(1, 2, 0)
-    return panels
-
-
 def save_panels(panels: dict[str, np.ndarray], png_path: Path, title: str = "") -> None:
     import matplotlib
 
@@ -169,59 +118,78 @@ def despeckle_example(
     return panels
 
 
-def stain_example(
-    rgb: np.ndarray, despeckler: OnnxModel | None, generator: OnnxModel | None
+def stain_panels(
+    fcm: np.ndarray, rcm: np.ndarray, outputs: dict[str, np.ndarray], truth: np.ndarray | None
 ) -> dict[str, np.ndarray]:
-    pair = synthesize_confocal(rgb, seed=EVAL_SEED)
-    gareau = gareau_from_confocal(pair.fcm, pair.rcm, despeckler)
-    panels = {
-        "synthetic FCM": normalise_mode(pair.fcm),
-        "synthetic RCM": normalise_mode(pair.rcm),
-        "Gareau": gareau.transpose(1, 2, 0),
-    }
-    if generator is not None:
-        panels["Gareau + generator"] = run_generator(generator, gareau).transpose(1, 2, 0)
-    panels["true H&E"] = he_to_chw(rgb).transpose(1, 2, 0)
+    """FCM, RCM, each method's output and (for synthetic inputs) the true H&E, HWC in [0, 1]."""
+    panels = {"FCM": fcm, "RCM": rcm}
+    panels |= {name: image.transpose(1, 2, 0) for name, image in outputs.items()}
+    if truth is not None:
+        panels["true H&E"] = truth
     return panels
+
+
+def skin_example(rgb: np.ndarray, methods: StainMethods) -> dict[str, np.ndarray]:
+    """One held-out skin image: synthetic confocal through every method, beside its H&E."""
+    pair = synthesize_confocal(rgb, seed=EVAL_SEED)
+    view = chain_view(pair.fcm, pair.rcm, methods.despeckler)
+    outputs = {name: images[0] for name, images in methods.outputs([view]).items()}
+    truth = rgb.astype(np.float32) / 255.0
+    return stain_panels(normalise_mode(pair.fcm), normalise_mode(pair.rcm), outputs, truth)
+
+
+def load_methods(models_dir: Path) -> StainMethods:
+    despeckle_path = models_dir / "despeckle.onnx"
+    generator_path = models_dir / "generator.onnx"
+    colour_card = find_colour_card(models_dir)
+    return StainMethods(
+        OnnxModel(despeckle_path) if despeckle_path.is_file() else None,
+        load_colour_target(colour_card) if colour_card else None,
+        OnnxModel(generator_path) if generator_path.is_file() else None,
+    )
 
 
 def evaluate_all(
     data_root: Path, prepared_dir: Path, models_dir: Path, figures_dir: Path
 ) -> dict[str, Any]:
     """Every evaluation; figures under ``figures_dir``; returns the numbers."""
-    despeckle_path = models_dir / "despeckle.onnx"
-    generator_path = models_dir / "generator.onnx"
-    despeckler = OnnxModel(despeckle_path) if despeckle_path.is_file() else None
-    generator = OnnxModel(generator_path) if generator_path.is_file() else None
-    test_he = load_split(prepared_dir, ("test",))
-    skin_he = load_split(prepared_dir, ("heldout_skin",))
+    methods = load_methods(models_dir)
+    fits = reference_fits(data_root)
+    test = load_split_with_cases(prepared_dir, ("test",))
+    skin = load_split_with_cases(prepared_dir, ("heldout_skin",))
+    test_he, skin_he = [rgb for rgb, _ in test], [rgb for rgb, _ in skin]
     test_clean = [clean_reflectance(rgb) for rgb in test_he + skin_he]
     results: dict[str, Any] = {
-        "despeckle": evaluate_despeckle(test_clean, despeckler),
-        "staining_test_slides": evaluate_staining(test_he, despeckler, generator),
-        "staining_skin": evaluate_staining(skin_he, despeckler, generator, seed_offset=500),
-        "counts": {"test_patches": len(test_he), "skin_patches": len(skin_he)},
+        "despeckle": evaluate_despeckle(test_clean, methods.despeckler),
+        "stain_skin": evaluate_skin(skin_he, [c for _, c in skin], methods, fits),
+        "stain_test_slides": evaluate_skin(test_he, [c for _, c in test], methods, fits),
+        "counts": {
+            "test_patches": len(test_he),
+            "skin_patches": len(skin_he),
+            "skin_slides": sorted({c for _, c in skin}),
+            "reference_slides": sorted(fits),
+        },
     }
+    real = evaluate_real_crop(data_root, methods, fits)
+    if real is not None:
+        results["stain_real_crop"], outputs = real
+        fcm = normalise_mode(read_gray_unit(data_root / "confocal" / "crop-512-fcm.jpg"))
+        rcm = normalise_mode(read_gray_unit(data_root / "confocal" / "crop-512-rcm.jpg"))
+        save_panels(
+            stain_panels(fcm, rcm, outputs, None),
+            figures_dir / "real-crop.png",
+            "real Vivascope crop (shared/data/confocal): never used in training",
+        )
     save_panels(
-        despeckle_example(test_clean[0], despeckler),
+        despeckle_example(test_clean[0], methods.despeckler),
         figures_dir / "despeckle-example.png",
         "held-out slide, speckle Gauss(1, 0.2)",
     )
-    if skin_he:
+    for case in sorted({c for _, c in skin}):  # the middle patch of each held-out skin slide
+        members = [rgb for rgb, c in skin if c == case]
         save_panels(
-            stain_example(skin_he[len(skin_he) // 2], despeckler, generator),
-            figures_dir / "stain-example-skin.png",
-            "held-out skin: synthetic confocal -> stain, against the true H&E",
-        )
-    if test_he:
-        save_panels(
-            stain_example(test_he[0], despeckler, generator),
-            figures_dir / "stain-example-test.png",
-            "held-out slide: synthetic confocal -> stain, against the true H&E",
-        )
-    panels = real_crop_panels(data_root, despeckler, generator)
-    if panels is not None:
-        save_panels(
-            panels, figures_dir / "real-crop.png", "real Vivascope crop (shared/data/confocal)"
+            skin_example(members[len(members) // 2], methods),
+            figures_dir / f"stain-example-skin-{case}.png",
+            f"held-out skin ({case}): synthetic confocal -> stain, against the true H&E",
         )
     return results

@@ -115,15 +115,45 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+class ResizeConv(nn.Module):
+    """2x bilinear upsampling, then a 3x3 convolution: the same shapes as the reference's
+    transposed convolution without its uneven kernel overlap, the classic source of a
+    checkerboard (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts")."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(1)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        out: torch.Tensor = self.conv(self.pad(up))
+        return out
+
+
+UPSAMPLING = ("transpose", "resize")
+
+
 class ResnetGenerator(nn.Module):
     """Johnson-style ResNet generator laid out exactly like the reference ``ResnetGenerator``
     (junyanz/pytorch-CycleGAN-and-pix2pix, instance norm, no dropout), so its state_dict loads.
 
-    Inputs and outputs are RGB in [-1, 1].
+    Inputs and outputs are RGB in [-1, 1]. ``upsample="transpose"`` is the reference layout
+    (what ``import-reference`` loads); ``"resize"`` replaces both transposed convolutions by
+    ``ResizeConv`` at the same indices (keys ``model.19.conv.*``, ``model.22.conv.*``).
     """
 
-    def __init__(self, ngf: int = 64, n_blocks: int = 9, in_nc: int = 3, out_nc: int = 3) -> None:
+    def __init__(
+        self,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        in_nc: int = 3,
+        out_nc: int = 3,
+        upsample: str = "transpose",
+    ) -> None:
         super().__init__()
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"upsample must be one of {UPSAMPLING}, got {upsample!r}")
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
             nn.Conv2d(in_nc, ngf, 7, bias=True),
@@ -140,10 +170,15 @@ class ResnetGenerator(nn.Module):
         layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
         for power in (2, 1):
             channels = ngf * 2**power
-            layers += [
-                nn.ConvTranspose2d(
+            up: nn.Module
+            if upsample == "resize":
+                up = ResizeConv(channels, channels // 2)
+            else:
+                up = nn.ConvTranspose2d(
                     channels, channels // 2, 3, stride=2, padding=1, output_padding=1, bias=True
-                ),
+                )
+            layers += [
+                up,
                 SharedInstanceNorm(channels // 2),
                 nn.ReLU(True),
             ]
@@ -151,6 +186,7 @@ class ResnetGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
         self.ngf = ngf
         self.n_blocks = n_blocks
+        self.upsample = upsample
 
     @property
     def norm_layers(self) -> list[SharedInstanceNorm]:
@@ -167,7 +203,9 @@ class ResnetGenerator(nn.Module):
 
     @property
     def architecture(self) -> str:
-        return f"resnet_generator(ngf={self.ngf},n_blocks={self.n_blocks})"
+        if self.upsample == "transpose":
+            return f"resnet_generator(ngf={self.ngf},n_blocks={self.n_blocks})"
+        return f"resnet_generator(ngf={self.ngf},n_blocks={self.n_blocks},upsample={self.upsample})"
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.model(image)

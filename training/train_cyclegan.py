@@ -5,6 +5,14 @@ Least-squares GAN, cycle L1 (lambda 10), identity L1 (0.5 lambda), image pool of
 rate decaying linearly to zero. Resumable (networks, optimisers, pools, step); batches depend
 only on (seed, step). Each checkpoint also measures paired fidelity on the validation split
 (G_A(Gareau) against the true H&E) and keeps the best generator by PSNR.
+
+``domain="skin"`` trains on real skin slides (``train_skin``): domain B is their H&E moved to
+the colour card's look (one lab's look, glass kept white), domain A the colour stage's output
+for their synthetic confocal. Because domain A is synthesised from domain B's images, the two
+are paired: ``lambda_paired`` adds an L1 term between G_A(A) and its own H&E (the same crop),
+which anchors colour and nuclei where the adversarial terms alone drift (CycleGAN stays the
+recipe; the paired term is the one thing synthetic data gives that the paper's data could not).
+``bf16`` runs forward passes under CPU autocast (AMX), ``channels_last`` the NHWC layout.
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from service.core.colour import ColourTarget, load_colour_target
+from training.colour_fit import normalise_he
 from training.common import (
     LOSS_CSV_NAME,
     LOSS_PLOT_NAME,
@@ -31,14 +41,16 @@ from training.common import (
     save_checkpoint,
     step_rng,
 )
-from training.data import load_split
+from training.data import load_split, load_split_with_cases
 from training.domains import build_domain_a, he_to_chw, load_despeckler
 from training.metrics import stain_metrics
 from training.networks import PatchDiscriminator, ResnetGenerator, create_model, init_weights
 from training.speckle import random_crop_flip
 
 BEST_NAME = "best_generator.pt"
-LOSS_COLUMNS = ["D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B"]
+_Net = TypeVar("_Net", bound=nn.Module)
+LOSS_COLUMNS = ["D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "paired"]
+DOMAINS = ("tcga", "skin")
 VAL_COLUMNS = ["val_psnr_db", "val_ssim", "val_ciede2000"]
 
 
@@ -62,6 +74,12 @@ class CycleGanOptions:
     checkpoint_every: int = 250
     threads: int = 0
     max_val_images: int = 16
+    upsample: str = "transpose"  # "resize": no checkerboard by construction
+    domain: str = "tcga"  # "skin": train_skin / val_skin with the colour card's look
+    colour_card: str = ""  # models/colour.json: the colour stage before the generator
+    lambda_paired: float = 0.0
+    bf16: bool = False
+    channels_last: bool = False
 
     @property
     def total_steps(self) -> int:
@@ -128,16 +146,27 @@ class CycleGan:
         self.l1 = nn.L1Loss()
 
     def _generator(self) -> ResnetGenerator:
-        net = create_model("resnet_generator", ngf=self.options.ngf, n_blocks=self.options.n_blocks)
+        opt = self.options
+        net = create_model(
+            "resnet_generator", ngf=opt.ngf, n_blocks=opt.n_blocks, upsample=opt.upsample
+        )
         assert isinstance(net, ResnetGenerator)
         init_weights(net)
-        return net
+        return self._layout(net)
 
     def _discriminator(self) -> PatchDiscriminator:
         net = create_model("patchgan", ndf=self.options.ndf)
         assert isinstance(net, PatchDiscriminator)
         init_weights(net)
+        return self._layout(net)
+
+    def _layout(self, net: _Net) -> _Net:
+        if self.options.channels_last:
+            net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return net
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.options.bf16)
 
     def _adversarial(self, prediction: torch.Tensor, real: bool) -> torch.Tensor:
         target = torch.ones_like(prediction) if real else torch.zeros_like(prediction)
@@ -145,27 +174,43 @@ class CycleGan:
         return loss
 
     def optimize_parameters(
-        self, real_a: torch.Tensor, real_b: torch.Tensor, rng: random.Random
+        self,
+        real_a: torch.Tensor,
+        real_b: torch.Tensor,
+        rng: random.Random,
+        paired_b: torch.Tensor | None = None,
     ) -> dict[str, float]:
+        """One step; ``paired_b`` is the true H&E of ``real_a`` (same crop) when known."""
         opt = self.options
         lam = opt.lambda_cycle
+        if opt.channels_last:
+            real_a = real_a.contiguous(memory_format=torch.channels_last)
+            real_b = real_b.contiguous(memory_format=torch.channels_last)
         # Generators (discriminators frozen)
         for net in (self.d_a, self.d_b):
             net.requires_grad_(False)
-        fake_b = self.g_a(real_a)
-        rec_a = self.g_b(fake_b)
-        fake_a = self.g_b(real_b)
-        rec_b = self.g_a(fake_a)
-        idt_a = self.g_a(real_b)
-        idt_b = self.g_b(real_a)
+        with self._autocast():
+            fake_b = self.g_a(real_a)
+            rec_a = self.g_b(fake_b)
+            fake_a = self.g_b(real_b)
+            rec_b = self.g_a(fake_a)
+            idt_a = self.g_a(real_b)
+            idt_b = self.g_b(real_a)
+            pred_fake_b = self.d_a(fake_b)
+            pred_fake_a = self.d_b(fake_a)
+        fake_b, rec_a, fake_a, rec_b, idt_a, idt_b = (
+            t.float() for t in (fake_b, rec_a, fake_a, rec_b, idt_a, idt_b)
+        )
         losses = {
-            "G_A": self._adversarial(self.d_a(fake_b), True),
-            "G_B": self._adversarial(self.d_b(fake_a), True),
+            "G_A": self._adversarial(pred_fake_b.float(), True),
+            "G_B": self._adversarial(pred_fake_a.float(), True),
             "cycle_A": self.l1(rec_a, real_a) * lam,
             "cycle_B": self.l1(rec_b, real_b) * lam,
             "idt_A": self.l1(idt_a, real_b) * lam * opt.lambda_identity,
             "idt_B": self.l1(idt_b, real_a) * lam * opt.lambda_identity,
         }
+        if paired_b is not None and opt.lambda_paired > 0:
+            losses["paired"] = self.l1(fake_b, paired_b) * opt.lambda_paired
         self.opt_g.zero_grad(set_to_none=True)
         sum(losses.values(), torch.zeros(())).backward()
         self.opt_g.step()
@@ -174,13 +219,19 @@ class CycleGan:
             net.requires_grad_(True)
         pooled_b = self.pool_b.query(fake_b, rng)
         pooled_a = self.pool_a.query(fake_a, rng)
+        with self._autocast():
+            d_outputs = (
+                self.d_a(real_b),
+                self.d_a(pooled_b.detach()),
+                self.d_b(real_a),
+                self.d_b(pooled_a.detach()),
+            )
+        real_b_pred, fake_b_pred, real_a_pred, fake_a_pred = (t.float() for t in d_outputs)
         loss_d_a = 0.5 * (
-            self._adversarial(self.d_a(real_b), True)
-            + self._adversarial(self.d_a(pooled_b.detach()), False)
+            self._adversarial(real_b_pred, True) + self._adversarial(fake_b_pred, False)
         )
         loss_d_b = 0.5 * (
-            self._adversarial(self.d_b(real_a), True)
-            + self._adversarial(self.d_b(pooled_a.detach()), False)
+            self._adversarial(real_a_pred, True) + self._adversarial(fake_a_pred, False)
         )
         self.opt_d.zero_grad(set_to_none=True)
         (loss_d_a + loss_d_b).backward()
@@ -192,9 +243,10 @@ class CycleGan:
         values["D_B"] = float(loss_d_b.detach())
         return values
 
-    def state(self, step: int) -> dict[str, Any]:
+    def state(self, step: int, elapsed_s: float = 0.0) -> dict[str, Any]:
         return {
             "step": step,
+            "elapsed_s": elapsed_s,
             "G_A": self.g_a.state_dict(),
             "G_B": self.g_b.state_dict(),
             "D_A": self.d_a.state_dict(),
@@ -230,6 +282,23 @@ def crop_batch(
     picks = rng.integers(0, len(usable), size=batch_size)
     batch = np.stack([random_crop_flip(usable[i], size, rng) for i in picks])
     return torch.from_numpy(batch * 2.0 - 1.0)
+
+
+def paired_crop_batch(
+    images_a: list[np.ndarray],
+    images_b: list[np.ndarray],
+    batch_size: int,
+    crop_px: int,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random crops + flips of aligned A and B images, both in [-1, 1]."""
+    pairs = [np.concatenate([a, b]) for a, b in zip(images_a, images_b, strict=True)]
+    usable = [p for p in pairs if min(p.shape[1:]) >= crop_px] or pairs
+    size = min(crop_px, *(min(p.shape[1:]) for p in usable))
+    picks = rng.integers(0, len(usable), size=batch_size)
+    batch = torch.from_numpy(np.stack([random_crop_flip(usable[i], size, rng) for i in picks]))
+    batch = batch * 2.0 - 1.0
+    return batch[:, :3], batch[:, 3:]
 
 
 def stage_crop_px(options: CycleGanOptions, step: int) -> int:
@@ -274,11 +343,26 @@ def train_cyclegan(options: CycleGanOptions) -> Path:
     prepared = Path(options.prepared_dir)
     despeckler = load_despeckler(Path(options.despeckle_onnx) if options.despeckle_onnx else None)
     started = time.monotonic()
-    domain_a = build_domain_a(load_split(prepared, ("train_a",)), despeckler, options.seed)
-    domain_b = [he_to_chw(rgb) for rgb in load_split(prepared, ("train_b",))]
-    val_he = load_split(prepared, ("val",))[: options.max_val_images]
-    val_gareau = build_domain_a(val_he, despeckler, options.seed + 100_000)
-    val_pairs = [(g, he_to_chw(h)) for g, h in zip(val_gareau, val_he, strict=True)]
+    if options.domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {options.domain!r}")
+    colour = load_colour_target(Path(options.colour_card)) if options.colour_card else None
+    paired = options.domain == "skin"
+    if paired:
+        domain_a, domain_b = skin_domains(
+            prepared, ("train_skin",), despeckler, colour, options.seed
+        )
+        val_gareau, val_truth = skin_domains(
+            prepared, ("val_skin",), despeckler, colour, options.seed + 100_000
+        )
+        val_pairs = list(zip(val_gareau, val_truth, strict=True))[: options.max_val_images]
+    else:
+        domain_a = build_domain_a(
+            load_split(prepared, ("train_a",)), despeckler, options.seed, colour
+        )
+        domain_b = [he_to_chw(rgb) for rgb in load_split(prepared, ("train_b",))]
+        val_he = load_split(prepared, ("val",))[: options.max_val_images]
+        val_gareau = build_domain_a(val_he, despeckler, options.seed + 100_000, colour)
+        val_pairs = [(g, he_to_chw(h)) for g, h in zip(val_gareau, val_he, strict=True)]
     print(
         f"domain A {len(domain_a)} images, domain B {len(domain_b)}, val {len(val_pairs)} "
         f"({time.monotonic() - started:.0f} s to build)",
@@ -288,9 +372,11 @@ def train_cyclegan(options: CycleGanOptions) -> Path:
         raise ValueError(f"{prepared} has no train_a or train_b patches")
     model = CycleGan(options)
     start = 0
+    elapsed_before_s = 0.0
     state = load_checkpoint(out_dir)
     if state is not None:
         start = model.load(state)
+        elapsed_before_s = float(state.get("elapsed_s", 0.0))
         print(f"resuming from step {start}", flush=True)
     log = LossLog(out_dir / LOSS_CSV_NAME, LOSS_COLUMNS + VAL_COLUMNS, resume_step=start)
     best_path = out_dir / BEST_NAME
@@ -301,12 +387,19 @@ def train_cyclegan(options: CycleGanOptions) -> Path:
     for step in range(start + 1, options.total_steps + 1):
         rng = step_rng(options.seed, step)
         crop = stage_crop_px(options, step)
-        real_a = crop_batch(domain_a, options.batch_size, crop, rng).float()
+        paired_b = None
+        if paired:
+            real_a, paired_b = paired_crop_batch(domain_a, domain_b, options.batch_size, crop, rng)
+            real_a, paired_b = real_a.float(), paired_b.float()
+        else:
+            real_a = crop_batch(domain_a, options.batch_size, crop, rng).float()
         real_b = crop_batch(domain_b, options.batch_size, crop, rng).float()
-        values = model.optimize_parameters(real_a, real_b, random.Random(int(rng.integers(2**31))))
+        pool_rng = random.Random(int(rng.integers(2**31)))
+        values = model.optimize_parameters(real_a, real_b, pool_rng, paired_b)
         if step % options.checkpoint_every == 0 or step == options.total_steps:
             values.update(validate(model.g_a, val_pairs))
-            save_checkpoint(out_dir, model.state(step), options)
+            elapsed_s = elapsed_before_s + time.monotonic() - started
+            save_checkpoint(out_dir, model.state(step, elapsed_s), options)
             if values["val_psnr_db"] > best_psnr:
                 best_psnr = values["val_psnr_db"]
                 torch.save(
@@ -322,12 +415,40 @@ def train_cyclegan(options: CycleGanOptions) -> Path:
     return out_dir
 
 
+def skin_domains(
+    prepared: Path,
+    splits: tuple[str, ...],
+    despeckler: Any,
+    colour: ColourTarget | None,
+    seed: int,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Aligned (A, B) of skin slides: B is each slide's H&E in the colour card's look (as it is
+    without a card), A the chain's output for its synthetic confocal; statistics per slide."""
+    items = load_split_with_cases(prepared, splits)
+    images = [rgb for rgb, _ in items]
+    cases = [case for _, case in items]
+    domain_a = build_domain_a(images, despeckler, seed, colour, cases)
+    domain_b: list[np.ndarray] = [np.empty(0)] * len(images)
+    for case in sorted(set(cases)):
+        members = [i for i, c in enumerate(cases) if c == case]
+        slide = [images[i] for i in members]
+        looks = normalise_he(slide, colour.lab) if colour else [he_to_chw(rgb) for rgb in slide]
+        for i, look in zip(members, looks, strict=True):
+            domain_b[i] = look
+    return domain_a, domain_b
+
+
 def load_generator(
     checkpoint_dir: Path, which: str = "best"
 ) -> tuple[ResnetGenerator, dict[str, Any]]:
     """G_A of a CycleGAN run: ``best`` (by validation PSNR) or ``last``; with its info."""
     options = json.loads((checkpoint_dir / "options.json").read_text())
-    net = create_model("resnet_generator", ngf=options["ngf"], n_blocks=options["n_blocks"])
+    net = create_model(
+        "resnet_generator",
+        ngf=options["ngf"],
+        n_blocks=options["n_blocks"],
+        upsample=options.get("upsample", "transpose"),
+    )
     assert isinstance(net, ResnetGenerator)
     if which == "best" and (checkpoint_dir / BEST_NAME).is_file():
         saved = torch.load(checkpoint_dir / BEST_NAME, weights_only=False)

@@ -1,4 +1,4 @@
-"""The per-tile stain chain: despeckle -> 3x3 median -> Gareau -> generator.
+"""The per-tile stain chain: despeckle -> 3x3 median -> Gareau -> colour -> generator.
 
 Works on batches of tiles that carry a halo of context on every side; each stage crops the
 context it has used up, so the result equals a whole-image pass (see docs/models.md).
@@ -12,30 +12,38 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.core.colour import ColourTarget, ColourTransfer, LabAccumulator, tissue_weight
 from service.core.filters import median3x3
 from service.core.models import NORM_SHARED, OnnxModel, pool_norm_stats
 from service.core.stain import gareau_stain
 from service.errors import InputError, ModelError
 
-STAGES = ("despeckle", "median", "gareau", "generator")
+STAGES = ("despeckle", "median", "gareau", "colour", "generator")
+MODEL_STAGES = ("despeckle", "colour", "generator")  # stages that need an installed model
 LAYERS = ("gareau", "fcm", "rcm")  # extra outputs a caller may keep beside the stain
 MEDIAN_HALO_PX = 1
 
 
 def resolve_stages(
-    requested: Iterable[str] | None, available_roles: Iterable[str]
+    requested: Iterable[str] | None,
+    available_roles: Iterable[str],
+    default_off: Iterable[str] = (),
 ) -> tuple[str, ...]:
-    """Validate requested stages (canonical order); None means every stage that can run."""
+    """Validate requested stages (canonical order). None means every stage that can run,
+    except installed models whose card keeps them out of the default (``default_off``)."""
     available = set(available_roles)
     if requested is None:
-        return tuple(s for s in STAGES if s in ("median", "gareau") or s in available)
+        off = set(default_off)
+        return tuple(
+            s for s in STAGES if s in ("median", "gareau") or (s in available and s not in off)
+        )
     wanted = [s.strip() for s in requested if s.strip()]
     unknown = sorted(set(wanted) - set(STAGES))
     if unknown:
         raise InputError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     if "gareau" not in wanted:
         raise InputError("the gareau stage is required: it turns FCM and RCM into colour")
-    for role in ("despeckle", "generator"):
+    for role in MODEL_STAGES:
         if role in wanted and role not in available:
             raise ModelError(f"stage {role!r} was requested but no {role} model is installed")
     return tuple(s for s in STAGES if s in wanted)
@@ -63,10 +71,15 @@ class StainChain:
         stages: Sequence[str],
         despeckle: OnnxModel | None = None,
         generator: OnnxModel | None = None,
+        colour: ColourTarget | None = None,
     ) -> None:
         self.stages = tuple(stages)
         self.despeckle = despeckle if "despeckle" in self.stages else None
         self.generator = generator if "generator" in self.stages else None
+        self.colour = colour if "colour" in self.stages else None
+        # the slide's colour transfer: identity until estimate_slide_stats measured the slide
+        self.colour_transfer = ColourTransfer.fit(None, colour.lab) if colour else None
+        self.slide_lab: LabAccumulator | None = None
         self.despeckle_halo_px = self.despeckle.card.halo_px if self.despeckle else 0
         self.median_halo_px = MEDIAN_HALO_PX if "median" in self.stages else 0
         self.size_multiple_px = self.generator.card.size_multiple_px if self.generator else 1
@@ -85,10 +98,16 @@ class StainChain:
     def needs_shared_stats(self) -> bool:
         return self.generator is not None and self.generator.card.norm == NORM_SHARED
 
-    def generator_input(self, fcm: np.ndarray, rcm: np.ndarray) -> np.ndarray:
+    @property
+    def needs_slide_stats(self) -> bool:
+        """Whether a stage needs statistics of the whole slide before the first tile."""
+        return self.needs_shared_stats or self.colour is not None
+
+    def gareau_input(self, fcm: np.ndarray, rcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stages up to Gareau on ``(N, S + 2 halo, S + 2 halo)`` blocks in [0, 1].
 
-        Returns ``(N, 3, S + 2 g, S + 2 g)`` Gareau RGB, g being the generator's halo.
+        Returns ``(N, 3, S + 2 g, S + 2 g)`` Gareau RGB, g being the generator's halo, and the
+        colour stage's tissue weight ``(N, S + 2 g, S + 2 g)``.
         """
         if self.despeckle is not None:
             started = time.perf_counter()
@@ -105,7 +124,19 @@ class StainChain:
         started = time.perf_counter()
         rgb = gareau_stain(fcm, rcm)
         self.timer.add("gareau", started)
-        return rgb
+        return rgb, tissue_weight(fcm, rcm)
+
+    def generator_input(self, fcm: np.ndarray, rcm: np.ndarray) -> np.ndarray:
+        """Stages up to the colour stage: what the generator (or the output) gets."""
+        return self.colour_stage(*self.gareau_input(fcm, rcm))
+
+    def colour_stage(self, rgb: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        if self.colour_transfer is None:
+            return rgb
+        started = time.perf_counter()
+        out = self.colour_transfer.apply(rgb, weight)
+        self.timer.add("colour", started)
+        return out
 
     def run(self, fcm: np.ndarray, rcm: np.ndarray) -> np.ndarray:
         """Stain a batch; returns ``(N, S, S, 3)`` uint8 (halo removed)."""
@@ -122,21 +153,33 @@ class StainChain:
         for mode, block in (("fcm", fcm), ("rcm", rcm)):
             if mode in layers:
                 kept[mode] = to_uint8_hwc(crop(block, self.halo_px)[:, None])
-        rgb = self.generator_input(fcm, rcm)
+        rgb, weight = self.gareau_input(fcm, rcm)
         if "gareau" in layers:
             kept["gareau"] = to_uint8_hwc(crop(rgb, self.generator_halo_px))
+        rgb = self.colour_stage(rgb, weight)
         if self.generator is not None:
             started = time.perf_counter()
             rgb, _ = self.generator.run(rgb, norm_stats=self.norm_stats, norm_mix=1.0)
             self.timer.add("generator", started)
         return to_uint8_hwc(crop(rgb, self.generator_halo_px)), kept
 
-    def estimate_norm_stats(self, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Pool the generator's own instance-norm statistics over sample tiles (mix = 0)."""
+    def estimate_slide_stats(self, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Slide-wide statistics from sample tissue blocks, before the first tile: the colour
+        stage's Lab mean/std (weighted by tissue), then the generator's own instance-norm
+        statistics of the colour stage's output (mix = 0), pooled."""
+        samples = list(blocks)
+        if self.colour is not None:
+            self.slide_lab = LabAccumulator()
+            for fcm, rcm in samples:
+                rgb, weight = self.gareau_input(fcm[None], rcm[None])
+                started = time.perf_counter()
+                self.slide_lab.add(rgb, weight)
+                self.timer.add("statistics", started)
+            self.colour_transfer = ColourTransfer.fit(self.slide_lab.stats(), self.colour.lab)
         if not self.needs_shared_stats or self.generator is None:
             return
         collected = []
-        for fcm, rcm in blocks:
+        for fcm, rcm in samples:
             rgb = self.generator_input(fcm[None], rcm[None])
             started = time.perf_counter()
             _, stats = self.generator.run(rgb, norm_stats=None)
@@ -147,6 +190,17 @@ class StainChain:
             self.norm_stats = pool_norm_stats(
                 np.concatenate(collected), self.generator.card.norm_stats_layers
             )
+
+    def colour_report(self) -> dict[str, object] | None:
+        """What the colour stage did to this slide: target, measured slide look, the map."""
+        if self.colour is None or self.colour_transfer is None:
+            return None
+        measured = self.slide_lab.stats() if self.slide_lab is not None else None
+        return {
+            "target": self.colour.name,
+            "slide_lab": measured.to_dict() if measured else None,
+            "transfer": self.colour_transfer.to_dict(),
+        }
 
     def background(self, layers: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """The value this chain gives where both modes are zero (no tissue): the stain's

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service.core.colour import COLOUR_ROLE, find_colour_card
 from service.errors import ModelError
 
 Role = Literal["despeckle", "generator"]
@@ -134,6 +135,30 @@ def discover_models(models_dir: Path) -> dict[Role, Path]:
             )
         found[card.role] = onnx_path
     return found
+
+
+def discover_stage_models(models_dir: Path) -> dict[str, Path]:
+    """Every installed stage model: each ONNX role's file, and ``colour``'s card (no ONNX)."""
+    found: dict[str, Path] = {str(role): path for role, path in discover_models(models_dir).items()}
+    colour_card = find_colour_card(models_dir)
+    if colour_card is not None:
+        found[COLOUR_ROLE] = colour_card
+    return found
+
+
+def stages_off_by_default(found: dict[str, Path]) -> tuple[str, ...]:
+    """Installed stages whose card says ``"default": false``: one flag away, not run unasked
+    (a model shipped for comparison that measured worse than the default chain)."""
+    off = []
+    for role, path in found.items():
+        card_path = path.with_suffix(".json")
+        try:
+            data = json.loads(card_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"cannot read model card {card_path}: {exc}") from exc
+        if isinstance(data, dict) and data.get("default") is False:
+            off.append(role)
+    return tuple(sorted(off))
 
 
 def available_providers() -> list[str]:

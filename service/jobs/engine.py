@@ -97,6 +97,7 @@ class PipelineEngine:
 
     def check_stages(self, stages: Sequence[str] | None, models_dir: Path) -> None:
         from service.core.chain import resolve_stages
-        from service.core.models import discover_models
+        from service.core.models import discover_stage_models, stages_off_by_default
 
-        resolve_stages(stages, discover_models(models_dir).keys())
+        found = discover_stage_models(models_dir)
+        resolve_stages(stages, found.keys(), stages_off_by_default(found))

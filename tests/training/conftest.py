@@ -31,6 +31,14 @@ def fake_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     skin = he_like(192, 256, 300)
     (root / "he" / "skin").mkdir(parents=True)
     pyvips.Image.new_from_array(skin).jpegsave(str(root / "he" / "skin" / "wikimedia-test.jpg"))
+    # three skin whole slides: two train the generator (crop 10 is validation), one is held out
+    for slide_index, slide in enumerate(("keloid-scar", "molluscum-contagiosum", "morphea")):
+        folder = root / "he" / "skin-wsi" / slide
+        folder.mkdir(parents=True)
+        for number, kind in ((1, "core"), (2, "edge"), (10, "core")):
+            crop = he_like(160, 160, 400 + 10 * slide_index + number)
+            name = f"{slide}-{number:02d}-{kind}-x{number}-y{number}.jpg"
+            pyvips.Image.new_from_array(crop).jpegsave(str(folder / name))
     return root
 
 

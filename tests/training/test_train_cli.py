@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from service.core.models import discover_models
+from service.core.models import discover_stage_models
 from training.cli import main
 
 
@@ -26,15 +26,20 @@ def test_prepare_train_export_evaluate(fake_data_root: Path, tmp_path: Path) -> 
     ])  # fmt: skip
     run(["export", "despeckle", str(tmp_path / "d"), "--out", str(models / "despeckle.onnx")])
     run([
+        "fit-colour", str(fake_data_root), "--slide", "he/skin-wsi/molluscum-contagiosum",
+        "--out", str(models / "colour.json"),
+    ])  # fmt: skip
+    run([
         "cyclegan", "--prepared", str(prepared), "--out", str(tmp_path / "c"), "--despeckle-onnx",
-        str(models / "despeckle.onnx"), "--ngf", "4", "--n-blocks", "1", "--ndf", "4",
-        "--stage-crops", "32,48", "--stage-steps", "1,1", "--checkpoint-every", "1",
-        "--threads", "1",
+        str(models / "despeckle.onnx"), "--colour-card", str(models / "colour.json"),
+        "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--stage-crops", "32,48",
+        "--stage-steps", "1,1", "--checkpoint-every", "1", "--threads", "1",
     ])  # fmt: skip
     run(["export", "generator", str(tmp_path / "c"), "--out", str(models / "generator.onnx")])
-    assert set(discover_models(models)) == {"despeckle", "generator"}
+    assert set(discover_stage_models(models)) == {"despeckle", "generator", "colour"}
     card = json.loads((models / "generator.json").read_text())
-    assert card["splits"]["counts"]["train_a"]["cases"] > 0 and card["licence"]
+    assert card["architecture"].endswith("upsample=resize)")  # no transposed convolutions
+    assert card["splits"]["counts"]["train_skin"]["cases"] == 2 and card["licence"]
     doc = docs / "models.md"
     docs.mkdir()
     doc.write_text("# Models\n")
@@ -43,7 +48,7 @@ def test_prepare_train_export_evaluate(fake_data_root: Path, tmp_path: Path) -> 
         "--figures", str(docs / "figures"), "--doc", str(doc), "--json", str(docs / "r.json"),
     ])  # fmt: skip
     text = doc.read_text()
-    assert "Gareau + generator" in text and "network + median 3x3" in text
-    assert (docs / "figures" / "stain-example-skin.png").is_file()
-    held_out = json.loads((models / "generator.json").read_text())["metrics"]["held_out"]
-    assert "Gareau + generator" in held_out["skin"]
+    assert "colour + generator" in text and "network + median 3x3" in text
+    assert (docs / "figures" / "stain-example-skin-morphea.png").is_file()
+    metrics = json.loads((models / "generator.json").read_text())["metrics"]
+    assert "colour + generator" in metrics["held_out_skin_median"]

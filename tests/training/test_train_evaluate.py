@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 from train_fakes import he_like
 
-from training.evaluate import evaluate_despeckle, evaluate_staining, lee_filter
+from service.core.colour import ColourTarget, LabStats
+from training.evaluate import evaluate_despeckle, lee_filter
 from training.report import END, START, write_results
 from training.speckle import add_speckle, clean_reflectance
+from training.stain_eval import COLOUR, GAREAU, StainMethods, evaluate_skin
 
 
 def test_lee_filter_beats_noise() -> None:
@@ -24,10 +26,17 @@ def test_lee_filter_keeps_a_flat_field_flat() -> None:
     assert lee_filter(noisy).std() < 0.5 * noisy.std()
 
 
-def test_staining_metrics_without_models() -> None:
-    scores = evaluate_staining([he_like(64, 64, 1)], despeckler=None, generator=None)
-    assert set(scores) == {"Gareau"}
-    assert 0 < scores["Gareau"]["ciede2000"] < 100
+def test_staining_measures_gareau_and_the_colour_transfer() -> None:
+    look = ColourTarget("look", "1", LabStats((70.0, 27.0, -8.0), (11.0, 9.0, 3.5)))
+    images = [he_like(96, 96, seed) for seed in (1, 2)]
+    fits = {"slide": (np.asarray([70.0, 27.0, -8.0]), np.diag([121.0, 81.0, 12.0]))}
+    result = evaluate_skin(images, ["a", "a"], StainMethods(None, look, None), fits)
+    assert set(result["median"]) == {GAREAU, COLOUR}
+    for summary in result["median"].values():
+        assert summary["images"] == 2
+        assert 0 < summary["ciede2000"] < 100 and summary["fd_skin"] >= 0
+    # the transfer aims at the look that the reference fit describes
+    assert result["median"][COLOUR]["fd_skin"] < result["median"][GAREAU]["fd_skin"]
 
 
 def test_results_section_is_replaced_not_duplicated(tmp_path: Path) -> None:

@@ -64,3 +64,26 @@ def test_generator_receptive_field_matches_reference() -> None:
 def test_unknown_network_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown network"):
         create_model("unet")
+
+
+def test_resize_upsampling_has_no_checkerboard_by_construction() -> None:
+    """Untrained generators on a smooth image: transposed convolutions print a regular grid
+    (their kernels overlap unevenly), bilinear resize + convolution does not."""
+    from service.core.quality import checkerboard_db
+
+    smooth = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    image = torch.nn.functional.interpolate(smooth, size=(256, 256), mode="bilinear") * 2 - 1
+    peaks = {}
+    for upsample in ("transpose", "resize"):
+        torch.manual_seed(1)
+        net = create_model("resnet_generator", ngf=8, n_blocks=2, upsample=upsample)
+        init_weights(net)
+        with torch.no_grad():
+            out = net(image)[0].permute(1, 2, 0).numpy()
+        peaks[upsample] = checkerboard_db((out + 1) * 127.5)
+    assert peaks["transpose"] > 15.0
+    assert peaks["resize"] < 6.0
+    resize_keys = set(
+        create_model("resnet_generator", ngf=4, n_blocks=9, upsample="resize").state_dict()
+    )
+    assert {"model.19.conv.weight", "model.22.conv.weight"} <= resize_keys

@@ -61,3 +61,22 @@ def test_cyclegan_trains_and_resumes(prepared_dir: Path, tmp_path: Path) -> None
     assert (out / BEST_NAME).is_file() and (out / "losses.png").is_file()
     generator, info = load_generator(out, "best")
     assert generator.ngf == 4 and "val_psnr_db" in info
+
+
+def test_skin_cyclegan_trains_paired_with_the_colour_stage(
+    prepared_dir: Path, fake_data_root: Path, tmp_path: Path
+) -> None:
+    from training.colour_fit import fit_colour_card, write_colour_card
+
+    card = tmp_path / "colour.json"
+    write_colour_card(fit_colour_card(fake_data_root, "he/skin-wsi/molluscum-contagiosum"), card)
+    out = tmp_path / "skin"
+    options = cyclegan_options(prepared_dir, out, [2, 1])
+    options.domain, options.colour_card, options.lambda_paired = "skin", str(card), 10.0
+    options.upsample = "resize"
+    train_cyclegan(options)
+    with (out / "losses.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["paired"]) > 0 for r in rows] == [True] * 3  # the paired term is trained
+    generator, _ = load_generator(out, "last")
+    assert generator.upsample == "resize"
