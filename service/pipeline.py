@@ -22,9 +22,17 @@ from service.core.models import (
     stages_off_by_default,
 )
 from service.core.normalize import IntensityRange, estimate_range, normalize
+from service.core.quality import faithfulness_qc
 from service.core.tiles import Tile, tile_grid, tissue_mask, tissue_tiles
 from service.errors import InputError
-from service.slide import OpenedMode, PairInfo, PyramidWriter, SlideInputs, open_pair
+from service.slide import (
+    OpenedMode,
+    PairInfo,
+    PyramidWriter,
+    SlideInputs,
+    open_pair,
+    read_overview,
+)
 
 ProgressCallback = Callable[[str, int, int], None]
 THUMBNAIL_MAX_SIDE_PX = 2048
@@ -224,6 +232,11 @@ def stain_slide(
         for layer in spec.extra_layers:
             layer_output_path(output, layer).unlink(missing_ok=True)
         raise
+    mark = time.perf_counter()
+    fcm_unit, rcm_unit = normalize(fcm_thumb, ranges["fcm"]), normalize(rcm_thumb, ranges["rcm"])
+    overview = read_overview(output, fcm_unit.shape[1], fcm_unit.shape[0])
+    qc = faithfulness_qc(overview, fcm_unit, rcm_unit)
+    timings["qc"] = time.perf_counter() - mark
     report_progress("pyramid", 1, 1)
     timings.update(chain.timer.seconds)
     timings["total"] = time.perf_counter() - started
@@ -231,6 +244,7 @@ def stain_slide(
         build_report(info, output, spec, chain, ranges, tiles, todo, tile_px, levels, timings)
         | {
             "background_rgb": [int(v) for v in background["stain"]],
+            "qc": qc,
             "extra_outputs": {
                 layer: str(layer_output_path(output, layer)) for layer in spec.extra_layers
             },

@@ -73,6 +73,8 @@ def test_pyramid_opens_in_openslide_and_tifffile_with_edges(make_pair, tmp_path:
     output = tmp_path / "out.tif"
     report = stain_slide(inputs, output, StainSpec(models_dir=tmp_path, tile_px=512)).to_dict()
     assert report["output_sha256"] and len(report["levels"]) >= 4
+    # Gareau alone cannot invent or erase nuclei: the faithfulness check passes it
+    assert report["qc"]["flag"] is None and report["qc"]["ratio"] == pytest.approx(1, abs=0.05)
     slide = openslide.OpenSlide(str(output))
     assert slide.dimensions == (2500, 1800)
     assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5, rel=1e-3)
@@ -181,11 +183,13 @@ def test_colour_stage_is_seamless_and_keeps_skipped_glass_white(make_pair, tmp_p
     assert report["colour"]["target"] == "test-look"
     assert 0 < report["tiles"]["skipped"] < report["tiles"]["total"]
     assert min(report["background_rgb"]) == 255  # no signal: Gareau's white, untouched
+    assert 0 < report["qc"]["nuc_r"] <= 1 and report["qc"]["nuc_r_gareau"] > 0.9
     image = read_level0(tmp_path / "c.tif")
     # one affine map for the whole slide: equal to a whole-image pass with that map
     chain = models.chain(None)
     transfer = report["colour"]["transfer"]
-    chain.colour_transfer = ColourTransfer(tuple(transfer["scale"]), tuple(transfer["offset"]))
+    matrix = tuple(tuple(row) for row in transfer["matrix"])
+    chain.colour_transfer = ColourTransfer(matrix, tuple(transfer["offset"]))
     whole = whole_image_pass(inputs, report, chain)
     computed = np.ones(image.shape[:2], bool)
     assert psnr(image[computed], whole[computed]) >= 40.0

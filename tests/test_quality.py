@@ -16,6 +16,7 @@ from service.core.colour import (
 )
 from service.core.quality import (
     checkerboard_db,
+    faithfulness_qc,
     fd_lab,
     gaussian_fit,
     glass_rgb,
@@ -128,3 +129,19 @@ def test_no_tissue_means_no_transfer() -> None:
     identity = ColourTransfer.fit(None, LabStats((70, 27, -8), (11, 9, 3.5)))
     rgb = RNG.random((3, 8, 8)).astype(np.float32)
     assert np.abs(identity.apply(rgb, np.ones((8, 8))) - rgb).max() < 1e-3
+
+
+def test_faithfulness_check_flags_a_stain_that_erases_nuclei() -> None:
+    fcm = smooth_texture(256).astype(np.float32)
+    nuclei = (RNG.random((256, 256)) > 0.97).astype(np.float32)
+    fcm = np.clip(fcm * 0.6 + nuclei * 0.4, 0, 1)
+    rcm = smooth_texture(256).astype(np.float32)
+    from service.core.stain import gareau_stain
+
+    faithful = (np.moveaxis(gareau_stain(fcm, rcm), 0, -1) * 255).astype(np.uint8)
+    qc = faithfulness_qc(faithful, fcm, rcm)
+    assert qc["flag"] is None and qc["ratio"] > 0.95
+    erased = np.broadcast_to(np.asarray([230, 150, 200], np.uint8), (256, 256, 3)).copy()
+    erased += RNG.integers(0, 3, erased.shape, dtype=np.uint8)  # pink with a little noise
+    qc = faithfulness_qc(erased, fcm, rcm)
+    assert qc["flag"] == "review against FCM" and qc["ratio"] < 0.5

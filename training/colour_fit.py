@@ -62,10 +62,11 @@ def fit_colour_card(data_root: Path, slide: str = DEFAULT_TARGET_SLIDE) -> dict[
         "role": COLOUR_ROLE,
         "lab_mean": [round(v, 3) for v in stats.mean],
         "lab_std": [round(v, 3) for v in stats.std],
+        "lab_cov": [[round(v, 3) for v in row] for row in stats.covariance()],
         "method": (
             "Reinhard colour transfer in CIELab over tissue: the slide's own Lab mean and std "
-            "(sampled tissue tiles, weighted by FCM + RCM signal) mapped onto these; glass "
-            "(no signal) keeps Gareau's white"
+            "(sampled tissue tiles, weighted by FCM + RCM signal) mapped onto these per "
+            "channel; glass (no signal) keeps Gareau's white; lab_cov is for reference"
         ),
         "fitted_on": {
             "slide": slide,

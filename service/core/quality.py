@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from service.core.colour import rgb_to_lab
-from service.core.filters import otsu_threshold
+from service.core.filters import median3x3, otsu_threshold
+from service.core.stain import gareau_stain
 
 OUTPUT_TISSUE_CAP = 0.3  # Otsu threshold on smoothed FCM + RCM never above this
 GLASS_LEVEL = 0.15  # FCM and RCM both below this (smoothed, eroded) is glass
@@ -29,6 +30,10 @@ CB_WINDOW_PX = 256
 CB_PEAK_RADIUS = 1  # 3x3 neighbourhood
 CB_RING = (4, 10)  # bins around the peak that make its surroundings
 MIN_PIXELS = 64
+# The faithfulness check flags a slide whose nuc_r falls below this fraction of what Gareau's
+# linear stain (which cannot invent or erase nuclei) reaches on the same slide.
+QC_MIN_RATIO = 0.9
+QC_FLAG = "review against FCM"
 
 # scikit-image's hed_from_rgb (the inverse of Ruifrok & Johnston's stain matrix).
 _RGB_FROM_HED = np.asarray([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float64)
@@ -184,3 +189,30 @@ def lab_of(rgb_hwc: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb_hwc)
     unit = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
     return rgb_to_lab(unit)
+
+
+def faithfulness_qc(output_rgb: np.ndarray, fcm: np.ndarray, rcm: np.ndarray) -> dict[str, object]:
+    """The per-slide faithfulness check on overviews of the same size: nuc_r of the output,
+    nuc_r of Gareau's stain of the same FCM/RCM, their ratio, and the flag when the ratio
+    falls below QC_MIN_RATIO (the stain may recolour but must not invent or erase nuclei).
+
+    ``output_rgb`` is ``(H, W, 3)`` uint8, ``fcm``/``rcm`` normalised ``(H, W)`` in [0, 1].
+    """
+    tissue = output_tissue(fcm, rcm)
+    unit = np.asarray(output_rgb, np.float32) / 255.0
+    nuc_r = nuclear_r(unit, fcm, tissue)
+    gareau = np.moveaxis(gareau_stain(fcm, median3x3(rcm)), 0, -1)
+    reference = nuclear_r(gareau, fcm, tissue)
+    if not (np.isfinite(nuc_r) and np.isfinite(reference)) or reference <= 0:
+        return {"nuc_r": None, "nuc_r_gareau": None, "ratio": None, "flag": None,
+                "note": "too little tissue to check"}  # fmt: skip
+    ratio = nuc_r / reference
+    return {
+        "nuc_r": round(nuc_r, 4),
+        "nuc_r_gareau": round(reference, 4),
+        "ratio": round(ratio, 4),
+        "threshold": QC_MIN_RATIO,
+        "flag": QC_FLAG if ratio < QC_MIN_RATIO else None,
+        "tissue_fraction": round(float(tissue.mean()), 4),
+        "overview_px": [int(fcm.shape[1]), int(fcm.shape[0])],
+    }

@@ -10,7 +10,7 @@ from service.slide.reader import (
     probe_pair,
     resolve_scan_dir,
 )
-from service.slide.writer import PyramidLevel, PyramidWriter, write_thumbnail
+from service.slide.writer import PyramidLevel, PyramidWriter, read_overview, write_thumbnail
 
 __all__ = [
     "DEFAULT_MPP_UM",
@@ -22,6 +22,7 @@ __all__ = [
     "SlideInputs",
     "open_pair",
     "probe_pair",
+    "read_overview",
     "resolve_scan_dir",
     "write_thumbnail",
 ]

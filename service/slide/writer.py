@@ -184,3 +184,14 @@ def write_thumbnail(tiff: Path, jpeg: Path, max_px: int = 1024) -> None:
         os.replace(tmp, jpeg)
     except (OSError, pyvips.Error) as exc:
         raise output_error(exc, jpeg) from exc
+
+
+def read_overview(tiff: Path, width_px: int, height_px: int) -> np.ndarray:
+    """The stained pyramid resized to exactly ``width_px x height_px`` (from its smallest
+    sufficient level), ``(H, W, 3)`` uint8: what the faithfulness check compares with FCM."""
+    try:
+        image = pyvips.Image.thumbnail(str(tiff), width_px, height=height_px, size="force")
+        array = np.asarray(image.numpy())
+    except (OSError, pyvips.Error) as exc:
+        raise output_error(exc, tiff) from exc
+    return array[..., :3] if array.ndim == 3 else np.repeat(array[..., None], 3, axis=2)
