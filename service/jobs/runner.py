@@ -25,6 +25,7 @@ from service.jobs.model import Job
 from service.jobs.storage import RESULT_SUFFIX, Storage
 from service.jobs.store import JobStore, seconds_ago
 from service.logging import job_context
+from service.progress import PROGRESS_SCALE, overall_progress
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -93,7 +94,8 @@ class Attempt:
         self.lease = lease
         self.deadline = time.monotonic() + ctx.settings.job_time_limit_s
         self.lost = threading.Event()
-        self._state: tuple[str | None, int, int] = (None, 0, 0)
+        self._state: tuple[str | None, int, int] = (None, 0, 0)  # message, done, total
+        self._engine_stage: str | None = None
         self._last_write = 0.0
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -127,9 +129,11 @@ class Attempt:
 
     def progress(self, stage: str, done: int, total: int) -> None:
         """The engine's callback between tiles: record progress, stop when told to."""
+        fraction, message = overall_progress(stage, done, total)
         with self._lock:
-            changed = stage != self._state[0]
-            self._state = (stage, done, total)
+            changed = stage != self._engine_stage
+            self._engine_stage = stage
+            self._state = (message, round(fraction * PROGRESS_SCALE), PROGRESS_SCALE)
             due = time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S
         if changed or due:
             self._write()

@@ -90,9 +90,9 @@ const Dscm = (() => {
   }
 
   function progressText(job) {
-    const stage = job.stage ? `${job.stage} ` : "";
-    const { done, total } = job.progress;
-    return total ? `${stage}${done}/${total} (${percent(job).toFixed(1)} %)` : stage.trim();
+    // job.stage is already in words ("staining 12 of 150 tiles"); the percent is of the whole job
+    const stage = job.stage || (job.state === "queued" ? "waiting for a worker" : "");
+    return job.progress.total ? `${stage} (${Math.round(percent(job))} %)` : stage;
   }
 
   function localTime(iso) {
