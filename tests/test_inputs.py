@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pyvips
+import tifffile
 from click.testing import CliRunner
 from engine_fixtures import confocal_like, huge_header_tiff, write_gray
 
@@ -14,6 +15,7 @@ from service.cli import main
 from service.errors import (
     BandError,
     CorruptSlide,
+    InputError,
     PixelLimitExceeded,
     SizeMismatch,
     SlideNotFound,
@@ -214,3 +216,119 @@ def test_screen_resolution_is_not_taken_for_a_microscope_resolution(tmp_path: Pa
         paths.append(tmp_path / name)
     assert pyvips.Image.new_from_file(str(paths[0])).xres == pytest.approx(72 / 25.4, rel=0.01)
     assert probe_pair(SlideInputs(*paths), 10**9).mpp_um == pytest.approx(0.75)
+
+
+def assert_refused_by_stain(rcm: Path, fcm: Path, output: Path, fragment: str) -> None:
+    """`dscm stain` exits 4 (bad input) with the reason on stderr and writes nothing."""
+    result = run_stain(rcm, fcm, output, "--stages", "gareau")
+    assert result.exit_code == 4, result.output
+    error = [line for line in result.stderr.splitlines() if line.startswith("dscm: error:")]
+    assert len(error) == 1 and fragment in error[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not output.exists()
+
+
+def set_tag(path: Path, tag: int, value: int) -> Path:
+    """Overwrite the SHORT or LONG value of ``tag`` in a little-endian TIFF's first IFD."""
+    data = bytearray(path.read_bytes())
+    ifd = int.from_bytes(data[4:8], "little")
+    for i in range(int.from_bytes(data[ifd : ifd + 2], "little")):
+        entry = ifd + 2 + 12 * i
+        if int.from_bytes(data[entry : entry + 2], "little") == tag:
+            size = 2 if int.from_bytes(data[entry + 2 : entry + 4], "little") == 3 else 4
+            data[entry + 8 : entry + 8 + size] = value.to_bytes(size, "little")
+            path.write_bytes(bytes(data))
+            return path
+    raise AssertionError(f"no tag {tag} in {path}")
+
+
+def test_a_header_claiming_pixels_its_bytes_cannot_hold_is_refused(tmp_path: Path) -> None:
+    """138 bytes that claim 19000 x 19000 px: under the pixel limit, but no such data exists."""
+    claim = huge_header_tiff(tmp_path / "claim.tif", 19000, 19000)
+    assert claim.stat().st_size < 200
+    with pytest.raises(CorruptSlide, match="holds 16 bytes, its pixels need 361000000"):
+        probe_pair(SlideInputs(claim, claim), 400_000_000)
+    assert_refused_by_stain(claim, claim, tmp_path / "o.tif", "361000000")
+    # The same claim said to be Deflate-compressed: 16 bytes cannot inflate to 361 MB.
+    with pytest.raises(CorruptSlide, match="expands at most 1100:1"):
+        probe_pair(SlideInputs(*[set_tag(claim, 259, 8)] * 2), 400_000_000)
+
+
+def test_strips_that_all_point_at_the_same_bytes_are_refused(tmp_path: Path) -> None:
+    """Each strip's count is right, but all of them reuse one strip's bytes."""
+    fcm_unit, rcm_unit = confocal_like(64, 64)
+    stacked = tmp_path / "stacked.tif"
+    tifffile.imwrite(stacked, (rcm_unit * 255).astype(np.uint8), rowsperstrip=8)
+    data = bytearray(stacked.read_bytes())
+    with tifffile.TiffFile(stacked) as tif:
+        tag = tif.pages[0].tags["StripOffsets"]
+        offsets = list(tag.value)
+        start = tag.valueoffset
+    for i in range(len(offsets)):  # every strip at the first strip's offset
+        data[start + 4 * i : start + 4 * i + 4] = offsets[0].to_bytes(4, "little")
+    stacked.write_bytes(bytes(data))
+    fcm = write_gray(tmp_path / "fcm.tif", fcm_unit)
+    with pytest.raises(CorruptSlide, match="holds 512 bytes of image data"):
+        probe_pair(SlideInputs(stacked, fcm), 10**9)
+
+
+@pytest.mark.parametrize("compression", ["none", "deflate", "lzw", "packbits", "jpeg"])
+@pytest.mark.parametrize("tile", [False, True])
+def test_well_formed_tiffs_pass_the_pixel_data_check(
+    tmp_path: Path, compression: str, tile: bool
+) -> None:
+    """Real files, including an all-black Deflate one near the codec's best ratio, are accepted."""
+    fcm_unit, _ = confocal_like(300, 400)
+    textured = write_gray(tmp_path / "t.tif", fcm_unit, compression=compression, tile=tile)
+    black = write_gray(
+        tmp_path / "b.tif", np.zeros((2000, 2000)), compression=compression, tile=tile
+    )
+    info = probe_pair(SlideInputs(textured, textured), 10**9)
+    assert (info.width_px, info.height_px) == (400, 300)
+    assert probe_pair(SlideInputs(black, black), 10**9).width_px == 2000
+    if compression == "deflate" and not tile:
+        assert black.stat().st_size * 200 < 2000 * 2000  # highly compressed, and still accepted
+
+
+def float_pair(tmp_path: Path, fcm_unit: np.ndarray, rcm_unit: np.ndarray, tag: str) -> SlideInputs:
+    resolution = {"xres": 1000 / 0.75, "yres": 1000 / 0.75, "resunit": "cm"}
+    return SlideInputs(
+        write_gray(tmp_path / f"rcm-{tag}.tif", rcm_unit, "float32", **resolution),
+        write_gray(tmp_path / f"fcm-{tag}.tif", fcm_unit, "float32", **resolution),
+    )
+
+
+def test_an_image_without_a_finite_pixel_is_refused(tmp_path: Path) -> None:
+    _, rcm_unit = confocal_like(64, 80)
+    nan = write_gray(tmp_path / "nan.tif", np.full((64, 80), np.nan), "float32")
+    rcm = write_gray(tmp_path / "rcm.tif", rcm_unit, "float32")
+    with pytest.raises(InputError, match="no finite pixel"):
+        probe_pair(SlideInputs(rcm, nan), 10**9)
+    infinite = write_gray(tmp_path / "inf.tif", np.full((64, 80), np.inf), "float32")
+    with pytest.raises(InputError, match="no finite pixel"):
+        probe_pair(SlideInputs(infinite, rcm), 10**9)
+    assert_refused_by_stain(rcm, nan, tmp_path / "o.tif", "no finite pixel")
+
+
+def test_a_few_non_finite_pixels_are_stained_as_zero(tmp_path: Path) -> None:
+    fcm_unit, rcm_unit = confocal_like(160, 200)
+    holes = (np.array([3, 50, 120, 159]), np.array([7, 60, 30, 199]))
+    zeroed_fcm, zeroed_rcm = fcm_unit.copy(), rcm_unit.copy()
+    zeroed_fcm[holes] = zeroed_rcm[holes] = 0.0
+    holed_fcm, holed_rcm = fcm_unit.copy(), rcm_unit.copy()
+    holed_fcm[holes] = [np.nan, np.inf, -np.inf, np.nan]
+    holed_rcm[holes] = [np.inf, np.nan, np.nan, -np.inf]
+    outputs = []
+    for tag, (fcm, rcm) in {
+        "holed": (holed_fcm, holed_rcm),
+        "zeroed": (zeroed_fcm, zeroed_rcm),
+    }.items():
+        pair = float_pair(tmp_path, fcm, rcm, tag)
+        out = tmp_path / f"{tag}.tif"
+        result = run_stain(
+            pair.rcm, pair.fcm, out, "--stages", "gareau", "--compression", "lossless"
+        )
+        assert result.exit_code == 0, result.output
+        outputs.append(pyvips.Image.new_from_file(str(out)).numpy())
+    assert outputs[0].std() > 5  # a stain, not a flat image
+    np.testing.assert_array_equal(outputs[0], outputs[1])

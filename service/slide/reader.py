@@ -29,6 +29,10 @@ pyvips.block_untrusted_set(True)
 # two handlers on two threads that re-entry deadlocks on the handlers' locks (seen in CI).
 # Nothing of ours needs those records, so they are never created.
 logging.getLogger("pyvips").setLevel(logging.WARNING)
+# libvips' operation cache keeps every file it loaded open after the image is gone: deleted
+# uploads and results would go on holding their disk space in the API and the workers. Every
+# image we need is held by our own objects (OpenedMode, DeepZoom), so the cache adds nothing.
+pyvips.cache_set_max(0)
 
 DEFAULT_MPP_UM = 0.75
 SMALL_FORMAT_MAX_PIXELS = 50_000_000  # PNG/JPEG decode whole; they are for small crops
@@ -172,6 +176,8 @@ def probe_image(path: Path, max_pixels: int) -> tuple[ImageInfo, pyvips.Image]:
         raise BandError(f"{path.name}: {image.bands} bands; expected one grayscale band")
     if kind == "tiff":
         check_tiff_extent(path)
+    if image.format == "float":
+        require_finite(image, path.name)
     info = ImageInfo(
         path=str(path),
         format=kind,
@@ -208,6 +214,21 @@ def require_gray(image: pyvips.Image, name: str, max_side_px: int = 512) -> None
         raise BandError(f"{name}: a colour RGB image; RCM and FCM must be grayscale")
 
 
+def finite_mask(image: pyvips.Image) -> pyvips.Image:
+    """255 where a pixel is finite, 0 where it is NaN or infinite (only then is x - x not 0)."""
+    return (image - image) == 0
+
+
+def require_finite(image: pyvips.Image, name: str) -> None:
+    """Refuse a float image with no finite pixel (decodes every pixel; float inputs only)."""
+    try:
+        any_finite = finite_mask(image).max() > 0
+    except pyvips.Error as exc:
+        raise CorruptSlide(f"{name}: image data is truncated or corrupt") from exc
+    if not any_finite:
+        raise InputError(f"{name}: no finite pixel: every value is NaN or infinite")
+
+
 def shrink_to_array(image: pyvips.Image, max_side_px: int, name: str = "image") -> np.ndarray:
     """A box-filtered view whose longer side is at most ``max_side_px`` (decodes every pixel)."""
     factor = max(1, math.ceil(max(image.width, image.height) / max_side_px))
@@ -223,6 +244,8 @@ class OpenedMode:
     """One validated mode, reading gray regions with reflected padding at the slide's edges."""
 
     def __init__(self, image: pyvips.Image, name: str) -> None:
+        if image.format == "float":  # a few NaN or infinite pixels read as 0, like no signal
+            image = finite_mask(image).ifthenelse(image, 0)
         self.image = image
         self.name = name
         self.dtype = _NUMPY_DTYPES[image.format]
