@@ -109,6 +109,8 @@ def stain(
             output_format=output_format,
             threads=threads or settings.threads,
             max_pixels=settings.max_pixels,
+            inference=settings.inference,
+            inference_precision=settings.inference_precision,
         )
         with ProgressBar() as bar:
             report = stain_slide(inputs, output, spec, progress=bar.update)
@@ -197,6 +199,7 @@ def models(models_dir: Path | None, as_json: bool) -> None:
         click.echo(json.dumps(cards, indent=2))
         return
     click.echo(f"default chain: {' -> '.join(default)}")
+    click.echo(f"inference: {describe_backend()}")
     for role in default_off:
         click.echo(f"one flag away: --stages {','.join((*default, role))}")
     if not found:
@@ -215,6 +218,18 @@ def models(models_dir: Path | None, as_json: bool) -> None:
                 f"           real crop, {method}: FD_skin {values['fd_skin']:.1f}, "
                 f"cb {values['cb_db']:.1f} dB, nuc_r {values['nuc_r']:.3f}"
             )
+
+
+def describe_backend() -> str:
+    """The backend DSCM_INFERENCE picks on this machine, and why (or why it cannot run)."""
+    from service.core.backends import choose_backend
+
+    settings = get_settings()
+    try:
+        backend = choose_backend(settings.inference, settings.inference_precision)
+    except DscmError as error:
+        return f"unavailable: {error.detail}"
+    return f"{backend.label} ({backend.reason})"
 
 
 # ---- service commands (serve, worker, keys) are defined below this line ----

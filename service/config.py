@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         default=1, ge=1, le=64, description="Tiles per model call (raise it on a GPU)"
     )
+    inference: Literal["auto", "cpu", "openvino", "cuda"] = Field(
+        default="auto",
+        description="Inference backend: onnxruntime cpu, openvino (CPU), cuda (onnxruntime-gpu); "
+        "auto picks CUDA, else OpenVINO where it is faster, else cpu",
+    )
+    inference_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="auto: bf16 on OpenVINO with AMX/AVX512-BF16, else fp32; fp16 on cuda",
+    )
 
     # ---- service (API, jobs, workers); see docs/api.md ----
     storage_dir: Path = Field(

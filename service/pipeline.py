@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service.core.backends import choose_backend
 from service.core.chain import LAYERS, StainChain, resolve_stages, round_up
 from service.core.colour import ColourTarget, load_colour_target
 from service.core.models import (
@@ -57,6 +58,8 @@ class StainSpec:
     stats_tiles: int = 8
     stats_crop_px: int = 384
     extra_layers: tuple[str, ...] = ()
+    inference: str = "auto"  # service.core.backends: auto, cpu, openvino, cuda
+    inference_precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.tile_px < 64 or self.tile_px % 16:
@@ -103,9 +106,10 @@ def load_models(spec: StainSpec) -> ModelSet:
     default_off = stages_off_by_default(found)
     wanted = resolve_stages(spec.stages, found, default_off)
     onnx: dict[Role, OnnxModel] = {}
-    for role in ("despeckle", "generator"):
-        if role in found and role in wanted:
-            onnx[role] = OnnxModel(found[role], spec.threads)
+    roles = [r for r in ("despeckle", "generator") if r in found and r in wanted]
+    backend = choose_backend(spec.inference, spec.inference_precision) if roles else None
+    for role in roles:
+        onnx[role] = OnnxModel(found[role], spec.threads, backend)
     colour = load_colour_target(found["colour"]) if "colour" in wanted else None
     return ModelSet(onnx, colour, default_off)
 

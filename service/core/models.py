@@ -1,4 +1,4 @@
-"""Model cards and the onnxruntime wrapper.
+"""Model cards and the model wrapper that runs them on an inference backend.
 
 Every model is ``<dir>/<name>.onnx`` beside ``<dir>/<name>.json`` (its card). The card says what
 the engine needs to run the model correctly (role, channels, value range, halo, size multiple,
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from service.core.backends import Backend, choose_backend, open_runner
 from service.core.colour import COLOUR_ROLE, find_colour_card
 from service.errors import ModelError
 
@@ -161,20 +161,13 @@ def stages_off_by_default(found: dict[str, Path]) -> tuple[str, ...]:
     return tuple(sorted(off))
 
 
-def available_providers() -> list[str]:
-    """CUDA when onnxruntime has it, else CPU."""
-    import onnxruntime as ort
-
-    providers = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in providers]
-
-
 class OnnxModel:
-    """One ONNX model with its card, checked against its sha256, ready to run batches."""
+    """One ONNX model with its card, checked against its sha256, ready to run batches on an
+    inference backend (service.core.backends; default: ``auto``)."""
 
-    def __init__(self, onnx_path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
+    def __init__(
+        self, onnx_path: Path, threads: int | None = None, backend: Backend | None = None
+    ) -> None:
         self.path = onnx_path
         self.card = read_card(onnx_path.with_suffix(".json"))
         actual = file_sha256(onnx_path)
@@ -183,19 +176,10 @@ class OnnxModel:
                 f"{onnx_path.name}: sha256 {actual[:12]}... does not match its card "
                 f"({self.card.sha256[:12]}...); the file or the card was changed"
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(onnx_path), sess_options=options, providers=available_providers()
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelError(f"cannot load {onnx_path.name}: {exc}") from exc
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.backend = backend or choose_backend()
+        self.runner = open_runner(onnx_path, self.backend, threads)
+        self.input_names = self.runner.input_names
+        self.output_names = self.runner.output_names
         expected = 3 if self.card.norm == NORM_SHARED else 1
         if len(self.input_names) != expected:
             raise ModelError(
@@ -205,7 +189,8 @@ class OnnxModel:
 
     @property
     def provider(self) -> str:
-        return str(self.session.get_providers()[0])
+        """What ran it: the runtime's provider or device, and the precision it computed in."""
+        return self.runner.label
 
     def to_model_range(self, unit: np.ndarray) -> np.ndarray:
         """Map [0, 1] values to the card's input range."""
@@ -235,8 +220,8 @@ class OnnxModel:
             feeds[self.input_names[1]] = np.ascontiguousarray(stats)
             feeds[self.input_names[2]] = np.asarray([norm_mix], np.float32)
         try:
-            outputs = self.session.run(None, feeds)
-        except Exception as exc:  # onnxruntime's errors are not typed
+            outputs = self.runner.run(feeds)
+        except Exception as exc:  # onnxruntime's and OpenVINO's errors are not typed
             raise ModelError(f"{self.card.name} failed on a {batch.shape} batch: {exc}") from exc
         own_stats = outputs[1] if self.card.norm == NORM_SHARED else None
         return self.from_model_range(outputs[0]), own_stats

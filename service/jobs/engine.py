@@ -15,6 +15,15 @@ from service.config import Settings
 from service.errors import DscmError
 from service.jobs.runner import Progress
 
+# JobCreate's option fields -> StainSpec's fields (docs/api.md).
+JOB_OPTION_FIELDS = {
+    "stages": "stages",
+    "compression": "compression",
+    "jpeg_quality": "jpeg_quality",
+    "output_format": "output_format",
+    "layers": "extra_layers",
+}
+
 
 class PipelineEngine:
     """Stains with service.pipeline.stain_slide; answers model questions from the cards."""
@@ -25,19 +34,27 @@ class PipelineEngine:
 
     @staticmethod
     def spec(options: dict[str, Any], settings: Settings) -> Any:
+        """The job's stated options over the worker's settings, like `dscm stain`: tiling,
+        batch size, threads and the inference backend come from DSCM_* settings; an option
+        the job did not state keeps StainSpec's default."""
         from service.pipeline import StainSpec
 
-        stages = options.get("stages")
+        stated: dict[str, Any] = {}
+        for key, field in JOB_OPTION_FIELDS.items():
+            value = options.get(key)
+            if value is not None and value != []:
+                stated[field] = tuple(value) if isinstance(value, list) else value
+        if "jpeg_quality" in stated:
+            stated["jpeg_quality"] = int(stated["jpeg_quality"])
         return StainSpec(
-            stages=tuple(stages) if stages else None,
             models_dir=settings.models_dir,
             tile_px=settings.tile_px,
-            compression=options.get("compression", "jpeg"),
-            jpeg_quality=int(options.get("jpeg_quality", 90)),
-            output_format=options.get("output_format", "tiff"),
+            batch_size=settings.batch_size,
             threads=settings.threads,
             max_pixels=settings.max_pixels,
-            extra_layers=tuple(options.get("layers") or ()),
+            inference=settings.inference,
+            inference_precision=settings.inference_precision,
+            **stated,
         )
 
     def load_models(self, options: dict[str, Any], settings: Settings) -> Any:
