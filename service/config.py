@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         description="Inference backend: onnxruntime cpu, openvino (CPU), cuda (onnxruntime-gpu); "
         "auto picks CUDA, else OpenVINO where it is faster, else cpu",
     )
+    default_mpp_um: float | None = Field(
+        default=None,
+        ge=0.05,
+        le=50.0,
+        description="Pixel size (um) assumed for inputs without resolution tags whose caller "
+        "states none; unset: such inputs are refused",
+    )
     inference_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto",
         description="auto: bf16 on OpenVINO with AMX/AVX512-BF16, else fp32; fp16 on cuda",
@@ -112,6 +119,21 @@ class Settings(BaseSettings):
     viewer_link_ttl_s: float = Field(
         default=3600.0, gt=0, le=7 * 86400.0, description="Longest life of a signed viewer link"
     )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="A connection must send its request head within"
+    )
+    http_keep_alive_s: float = Field(
+        default=5.0, gt=0, le=300, description="An idle keep-alive connection is closed after"
+    )
+    upload_idle_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="An upload that sends nothing this long gets 408"
+    )
+    orphan_grace_s: float = Field(
+        default=3600.0, gt=0, description="Unfinished uploads untouched this long are deleted"
+    )
+    worker_ping_timeout_s: float = Field(
+        default=1.0, gt=0, le=10, description="How long /readyz waits for Celery workers' pongs"
+    )
 
     @model_validator(mode="after")
     def _check_service_timing(self) -> Settings:
@@ -121,6 +143,8 @@ class Settings(BaseSettings):
             raise ValueError("visibility_timeout_s must be above job_time_limit_s")
         if self.stale_after_s <= 2 * self.heartbeat_interval_s:
             raise ValueError("stale_after_s must be more than twice heartbeat_interval_s")
+        if self.orphan_grace_s <= self.upload_idle_timeout_s:
+            raise ValueError("orphan_grace_s must be above upload_idle_timeout_s")
         return self
 
     @property

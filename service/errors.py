@@ -28,6 +28,13 @@ class InputError(DscmError, ValueError):
     title = "Invalid input"
 
 
+class PixelSizeUnknown(InputError):
+    """Neither the files, the caller nor the operator says how large a pixel is."""
+
+    code = "pixel_size_unknown"
+    title = "Pixel size unknown"
+
+
 class SlideNotFound(InputError, FileNotFoundError):
     code = "slide_not_found"
     http_status = 404

@@ -32,10 +32,26 @@ def confocal_like(height: int, width: int, seed: int = 0, tissue_fraction: float
     return fcm, rcm
 
 
-def write_gray(path: Path, unit: np.ndarray, dtype: str = "uint8", **options: object) -> Path:
+FIXTURE_MPP_UM = 0.75  # what test pairs say of their pixel size unless told otherwise
+
+
+def write_gray(
+    path: Path,
+    unit: np.ndarray,
+    dtype: str = "uint8",
+    mpp_um: float | None = FIXTURE_MPP_UM,
+    **options: object,
+) -> Path:
+    """A gray image file; with resolution tags for ``mpp_um`` (None: no tags) unless
+    ``options`` set their own."""
     scale = {"uint8": 255, "uint16": 65535, "float32": 1.0}[dtype]
     array = (unit * scale).astype(dtype) if dtype != "float32" else unit.astype(np.float32)
-    pyvips.Image.new_from_array(array).write_to_file(str(path), **options)
+    image = pyvips.Image.new_from_array(array)
+    if mpp_um is not None and "xres" not in options:
+        image = image.copy(xres=1000.0 / mpp_um, yres=1000.0 / mpp_um)
+        if path.suffix.lower() in (".tif", ".tiff"):
+            options = {"resunit": "cm", **options}
+    image.write_to_file(str(path), **options)
     return path
 
 

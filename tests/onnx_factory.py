@@ -162,7 +162,12 @@ def make_generator(
     return write_model(folder, "generator", model, card)
 
 
-def make_colour_card(folder: Path, lab_mean=(70.0, 27.0, -8.0), lab_std=(11.0, 9.0, 3.5)) -> Path:
+def make_colour_card(
+    folder: Path,
+    lab_mean=(70.0, 27.0, -8.0),
+    lab_std=(11.0, 9.0, 3.5),
+    um_per_px: float | None = None,
+) -> Path:
     """A colour stage card (no ONNX file): the target look of the colour transfer."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "colour.json"
@@ -173,5 +178,7 @@ def make_colour_card(folder: Path, lab_mean=(70.0, 27.0, -8.0), lab_std=(11.0, 9
         "lab_mean": list(lab_mean),
         "lab_std": list(lab_std),
     }
+    if um_per_px is not None:
+        card["um_per_px"] = um_per_px
     path.write_text(json.dumps(card))
     return path

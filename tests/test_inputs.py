@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -160,12 +161,13 @@ def test_scan_folder_mapping_and_missing_detector(tmp_path: Path) -> None:
         resolve_scan_dir(scan)
 
 
-def test_mpp_is_read_from_the_files_and_defaults_to_0_75(tmp_path: Path) -> None:
+def test_mpp_is_read_from_the_files_and_none_when_they_do_not_say(tmp_path: Path) -> None:
     fcm_unit, rcm_unit = confocal_like(100, 120)
     plain = SlideInputs(
-        write_gray(tmp_path / "r.tif", rcm_unit), write_gray(tmp_path / "f.tif", fcm_unit)
+        write_gray(tmp_path / "r.tif", rcm_unit, mpp_um=None),
+        write_gray(tmp_path / "f.tif", fcm_unit, mpp_um=None),
     )
-    assert probe_pair(plain, 10**9).mpp_um == pytest.approx(0.75)
+    assert probe_pair(plain, 10**9).mpp_um is None
     res = {"xres": 1000 / 0.5, "yres": 1000 / 0.5, "resunit": "cm"}
     tagged = SlideInputs(
         write_gray(tmp_path / "r2.tif", rcm_unit, **res),
@@ -215,7 +217,28 @@ def test_screen_resolution_is_not_taken_for_a_microscope_resolution(tmp_path: Pa
         image.copy(xres=72 / 25.4, yres=72 / 25.4).pngsave(str(tmp_path / name))  # 72 dpi
         paths.append(tmp_path / name)
     assert pyvips.Image.new_from_file(str(paths[0])).xres == pytest.approx(72 / 25.4, rel=0.01)
-    assert probe_pair(SlideInputs(*paths), 10**9).mpp_um == pytest.approx(0.75)
+    assert probe_pair(SlideInputs(*paths), 10**9).mpp_um is None  # says nothing usable
+
+
+def test_a_pair_without_pixel_size_is_refused_unless_someone_states_it(tmp_path: Path) -> None:
+    fcm_unit, rcm_unit = confocal_like(128, 160)
+    rcm = write_gray(tmp_path / "r.tif", rcm_unit, mpp_um=None)
+    fcm = write_gray(tmp_path / "f.tif", fcm_unit, mpp_um=None)
+    output = tmp_path / "o.tif"
+    result = run_stain(rcm, fcm, output, "--stages", "gareau")
+    assert_clean_failure(result, output, "no pixel size")
+    stated = run_stain(rcm, fcm, output, "--stages", "gareau", "--mpp", "0.6", "--json")
+    assert stated.exit_code == 0, stated.stderr
+    report = json.loads(stated.stdout)
+    assert report["pixel_size"]["source"] == "caller" and report["mpp_um"] == 0.6
+    again = run_stain(rcm, fcm, output, "--stages", "gareau")
+    assert again.exit_code == 5 and "--overwrite" in again.stderr  # never replaced unasked
+
+
+def test_output_must_be_named_as_a_tiff(tmp_path: Path) -> None:
+    fcm, rcm = good_gray(tmp_path, "fcm.tif"), good_gray(tmp_path, "rcm.tif")
+    result = run_stain(rcm, fcm, tmp_path / "out.png", "--stages", "gareau")
+    assert_clean_failure(result, tmp_path / "out.png", ".tif")
 
 
 def assert_refused_by_stain(rcm: Path, fcm: Path, output: Path, fragment: str) -> None:

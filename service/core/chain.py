@@ -90,6 +90,24 @@ class StainChain:
         self.timer = StageTimer()
 
     @property
+    def trained_mpp_um(self) -> float | None:
+        """The pixel size the chain's models were trained at (their cards say; None when the
+        chain has no model whose card states one: Gareau alone is resolution-free)."""
+        values = []
+        for model in (self.despeckle, self.generator):
+            if model is not None:
+                value = model.card.extra.get("training_data", {}).get("um_per_px")
+                if value:
+                    values.append(float(value))
+        if self.colour is not None and self.colour.extra.get("um_per_px"):
+            values.append(float(self.colour.extra["um_per_px"]))
+        if not values:
+            return None
+        if max(values) > min(values) * 1.1:
+            raise ModelError(f"the chain's models were trained at different pixel sizes {values}")
+        return values[0]
+
+    @property
     def halo_px(self) -> int:
         """Context read around each output tile, per side."""
         return self.despeckle_halo_px + self.median_halo_px + self.generator_halo_px

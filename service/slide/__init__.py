@@ -1,7 +1,6 @@
 """Slide I/O: the only package that imports pyvips."""
 
 from service.slide.reader import (
-    DEFAULT_MPP_UM,
     ImageInfo,
     OpenedMode,
     PairInfo,
@@ -13,7 +12,6 @@ from service.slide.reader import (
 from service.slide.writer import PyramidLevel, PyramidWriter, read_overview, write_thumbnail
 
 __all__ = [
-    "DEFAULT_MPP_UM",
     "ImageInfo",
     "OpenedMode",
     "PairInfo",

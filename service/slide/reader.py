@@ -34,11 +34,10 @@ logging.getLogger("pyvips").setLevel(logging.WARNING)
 # image we need is held by our own objects (OpenedMode, DeepZoom), so the cache adds nothing.
 pyvips.cache_set_max(0)
 
-DEFAULT_MPP_UM = 0.75
 SMALL_FORMAT_MAX_PIXELS = 50_000_000  # PNG/JPEG decode whole; they are for small crops
 MIN_SIDE_PX = 16
 # Resolution tags outside this range are not microscope resolutions (a 72 dpi PNG says
-# 353 um/px): the file is treated as saying nothing and the default applies.
+# 353 um/px): the file is treated as saying nothing about its pixel size.
 PLAUSIBLE_MPP_UM = (0.01, 100.0)
 RCM_DETECTOR = "DET#1"
 FCM_DETECTOR = "DET#2"
@@ -80,7 +79,7 @@ class ImageInfo:
 class PairInfo:
     width_px: int
     height_px: int
-    mpp_um: float
+    mpp_um: float | None  # from the files' resolution tags; None when they do not say
     rcm: ImageInfo
     fcm: ImageInfo
 
@@ -201,7 +200,7 @@ def probe_pair(inputs: SlideInputs, max_pixels: int) -> PairInfo:
     for info, image in ((rcm_info, rcm), (fcm_info, fcm)):
         if image.bands == 3:
             require_gray(image, Path(info.path).name)
-    mpp_um = rcm_info.mpp_um or fcm_info.mpp_um or DEFAULT_MPP_UM
+    mpp_um = rcm_info.mpp_um or fcm_info.mpp_um
     return PairInfo(rcm.width, rcm.height, mpp_um, rcm_info, fcm_info)
 
 
@@ -250,6 +249,16 @@ class OpenedMode:
         self.name = name
         self.dtype = _NUMPY_DTYPES[image.format]
         self.region = pyvips.Region.new(image)
+
+    def resampled(self, width_px: int, height_px: int) -> OpenedMode:
+        """The same mode resized to ``width_px x height_px`` (lazily, region by region: no
+        whole-slide copy), for running the networks at the resolution they were trained at."""
+        image = self.image.resize(
+            width_px / self.image.width, vscale=height_px / self.image.height, kernel="lanczos3"
+        )
+        if image.width != width_px or image.height != height_px:  # rounding: pad or cut one px
+            image = image.embed(0, 0, width_px, height_px, extend="copy")
+        return OpenedMode(image.cast(self.image.format), self.name)
 
     def thumbnail(self, max_side_px: int) -> np.ndarray:
         return shrink_to_array(self.image, max_side_px, self.name)[..., 0]

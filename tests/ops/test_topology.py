@@ -242,7 +242,8 @@ def write_pair(folder: Path, size_px: int, seed: int) -> tuple[Path, Path]:
         noise = rng.uniform(0.6, 1.0, (size_px, size_px)).astype(np.float32)
         array = (np.clip(texture * noise * tissue * gain, 0, 1) * 255).astype(np.uint8)
         path = folder / f"{name}.tif"
-        pyvips.Image.new_from_array(array).tiffsave(str(path))
+        image = pyvips.Image.new_from_array(array).copy(xres=1000 / 0.75, yres=1000 / 0.75)
+        image.tiffsave(str(path), resunit="cm")
         paths.append(path)
     return paths[0], paths[1]
 

@@ -31,7 +31,13 @@ def write_gray_tiff(path: Path, height_px: int, width_px: int, seed: int = 0) ->
     texture = 0.5 + 0.25 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
     tissue = (xx < 0.6 * width_px).astype(np.float32)
     values = texture * tissue * rng.uniform(0.7, 1.0, (height_px, width_px))
-    tifffile.imwrite(path, (values * 200).astype(np.uint8))
+    px_per_cm = 1e4 / 0.75  # 0.75 um/px, as the models were trained at
+    tifffile.imwrite(
+        path,
+        (values * 200).astype(np.uint8),
+        resolution=(px_per_cm, px_per_cm),
+        resolutionunit="CENTIMETER",
+    )
     return path
 
 
