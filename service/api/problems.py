@@ -46,15 +46,31 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
+    return problem_response(request.url.path, status, code, title, detail, headers, **extra)
+
+
+def problem_body(path: str, status: int, code: str, title: str, detail: str) -> dict[str, Any]:
+    return {
         "type": f"urn:dscm:problem:{code}",
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": path,
         "code": code,
     }
-    body.update(extra)
+
+
+def problem_response(
+    path: str,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """A problem+json response for a request path (also outside a route: middleware, server)."""
+    body = problem_body(path, status, code, title, detail) | extra
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 

@@ -90,7 +90,9 @@ async def accept_job(
     settings = services.settings
     temp = services.storage.temp_upload_dir()
     try:
-        form = await receive_form(request, temp, settings.max_upload_bytes)
+        form = await receive_form(
+            request, temp, settings.max_upload_bytes, settings.upload_idle_timeout_s
+        )
         UPLOAD_BYTES.inc(sum(f.size_bytes for f in form.files.values()))
         missing = [name for name in FILE_FIELDS if name not in form.files]
         if missing:

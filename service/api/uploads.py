@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from service.api.limits import CLOSE, body_chunks, upload_body_cap
 from service.api.problems import ApiError
 from service.jobs.storage import input_suffix
 
@@ -41,7 +42,10 @@ class ReceivedForm:
 
 def too_large(max_bytes: int) -> ApiError:
     return ApiError(
-        413, "upload_too_large", f"the upload exceeds {max_bytes} bytes (DSCM_MAX_UPLOAD_BYTES)"
+        413,
+        "upload_too_large",
+        f"the upload exceeds {max_bytes} bytes (DSCM_MAX_UPLOAD_BYTES)",
+        headers=dict(CLOSE),
     )
 
 
@@ -157,8 +161,13 @@ class _Receiver:
             self._handle.close()
 
 
-async def receive_form(request: Request, folder: Path, max_bytes: int) -> ReceivedForm:
-    """Parse a multipart/form-data request into ``folder``; 415/400/413/422 as ApiError."""
+async def receive_form(
+    request: Request, folder: Path, max_bytes: int, idle_timeout_s: float = 60.0
+) -> ReceivedForm:
+    """Parse a multipart/form-data request into ``folder``; 415/400/408/413/422 as ApiError.
+
+    OSError (a full or failing disk) is left to the caller, which knows the storage.
+    """
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "send the job as multipart/form-data")
@@ -166,18 +175,21 @@ async def receive_form(request: Request, folder: Path, max_bytes: int) -> Receiv
     if not boundary:
         raise malformed("the multipart Content-Type has no boundary")
     receiver = _Receiver(folder, max_bytes)
-    parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
+    try:
+        parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
+    except FormParserError as exc:  # e.g. a boundary longer than the parser takes
+        raise malformed(f"the multipart boundary is not usable: {exc}") from exc
     # Headers and form fields are bounded too, so the whole body has a cap a little above files'.
-    body_cap = max_bytes + 64 * 1024
+    body_cap = upload_body_cap(max_bytes)
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, idle_timeout_s):
             received += len(chunk)
             if received > body_cap:
                 raise too_large(max_bytes)
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         raise malformed(f"the multipart body cannot be parsed: {exc}") from exc
     finally:
         receiver.close()

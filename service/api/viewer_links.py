@@ -91,7 +91,8 @@ class ViewerLinks:
         payload, _, signature = token.removeprefix(TOKEN_PREFIX).partition(".")
         if not payload or not signature:
             raise LinkError("malformed viewer link token")
-        if not hmac.compare_digest(signature, self._sign(payload)):
+        # Bytes, not str: compare_digest refuses str with non-ASCII characters (a 500).
+        if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             raise LinkError("the viewer link's signature is not valid")
         try:
             claims = json.loads(_unb64(payload))

@@ -19,6 +19,7 @@ from service.api.schemas import (
     Progress,
 )
 from service.jobs.model import Job, JobState
+from service.jobs.reports import without_server_paths
 
 API_PREFIX = "/v1"
 VIEWER_PREFIX = "/viewer"
@@ -71,7 +72,7 @@ def to_public(job: Job) -> JobPublic:
         finished_at=job.finished_at,
         purged_at=job.purged_at,
         result=result,
-        report=job.report,
+        report=without_server_paths(job.report),
         error=error,
         layers=job_layers(job),
         links=JobLinks(

@@ -22,6 +22,7 @@ from service.errors import DscmError, OutputError
 from service.jobs import telemetry
 from service.jobs.errors import AttemptLost, AttemptStopped, JobTimedOut, WorkerStopping
 from service.jobs.model import Job
+from service.jobs.reports import without_server_paths
 from service.jobs.storage import RESULT_SUFFIX, Storage
 from service.jobs.store import JobStore, seconds_ago
 from service.logging import job_context
@@ -260,4 +261,4 @@ def public_report(report: dict[str, Any], result_name: str, result_dir: Path) ->
         names[str(layer)] = path.name
     if "extra_outputs" in report:
         cleaned["extra_outputs"] = names
-    return cleaned
+    return dict(without_server_paths(cleaned))

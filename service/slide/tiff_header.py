@@ -179,6 +179,7 @@ def _page0_chunks(tags: dict[int, np.ndarray], name: str) -> _Chunks:
         raise CorruptSlide(f"{name}: TIFF has no pixels ({width} x {height} px, {bits} bits)")
     planes = samples if first(_PLANAR, "PlanarConfiguration", 1) == 2 else 1
     chunk_samples = 1 if planes > 1 else samples
+    offsets: np.ndarray | None
     if _TILE_OFFSETS in tags:
         kind, offsets, counts = "tile", tags[_TILE_OFFSETS], tags.get(_TILE_COUNTS)
         tile_w, tile_h = first(_TILE_WIDTH, "TileWidth"), first(_TILE_LENGTH, "TileLength")

@@ -11,6 +11,8 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ReaderDep, ServicesDep, SubmitterDep, ViewableJobDep, find_job
+from service.api.disk import require_room_for, storage_error
+from service.api.downloads import file_response
 from service.api.metrics import ACCEPT_SECONDS, SUBMISSIONS
 from service.api.problems import ApiError
 from service.api.published import published_path
@@ -62,7 +64,7 @@ _MULTIPART_BODY: dict[str, Any] = {
     status_code=202,
     response_model=JobPublic,
     openapi_extra=_MULTIPART_BODY,
-    responses=problems(400, 401, 403, 413, 415, 422),
+    responses=problems(400, 401, 403, 408, 413, 415, 422, 503, 507),
     summary="Submit an RCM/FCM pair for staining",
 )
 async def create_job(
@@ -74,10 +76,15 @@ async def create_job(
 ) -> JobPublic:
     started = time.perf_counter()
     try:
+        require_room_for(request, services.storage)
         job, replayed = await accept_job(request, principal, services, idempotency_key)
     except DscmError as exc:
         SUBMISSIONS.labels(outcome=exc.code).inc()
         raise
+    except OSError as exc:  # writing the upload or its record: a full or failing disk
+        error = storage_error(exc)
+        SUBMISSIONS.labels(outcome=error.code).inc()
+        raise error from exc
     ACCEPT_SECONDS.observe(time.perf_counter() - started)
     SUBMISSIONS.labels(outcome="replayed" if replayed else "accepted").inc()
     response.headers["Location"] = job_url(job.id)
@@ -128,11 +135,13 @@ def get_job(job: ViewableJobDep) -> JobPublic:
     responses={
         200: {"content": {"image/tiff": {}}, "description": "The pyramidal TIFF"},
         206: {"content": {"image/tiff": {}}, "description": "A byte range of it"},
-        **problems(401, 403, 404, 409, 410, 416),
+        **problems(400, 401, 403, 404, 409, 410, 416),
     },
     summary="Download the stained pyramidal TIFF (HTTP Range supported)",
 )
-def get_result(job_id: str, principal: ReaderDep, services: ServicesDep) -> FileResponse:
+def get_result(
+    request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
+) -> FileResponse:
     job = find_job(services, principal, job_id)
     path = published_path(services.storage, job, job.result_name, "result")
     headers = {}
@@ -140,9 +149,7 @@ def get_result(job_id: str, principal: ReaderDep, services: ServicesDep) -> File
         digest = base64.b64encode(bytes.fromhex(job.result_sha256)).decode()
         headers = {"Repr-Digest": f"sha-256=:{digest}:", "ETag": f'"{job.result_sha256}"'}
     suffix = ".ome.tiff" if job.options.get("output_format") == "ome-tiff" else ".tiff"
-    return FileResponse(
-        path, media_type="image/tiff", filename=f"{job.id}{suffix}", headers=headers
-    )
+    return file_response(request, path, "image/tiff", f"{job.id}{suffix}", headers)
 
 
 @router.get(
@@ -151,10 +158,12 @@ def get_result(job_id: str, principal: ReaderDep, services: ServicesDep) -> File
     responses={200: {"content": {"image/jpeg": {}}}, **problems(401, 403, 404, 409, 410)},
     summary="A JPEG preview of the result",
 )
-def get_thumbnail(job_id: str, principal: ReaderDep, services: ServicesDep) -> FileResponse:
+def get_thumbnail(
+    request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
+) -> FileResponse:
     job = find_job(services, principal, job_id)
     path = published_path(services.storage, job, job.thumbnail_name, "thumbnail")
-    return FileResponse(path, media_type="image/jpeg")
+    return file_response(request, path, "image/jpeg")
 
 
 @router.delete(

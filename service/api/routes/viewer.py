@@ -3,17 +3,55 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.deps import ReaderDep, ServicesDep, ViewableJobDep, find_job
+from service.api.limits import read_json_body
+from service.api.problems import ApiError
 from service.api.routes.common import problems
 from service.api.schemas import ViewerLink, ViewerLinkCreate, ViewLayer
 from service.api.views import API_PREFIX, viewer_url
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["viewer"])
+MAX_INDEX_DIGITS = 9  # no pyramid has a billion levels, columns or rows
+
+
+class _Digits(Convertor[str]):
+    """A path segment of decimal digits, kept as text: Starlette's ``int`` convertor calls
+    int() on any number of digits, and Python refuses more than 4300 (a 500, not a 404)."""
+
+    regex = "[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("digits", _Digits())
+
+
+def tile_index(digits: str, what: str) -> int:
+    """A level, column or row; 404 ``tile_not_found`` for one too long to be in any pyramid."""
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > MAX_INDEX_DIGITS:
+        raise ApiError(
+            404, "tile_not_found", f"{what} {significant[:12]}... is outside the pyramid"
+        )
+    return int(significant)
+
+
+_VIEWER_LINK_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": ViewerLinkCreate.model_json_schema()}},
+    }
+}
 
 # A finished job's layers never change (a new attempt never follows success), so browsers may
 # keep tiles; "private" because every request is authenticated.
@@ -38,7 +76,7 @@ async def get_dzi(
 
 
 @router.get(
-    "/{job_id}/dzi_files/{level:int}/{column:int}_{row:int}.jpeg",
+    "/{job_id}/dzi_files/{level:digits}/{column:digits}_{row:digits}.jpeg",
     response_class=Response,
     responses={
         200: {"content": {"image/jpeg": {}}, "description": "One Deep Zoom tile"},
@@ -49,12 +87,13 @@ async def get_dzi(
 async def get_tile(
     job: ViewableJobDep,
     services: ServicesDep,
-    level: int,
-    column: int,
-    row: int,
+    level: str,
+    column: str,
+    row: str,
     layer: ViewLayer = "stain",
 ) -> Response:
-    data = await run_in_threadpool(services.tiles.tile, job, layer, level, column, row)
+    index = (tile_index(level, "level"), tile_index(column, "column"), tile_index(row, "row"))
+    data = await run_in_threadpool(services.tiles.tile, job, layer, *index)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": TILE_CACHE_CONTROL})
 
 
@@ -62,16 +101,17 @@ async def get_tile(
     "/{job_id}/viewer-link",
     response_model=ViewerLink,
     status_code=201,
-    responses=problems(401, 403, 404, 422),
+    openapi_extra=_VIEWER_LINK_BODY,
+    responses=problems(401, 403, 404, 408, 413, 422),
     summary="A short-lived signed link to the viewer of one job (no API key needed to open it)",
 )
-def create_viewer_link(
-    job_id: str,
-    principal: ReaderDep,
-    services: ServicesDep,
-    body: Annotated[ViewerLinkCreate | None, Body()] = None,
+async def create_viewer_link(
+    request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
 ) -> ViewerLink:
-    job = find_job(services, principal, job_id)
+    # The body is read here, after the key was checked, and at most MAX_JSON_BODY_BYTES of it.
+    timeout_s = services.settings.upload_idle_timeout_s
+    body = await read_json_body(request, ViewerLinkCreate, timeout_s)
+    job = await run_in_threadpool(find_job, services, principal, job_id)
     ttl_s = body.ttl_s if body is not None else None
     token, expires_at_s = services.links.issue(job.id, job.tenant, ttl_s)
     return ViewerLink(

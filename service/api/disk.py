@@ -1,0 +1,45 @@
+"""Storage failures as API answers: a full disk is 507 with a code, never an internal error."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+
+from starlette.requests import Request
+
+from service.api.limits import CLOSE
+from service.api.problems import ApiError
+from service.jobs.storage import Storage
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+RETRY_AFTER_S = 60
+
+
+def storage_full(detail: str) -> ApiError:
+    return ApiError(
+        507,
+        "storage_full",
+        f"{detail}; try again later",
+        headers={"Retry-After": str(RETRY_AFTER_S), **CLOSE},
+    )
+
+
+def storage_error(exc: OSError) -> ApiError:
+    """507 ``storage_full`` for no space (or quota) left, else 503 ``storage_unavailable``."""
+    if exc.errno in NO_SPACE:
+        return storage_full("the server's storage is full")
+    reason = exc.strerror or type(exc).__name__
+    return ApiError(503, "storage_unavailable", f"the server's storage failed: {reason}")
+
+
+def require_room_for(request: Request, storage: Storage) -> None:
+    """507 before reading an upload whose Content-Length is more than the free space."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit() or len(declared) > 18:
+        return
+    try:
+        free_bytes = shutil.disk_usage(storage.tmp).free
+    except OSError as exc:
+        raise storage_error(exc) from exc
+    if int(declared) > free_bytes:
+        raise storage_full(f"the upload needs {declared} bytes, the storage has {free_bytes} free")
