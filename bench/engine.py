@@ -1,10 +1,15 @@
-"""Engine benchmark: end-to-end speed, model-only speed, the published whole-slide scheme, RSS.
+"""Engine benchmark: end-to-end speed, model-only speed, the published whole-slide scheme, RSS,
+for each inference backend in the same run.
 
     .venv/bin/python bench/engine.py [--models models] [--sizes 4096 8192] [--tile-px 1024]
+        [--backends cpu openvino cuda:fp16 ...] [--baseline-windows N]
 
 Each measurement runs in a fresh child process (so peak RSS is that run's own). Prints a table
 and writes JSON (``--json-out``). Without trained models in ``--models``, builds paper-size
 networks with random weights (needs the [train] extra) so the figures still mean something.
+Backends: ``NAME[:PRECISION]`` as DSCM_INFERENCE[/DSCM_INFERENCE_PRECISION] take them; the
+default is every backend this machine has. The published scheme (the baseline) runs with the
+default (``auto``) backend, and the speed-up is that backend's.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.synthetic import write_pair  # noqa: E402
+from service.core.backends import Backend, Machine, choose_backend  # noqa: E402
 from service.core.chain import StainChain  # noqa: E402
-from service.core.models import discover_models  # noqa: E402
+from service.core.models import OnnxModel, discover_models  # noqa: E402
 from service.core.normalize import estimate_range, normalize  # noqa: E402
 from service.pipeline import StainSpec, load_models, stain_slide  # noqa: E402
 from service.slide import PyramidWriter, SlideInputs, open_pair  # noqa: E402
@@ -35,14 +41,29 @@ from service.slide import PyramidWriter, SlideInputs, open_pair  # noqa: E402
 TISSUE_FRACTION = 0.6
 BASELINE_WINDOW_PX, BASELINE_KEEP_PX, BASELINE_STEP_PX = 2048, 1025, 512
 MODEL_ONLY_SAMPLE_TILES = 6
+DEFAULT_STAGES = "despeckle,median,gareau,generator"  # the two networks, as in the paper
 
 
 def max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def child_spec(args: argparse.Namespace, **overrides: Any) -> StainSpec:
+    name, _, precision = (args.backend or "auto").partition(":")
+    values: dict[str, Any] = {
+        "stages": tuple(args.stages.split(",")),
+        "models_dir": Path(args.models),
+        "tile_px": args.tile_px,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "inference": name,
+        "inference_precision": precision or "auto",
+    }
+    return StainSpec(**(values | overrides))
+
+
 def child_stain(args: argparse.Namespace) -> dict[str, Any]:
-    spec = StainSpec(models_dir=Path(args.models), tile_px=args.tile_px, threads=args.threads)
+    spec = child_spec(args)
     inputs = SlideInputs(Path(args.rcm), Path(args.fcm))
     started = time.perf_counter()
     report = stain_slide(inputs, Path(args.out), spec).to_dict()
@@ -54,14 +75,15 @@ def child_stain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_model_only(args: argparse.Namespace) -> dict[str, Any]:
-    """Networks only, on tiles of tile_px without halo, no I/O; timed on a sample of tiles."""
-    spec = StainSpec(models_dir=Path(args.models), tile_px=args.tile_px, threads=args.threads)
+    """Networks only, on tiles of tile_px without halo, no I/O; timed on a sample of tiles.
+    Also each network's output against onnxruntime fp32 on the same tile (PSNR)."""
+    spec = child_spec(args)
     models = load_models(spec)
     rng = np.random.default_rng(0)
     side = args.tile_px
     fcm = rng.random((1, side, side), dtype=np.float32)
     rcm = rng.random((1, side, side), dtype=np.float32)
-    chain = models.chain(None)
+    chain = models.chain(spec.stages)
     despeckle, generator = chain.despeckle, chain.generator
     stats = None
     if chain.needs_shared_stats and generator is not None:
@@ -74,17 +96,34 @@ def child_model_only(args: argparse.Namespace) -> dict[str, Any]:
         if generator is not None:
             generator.run(np.stack([fcm, rcm, fcm], axis=1), norm_stats=stats)
         times.append(time.perf_counter() - started)
-    per_tile_s = float(np.median(times[1:]))  # the first run warms up onnxruntime
-    return {"per_tile_s": per_tile_s, "tile_px": side, "max_rss_bytes": max_rss_bytes()}
+    per_tile_s = float(np.median(times[1:]))  # the first run warms up the runtime
+    psnr_db = {}
+    # Mid-grey textured inputs: uniform noise over [0, 1] saturates the generator's tanh.
+    texture = 0.4 + 0.3 * rng.random((1, 3, side, side), dtype=np.float32)
+    for model, block in ((despeckle, texture[:, :1]), (generator, texture)):
+        if model is None:
+            continue
+        reference = OnnxModel(model.path, args.threads, Backend("cpu", "fp32"))
+        want, _ = reference.run(block, norm_stats=stats)
+        got, _ = model.run(block, norm_stats=stats)
+        mse = float(np.mean((got.astype(np.float64) - want) ** 2))
+        psnr_db[model.card.role] = float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+    return {
+        "per_tile_s": per_tile_s,
+        "tile_px": side,
+        "providers": sorted({m.provider for m in (despeckle, generator) if m is not None}),
+        "psnr_vs_onnxruntime_fp32_db": psnr_db,
+        "max_rss_bytes": max_rss_bytes(),
+    }
 
 
 def child_baseline(args: argparse.Namespace) -> dict[str, Any]:
     """The published whole-slide scheme (gio8tisu/stained-CM-through-DL, see PAPER.md):
     2048 px windows, centre 1025 px kept, step 512, window-weighted sum; per-window instance
     norm; the right and bottom remainders are dropped. Same models, same reader and writer."""
-    spec = StainSpec(models_dir=Path(args.models), threads=args.threads)
+    spec = child_spec(args, tile_px=1024)
     models = load_models(spec)
-    chain: StainChain = models.chain(None)
+    chain: StainChain = models.chain(spec.stages)
     started = time.perf_counter()
     info, rcm, fcm = open_pair(SlideInputs(Path(args.rcm), Path(args.fcm)), spec.max_pixels)
     ranges = {
@@ -158,6 +197,22 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(width), int(height or width)
 
 
+def machine_backends() -> list[str]:
+    """Every backend this machine has, as --backends names them."""
+    host = Machine.probe()
+    names = ["cpu"]
+    if host.openvino:
+        names.append("openvino")
+    if host.cuda:
+        names += ["cuda", "cuda:fp16"]
+    return names
+
+
+def backend_of(name: str) -> Backend:
+    inference, _, precision = name.partition(":")
+    return choose_backend(inference, precision or "auto")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", choices=["stain", "model-only", "baseline"])
@@ -166,8 +221,15 @@ def main() -> None:
         "--sizes", type=parse_size, nargs="+", default=[(4096, 4096), (8192, 8192)],
         help="slide sizes: N (square) or WxH, e.g. 15000x10000",
     )  # fmt: skip
+    parser.add_argument(
+        "--backends", nargs="+", help="NAME[:PRECISION], e.g. cpu openvino cuda:fp16 auto "
+        "(default: every backend this machine has)",
+    )  # fmt: skip
+    parser.add_argument("--backend", help=argparse.SUPPRESS)  # a child's one backend
+    parser.add_argument("--stages", default=DEFAULT_STAGES)
     parser.add_argument("--tissue-fraction", type=float, default=TISSUE_FRACTION)
     parser.add_argument("--tile-px", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--baseline-windows", type=int, help="time only the first N windows")
     parser.add_argument("--no-baseline", action="store_true")
@@ -185,48 +247,73 @@ def main() -> None:
     if len(discover_models(models)) < 2:
         print(f"{models} lacks trained models: building paper-size random ones", flush=True)
         models = random_paper_models(work / "models")
-    common = {"models": models, "tile_px": args.tile_px, "threads": args.threads}
+    installed = {*discover_models(models), "median", "gareau"}
+    stages = ",".join(s for s in args.stages.split(",") if s in installed)
+    default = backend_of("auto")
+    backends = args.backends or machine_backends()
+    common = {
+        "models": models, "tile_px": args.tile_px, "threads": args.threads,
+        "batch_size": args.batch_size, "stages": stages,
+    }  # fmt: skip
     rows = []
     for width, height in args.sizes:
         size = f"{width}x{height}"
         inputs = write_pair(
             work / f"in-{size}", width, height, tissue_fraction=args.tissue_fraction
         )
-        out = work / f"out-{size}.tif"
-        ours = run_child("stain", rcm=inputs.rcm, fcm=inputs.fcm, out=out, **common)
-        report = ours["report"]
-        computed = report["tiles"]["computed"]
-        model_only = run_child("model-only", **common)
-        model_only_s = model_only["per_tile_s"] * computed
         megapixels = width * height / 1e6
-        row = {
-            "size_px": size,
-            "tissue_fraction": args.tissue_fraction,
-            "megapixels": megapixels,
-            "tiles_computed": computed,
-            "tiles_total": report["tiles"]["total"],
-            "end_to_end_s": ours["wall_s"],
-            "end_to_end_mp_per_s": megapixels / ours["wall_s"],
-            "model_only_s": model_only_s,
-            "ratio_end_to_end_over_model_only": ours["wall_s"] / model_only_s,
-            "peak_rss_mb": ours["max_rss_bytes"] / 2**20,
-            "timings_s": report["timings_s"],
-        }
-        if (width, height) == min(args.sizes) and not args.no_baseline:
-            base = run_child(
+        baseline = None
+        if not args.no_baseline and min(width, height) >= BASELINE_WINDOW_PX:
+            baseline = run_child(
                 "baseline", rcm=inputs.rcm, fcm=inputs.fcm, out=work / "baseline.tif",
-                models=models, threads=args.threads, baseline_windows=args.baseline_windows,
+                backend="auto", baseline_windows=args.baseline_windows, **common,
             )  # fmt: skip
-            row["baseline"] = base
-            row["speedup_vs_baseline"] = base["wall_s"] / ours["wall_s"]
-        rows.append(row)
-        print(json.dumps(row, indent=1), flush=True)
-    if len(rows) > 1:
-        growth = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"] - 1
-        print(f"peak RSS growth {rows[0]['size_px']} -> {rows[-1]['size_px']}: {growth:+.1%}")
+        for name in backends:
+            backend = backend_of(name)
+            out = work / f"out-{size}.tif"
+            ours = run_child(
+                "stain", rcm=inputs.rcm, fcm=inputs.fcm, out=out, backend=name, **common
+            )
+            report = ours["report"]
+            computed = report["tiles"]["computed"]
+            model_only = run_child("model-only", backend=name, **common)
+            model_only_s = model_only["per_tile_s"] * computed
+            row = {
+                "size_px": size,
+                "backend": name,
+                "backend_chosen": backend.label,
+                "providers": report["providers"],
+                "tissue_fraction": args.tissue_fraction,
+                "megapixels": megapixels,
+                "tiles_computed": computed,
+                "tiles_total": report["tiles"]["total"],
+                "end_to_end_s": ours["wall_s"],
+                "end_to_end_mp_per_s": megapixels / ours["wall_s"],
+                "model_only_s": model_only_s,
+                "ratio_end_to_end_over_model_only": ours["wall_s"] / model_only_s,
+                "psnr_vs_onnxruntime_fp32_db": model_only["psnr_vs_onnxruntime_fp32_db"],
+                "peak_rss_mb": ours["max_rss_bytes"] / 2**20,
+                "timings_s": report["timings_s"],
+            }
+            if baseline is not None and backend.label == default.label:
+                row["baseline"] = baseline
+                row["speedup_vs_baseline"] = baseline["wall_s"] / ours["wall_s"]
+            rows.append(row)
+            print(json.dumps(row, indent=1), flush=True)
+    for name in backends:
+        mine = [r for r in rows if r["backend"] == name]
+        if len(mine) > 1:
+            growth = mine[-1]["peak_rss_mb"] / mine[0]["peak_rss_mb"] - 1
+            print(f"{name}: peak RSS {mine[0]['size_px']} -> {mine[-1]['size_px']}: {growth:+.1%}")
     result = {
-        "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpu_count": __import__("os").cpu_count(),
+            "platform": platform.platform(),
+            "cpu_class": Machine.probe().cpu_class,
+            "default_backend": f"{default.label} ({default.reason})",
+        },
         "models": report["models"] if rows else [],
+        "stages": stages,
         "command": " ".join(sys.argv),
         "rows": rows,
     }
@@ -235,13 +322,25 @@ def main() -> None:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("size", "MP/s", "e2e s", "model s", "ratio", "RSS MB", "speed-up")
-    print("\n" + f"{header[0]:>11} " + " ".join(f"{h:>8}" for h in header[1:]))
+    header = (
+        "size",
+        "backend",
+        "MP/s",
+        "e2e s",
+        "model s",
+        "ratio",
+        "PSNR dB",
+        "RSS MB",
+        "vs base",
+    )
+    print("\n" + f"{header[0]:>11} {header[1]:>10} " + " ".join(f"{h:>8}" for h in header[2:]))
     for r in rows:
         speed = f"{r['speedup_vs_baseline']:.1f}x" if "speedup_vs_baseline" in r else "-"
+        psnr = min(r["psnr_vs_onnxruntime_fp32_db"].values(), default=float("inf"))
         print(
-            f"{r['size_px']:>11} {r['end_to_end_mp_per_s']:>8.3f} {r['end_to_end_s']:>8.1f} "
-            f"{r['model_only_s']:>8.1f} {r['ratio_end_to_end_over_model_only']:>8.2f} "
+            f"{r['size_px']:>11} {r['backend']:>10} {r['end_to_end_mp_per_s']:>8.3f} "
+            f"{r['end_to_end_s']:>8.1f} {r['model_only_s']:>8.1f} "
+            f"{r['ratio_end_to_end_over_model_only']:>8.2f} {psnr:>8.1f} "
             f"{r['peak_rss_mb']:>8.0f} {speed:>8}"
         )
 

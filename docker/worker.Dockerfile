@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # dscm GPU worker image: NVIDIA CUDA runtime + cuDNN base, onnxruntime-gpu (the [gpu] extra of
 # pyproject.toml) instead of onnxruntime, one solo Celery worker per GPU, non-root.
+# DSCM_INFERENCE=cuda: a worker whose CUDA provider does not load fails its jobs with a
+# model_error naming the cause instead of staining 50x slower on the CPU (service/core/backends.py).
 # Build from the repository root:  docker build -f docker/worker.Dockerfile -t dscm/worker:0.1.0 .
 # The CUDA major version of the base must be the one onnxruntime-gpu is built for: 1.31.x wants
 # CUDA 13 + cuDNN 9 (its "cuda" extra requires nvidia-cuda-runtime~=13.0), i.e. an NVIDIA driver
@@ -28,6 +30,7 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip uninstall -y onnxruntime \
     && /opt/venv/bin/pip install --constraint docker/constraints.txt --force-reinstall --no-deps onnxruntime-gpu \
     && /opt/venv/bin/python -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" \
+    && /opt/venv/bin/python -c "from service.core.backends import choose_backend as c; print(c('cuda', 'fp16'))" \
     && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'training')))" \
     && mkdir -p /src/models
 
@@ -53,6 +56,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     DSCM_MODELS_DIR=/opt/dscm/models \
+    DSCM_INFERENCE=cuda \
+    DSCM_BATCH_SIZE=4 \
     DSCM_STORAGE_DIR=/data \
     DSCM_WORKER_METRICS_PORT=9100
 # Numeric, so that runtimes that check runAsNonRoot can verify it; owns /data on shared volumes.

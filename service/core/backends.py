@@ -210,6 +210,7 @@ class OrtRunner:
         model: str | bytes = str(path) if backend.precision == "fp32" else fp16_model_bytes(path)
         providers: list[Any] = ["CPUExecutionProvider"]
         if backend.name == "cuda":
+            preload_cuda_libraries(ort)
             providers.insert(0, ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
         self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
         used = self.session.get_providers()[0]
@@ -238,6 +239,18 @@ class OrtRunner:
             binding.bind_output(name, device)
         self.session.run_with_iobinding(binding)
         return list(binding.copy_outputs_to_cpu())
+
+
+def preload_cuda_libraries(ort: Any) -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels of ``onnxruntime-gpu[cuda,cudnn]`` when
+    they are installed; a base image's system libraries are found without it."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload(directory="")
+    except OSError:  # not pip-installed: the default library path still applies
+        return
 
 
 def fp16_model_bytes(path: Path) -> bytes:

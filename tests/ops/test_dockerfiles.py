@@ -108,6 +108,9 @@ def test_worker_image_uses_cuda_and_only_onnxruntime_gpu() -> None:
     install = " ".join(worker.stages[0].all("RUN"))
     assert '".[gpu]"' in install and "pip uninstall -y onnxruntime" in install
     assert "CUDAExecutionProvider" in install
+    # CUDA is required, not hoped for: the build checks the backend, the image asks for it.
+    assert "choose_backend" in install and worker.env()["DSCM_INFERENCE"] == "cuda"
+    assert int(worker.env()["DSCM_BATCH_SIZE"]) > 1
     assert worker.final.all("STOPSIGNAL") == ["SIGTERM"]
     assert "--pool solo" in " ".join(worker.final.all("CMD")).replace('", "', " ")
 
