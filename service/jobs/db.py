@@ -17,9 +17,13 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from service.case import EXTERNAL_ID_MAX_CHARS, LABEL_MAX_CHARS
 
 JOB_ID_LENGTH = 32
 
@@ -57,6 +61,7 @@ class JobRow(Base):
         UniqueConstraint("tenant", "idempotency_key", name="uq_dscm_jobs_idempotency"),
         Index("ix_dscm_jobs_tenant_created", "tenant", "created_at"),
         Index("ix_dscm_jobs_state", "state"),
+        Index("ix_dscm_jobs_tenant_external_id", "tenant", "external_id"),
     )
 
     id: Mapped[str] = mapped_column(String(JOB_ID_LENGTH), primary_key=True)
@@ -70,6 +75,9 @@ class JobRow(Base):
     requeues: Mapped[int] = mapped_column(Integer, default=0)
     lease: Mapped[str | None] = mapped_column(String(32), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    # Case identity (service.case): may identify a patient, so never logged.
+    label: Mapped[str | None] = mapped_column(String(LABEL_MAX_CHARS), default=None)
+    external_id: Mapped[str | None] = mapped_column(String(EXTERNAL_ID_MAX_CHARS), default=None)
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
@@ -98,7 +106,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the tables created (idempotent)."""
+    """An engine for ``url`` with the tables created and brought up to date (idempotent)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -109,4 +117,42 @@ def make_engine(url: str) -> Engine:
     except DBAPIError:
         # Another process (API or worker) created the table between the check and the create.
         Base.metadata.create_all(engine)
+    add_missing_columns(engine)
     return engine
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the columns and indexes that a table made by an older release lacks; returns the
+    columns added. create_all never alters an existing table; every column added since the
+    first release is nullable, so ``ADD COLUMN`` needs no default and no table rewrite."""
+    table = Base.metadata.tables[JobRow.__tablename__]
+    present = _column_names(engine)
+    added = []
+    for column in table.columns:
+        if column.name in present:
+            continue
+        assert column.nullable, f"{column.name}: a column added later must be nullable"
+        kind = column.type.compile(dialect=engine.dialect)
+        name = engine.dialect.identifier_preparer.quote(column.name)
+        exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    text(f"ALTER TABLE {table.name} ADD COLUMN{exists} {name} {kind}")
+                )
+        except DBAPIError:
+            # SQLite has no IF NOT EXISTS here: another process may have added it meanwhile.
+            if column.name not in _column_names(engine):
+                raise
+        added.append(column.name)
+    for index in table.indexes:
+        try:
+            index.create(engine, checkfirst=True)
+        except DBAPIError:
+            if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
+                raise
+    return added
+
+
+def _column_names(engine: Engine) -> set[str]:
+    return {column["name"] for column in inspect(engine).get_columns(JobRow.__tablename__)}

@@ -48,6 +48,8 @@ class Job:
     requeues: int
     lease: str | None
     idempotency_key: str | None
+    label: str | None
+    external_id: str | None
     options: dict[str, Any]
     inputs: dict[str, Any]
     report: dict[str, Any] | None
@@ -69,6 +71,11 @@ class Job:
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
 
+    def engine_options(self) -> dict[str, Any]:
+        """The options the engine stains with: the job's options and its case identity (which
+        goes into the output's description; service.case)."""
+        return {**self.options, "label": self.label, "external_id": self.external_id}
+
 
 @dataclass(frozen=True)
 class NewJob:
@@ -80,3 +87,5 @@ class NewJob:
     inputs: dict[str, Any]
     max_attempts: int
     idempotency_key: str | None = None
+    label: str | None = None
+    external_id: str | None = None

@@ -68,6 +68,8 @@ class JobStore:
             state=JobState.QUEUED.value,
             max_attempts=new.max_attempts,
             idempotency_key=new.idempotency_key,
+            label=new.label,
+            external_id=new.external_id,
             options=new.options,
             inputs=new.inputs,
             progress_done=0,
@@ -111,6 +113,7 @@ class JobStore:
         state: JobState | None,
         limit: int,
         before: tuple[datetime, str] | None = None,
+        external_id: str | None = None,
     ) -> list[Job]:
         """Newest first; ``before`` is the (created_at, id) of the last job of the previous page."""
         query = select(JobRow)
@@ -118,6 +121,8 @@ class JobStore:
             query = query.where(JobRow.tenant == tenant)
         if state is not None:
             query = query.where(JobRow.state == state.value)
+        if external_id is not None:
+            query = query.where(JobRow.external_id == external_id)
         if before is not None:
             created, job_id = before
             query = query.where(
