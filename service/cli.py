@@ -241,9 +241,8 @@ def describe_backend() -> str:
 @click.option("--log-level", default=None, help="Override DSCM_LOG_LEVEL (debug, info, ...).")
 def serve(host: str, port: int, log_level: str | None) -> None:
     """Run the HTTP API (with an in-process worker unless DSCM_BROKER_URL is set)."""
-    import uvicorn
-
     from service.api import create_app
+    from service.api.server import run_server
     from service.jobs.engine import PipelineEngine
     from service.logging import configure_logging
 
@@ -253,7 +252,7 @@ def serve(host: str, port: int, log_level: str | None) -> None:
     if not settings.broker_url:
         click.echo("dscm: no DSCM_BROKER_URL: jobs run in an in-process worker", err=True)
     app = create_app(PipelineEngine(), settings)
-    uvicorn.run(app, host=host, port=port, log_level=level.lower(), log_config=None)
+    run_server(app, settings, host, port, level.lower())
 
 
 @main.command()

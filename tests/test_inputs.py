@@ -11,6 +11,7 @@ import pyvips
 import tifffile
 from click.testing import CliRunner
 from engine_fixtures import confocal_like, huge_header_tiff, write_gray
+from hostile_inputs import gray_tiff_bytes, undecodable_tiff
 
 from service.cli import main
 from service.errors import (
@@ -355,3 +356,17 @@ def test_a_few_non_finite_pixels_are_stained_as_zero(tmp_path: Path) -> None:
         outputs.append(pyvips.Image.new_from_file(str(out)).numpy())
     assert outputs[0].std() > 5  # a stain, not a flat image
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_image_data_that_does_not_decode_fails_instead_of_staining_black(tmp_path: Path) -> None:
+    """Right headers and sizes, noise for Deflate data: refused once the pixels are read."""
+    noise = undecodable_tiff(tmp_path / "noise.tif", 128, 128)
+    good = tmp_path / "good.tif"
+    good.write_bytes(gray_tiff_bytes(128, 128, compression="zlib"))
+    assert probe_pair(SlideInputs(noise, good), 10**9).width_px == 128  # headers are fine
+    out = tmp_path / "o.tif"
+    result = run_stain(noise, good, out, "--stages", "gareau")
+    assert result.exit_code == 4, result.output
+    assert "noise.tif: image data is truncated or corrupt" in result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists()

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from service import __version__
-from service.api.limits import BodyLimit
+from service.api.limits import RequestLimits
 from service.api.problems import install_problem_handlers
 from service.api.routes import health, jobs, pages, viewer
 from service.api.services import Services
@@ -46,7 +46,7 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
     )
     app.dependency_overrides[get_settings] = lambda: settings
     install_problem_handlers(app)
-    app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestLimits, max_upload_bytes=settings.max_upload_bytes)
     app.include_router(jobs.router)
     app.include_router(viewer.router)
     app.include_router(health.router)

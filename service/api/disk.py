@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import shutil
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
 from service.api.limits import CLOSE
@@ -24,12 +25,17 @@ def storage_full(detail: str) -> ApiError:
     )
 
 
-def storage_error(exc: OSError) -> ApiError:
-    """507 ``storage_full`` for no space (or quota) left, else 503 ``storage_unavailable``."""
-    if exc.errno in NO_SPACE:
-        return storage_full("the server's storage is full")
-    reason = exc.strerror or type(exc).__name__
-    return ApiError(503, "storage_unavailable", f"the server's storage failed: {reason}")
+def storage_error(exc: OSError | SQLAlchemyError) -> ApiError:
+    """507 ``storage_full`` for no space (or quota) left, on the storage or in SQLite; else 503
+    ``storage_unavailable`` (files) or ``database_unavailable``."""
+    if isinstance(exc, OSError):
+        if exc.errno in NO_SPACE:
+            return storage_full("the server's storage is full")
+        reason = exc.strerror or type(exc).__name__
+        return ApiError(503, "storage_unavailable", f"the server's storage failed: {reason}")
+    if "database or disk is full" in str(exc):
+        return storage_full("the job database's disk is full")
+    return ApiError(503, "database_unavailable", "the job database cannot be written now")
 
 
 def require_room_for(request: Request, storage: Storage) -> None:

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.problems import ApiError, problem_response
 
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers together
 MAX_JSON_BODY_BYTES = 16 * 1024  # every request but an upload: the viewer-link JSON is ~20 bytes
 UPLOAD_OVERHEAD_BYTES = 64 * 1024  # form fields and part headers beside an upload's two files
 UPLOAD_PATH = "/v1/jobs"
@@ -34,12 +35,14 @@ def body_too_large(cap_bytes: int, what: str = "the request body") -> ApiError:
     return ApiError(413, "body_too_large", f"{what} exceeds {cap_bytes} bytes", headers=dict(CLOSE))
 
 
-class BodyLimit:
-    """ASGI middleware: a request whose Content-Length is over its route's cap gets 413 at once.
+class RequestLimits:
+    """ASGI middleware: a request head over MAX_HEAD_BYTES gets 431, a request whose
+    Content-Length is over its route's cap gets 413, both at once.
 
     Nothing of the body is read, so this holds before authentication too. Bodies without a
     Content-Length (chunked) are counted by the route that reads them (``receive_form``,
-    ``read_json_body``), after the credentials were checked.
+    ``read_json_body``), after the credentials were checked. (A head that arrives in pieces is
+    capped by the server itself: service.api.server.)
     """
 
     def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
@@ -52,6 +55,13 @@ class BodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if _head_bytes(scope) > MAX_HEAD_BYTES:
+                detail = f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"
+                response = problem_response(
+                    scope["path"], 431, "head_too_large", "Request Header Fields Too Large", detail
+                )
+                await response(scope, receive, send)
+                return
             cap = self.cap_for(scope)
             declared = _declared_length(scope)
             if declared is not None and declared > cap:
@@ -65,6 +75,11 @@ class BodyLimit:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _head_bytes(scope: Scope) -> int:
+    line = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    return line + sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
 
 
 def _declared_length(scope: Scope) -> int | None:

@@ -58,6 +58,16 @@ class JobsCollector(Collector):
         if length is not None:
             queue.add_metric([], length)
         yield queue
+        workers = GaugeMetricFamily(
+            "dscm_workers_live", "Workers that answered a ping (Celery), or the in-process worker"
+        )
+        try:
+            live = self.services.queue.live_workers(self.services.settings.worker_ping_timeout_s)
+        except Exception:  # the broker is down: readyz says so; leave the series out
+            live = None
+        if live is not None:
+            workers.add_metric([], len(live))
+        yield workers
 
 
 def render_metrics(services: Services) -> bytes:

@@ -156,6 +156,9 @@ class Check(BaseModel):
     name: str
     ok: bool
     detail: str
+    required: bool = Field(
+        default=True, description="false: reported only; readiness does not depend on it"
+    )
 
 
 class Readiness(BaseModel):

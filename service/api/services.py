@@ -60,9 +60,9 @@ class Services:
             inprocess = InProcessQueue(lambda job_id: run_job(job_id, context))
             inprocess.start()
             queue = inprocess
-        sweeper = Sweeper(settings, store, storage, queue)
-        links = ViewerLinks.from_settings(settings)
         tiles = TileService(storage)
+        sweeper = Sweeper(settings, store, storage, queue, after_sweep=tiles.prune)
+        links = ViewerLinks.from_settings(settings)
         services = cls(
             settings, store, storage, queue, keyring, sweeper, engine, links, tiles, worker
         )

@@ -39,6 +39,7 @@ class TileService:
         self._sizes = (max_slides, max_tiles)
         self._cache: DeepZoomCache | None = None
         self._lock = threading.Lock()
+        self._opened: set[Path] = set()  # pyramids the cache may hold open
 
     def cache(self) -> DeepZoomCache:
         with self._lock:
@@ -68,21 +69,45 @@ class TileService:
             if name is None:
                 continue
             try:
-                self._cache.evict(self.storage.published_file(job.id, name))
+                self._evict(self.storage.published_file(job.id, name))
             except ValueError:  # a record naming something outside the job's folder
                 continue
+
+    def prune(self) -> int:
+        """Close the pyramids whose files were deleted elsewhere (the sweeper's retention
+        purge, another API process's DELETE), so no deleted file stays open here."""
+        with self._lock:
+            gone = [path for path in self._opened if not path.exists()]
+        for path in gone:
+            self._evict(path)
+        return len(gone)
+
+    def _evict(self, path: Path) -> None:
+        with self._lock:
+            self._opened.discard(path)
+            cache = self._cache
+        if cache is not None:
+            cache.evict(path)
+
+    def _opening(self, path: Path) -> DeepZoomCache:
+        cache = self.cache()
+        with self._lock:
+            self._opened.add(path)
+        return cache
 
     def dzi(self, job: Job, layer: ViewLayer) -> str:
         path = self.layer_path(job, layer)
         try:
-            return self.cache().slide(path).dzi_xml()
+            return self._opening(path).slide(path).dzi_xml()
         except FileNotFoundError as exc:  # purged between the check and the read
+            self._evict(path)
             raise ApiError(410, "purged", "the result was deleted") from exc
 
     def tile(self, job: Job, layer: ViewLayer, level: int, column: int, row: int) -> bytes:
         """One JPEG tile; TileNotFound (404) for a level, column or row outside the pyramid."""
         path = self.layer_path(job, layer)
         try:
-            return self.cache().tile(path, level, column, row)
+            return self._opening(path).tile(path, level, column, row)
         except FileNotFoundError as exc:
+            self._evict(path)
             raise ApiError(410, "purged", "the result was deleted") from exc

@@ -33,6 +33,9 @@ class JobQueue(Protocol):
     def ping(self) -> None:
         """Raise if the queue cannot accept work."""
 
+    def live_workers(self, timeout_s: float) -> list[str]:
+        """Names of the workers that answered within ``timeout_s`` (raise if none can be asked)."""
+
     def close(self) -> None: ...
 
 
@@ -136,6 +139,11 @@ class CeleryQueue:
     def ping(self) -> None:
         self.redis.ping()
 
+    def live_workers(self, timeout_s: float) -> list[str]:
+        """Celery's broadcast ping: every worker that consumes (any queue) answers."""
+        replies = self.app.control.ping(timeout=timeout_s) or []
+        return sorted(name for reply in replies for name in reply)
+
     def close(self) -> None:
         self.redis.close()
         self.app.close()
@@ -185,6 +193,9 @@ class InProcessQueue:
     def ping(self) -> None:
         if not self._thread.is_alive():
             raise RuntimeError("the in-process worker thread is not running")
+
+    def live_workers(self, timeout_s: float) -> list[str]:
+        return [self._thread.name] if self._thread.is_alive() else []
 
     def _loop(self) -> None:
         while (job_id := self._queue.get()) is not None:

@@ -21,7 +21,7 @@ from service.config import Settings
 from service.errors import DscmError, OutputError
 from service.jobs import telemetry
 from service.jobs.errors import AttemptLost, AttemptStopped, JobTimedOut, WorkerStopping
-from service.jobs.model import Job
+from service.jobs.model import Job, JobState
 from service.jobs.reports import without_server_paths
 from service.jobs.storage import RESULT_SUFFIX, Storage
 from service.jobs.store import JobStore, seconds_ago
@@ -157,6 +157,8 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
     claim = ctx.store.claim(job_id, lease, seconds_ago(ctx.settings.stale_after_s))
     if claim.outcome != "claimed" or claim.job is None:
         log.info("job %s not run: %s", job_id, claim.outcome)
+        if claim.outcome == "exhausted" and claim.job and claim.job.state == JobState.FAILED:
+            ctx.storage.purge(job_id)  # a failed job keeps no files, whatever failed it
         return claim.outcome
     with job_context(job_id, claim.job.tenant):
         outcome = _run_claimed(claim.job, lease, ctx)

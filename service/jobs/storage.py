@@ -3,6 +3,7 @@
     <storage_dir>/uploads/<job id>/{rcm,fcm}<suffix>   inputs, written by the API
     <results_dir>/<job id>/<lease>.tiff|.jpg           outputs, one private name per attempt
     <results_dir>/<job id>/<lease>.<layer>.tiff        extra layers (gareau, fcm, rcm), if asked
+    <storage_dir>/tmp/upload-<uuid>/                    uploads still being received
 
 Paths are built only from validated job ids and names this module makes, never from client text.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from service.jobs.model import is_job_id
 
 ALLOWED_SUFFIXES = frozenset({".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg"})
 RESULT_SUFFIX = {"tiff": ".tiff", "ome-tiff": ".ome.tiff"}
+TEMP_UPLOAD_PREFIX = "upload-"
 
 
 def input_suffix(filename: str | None) -> str:
@@ -77,17 +80,34 @@ class Storage:
         return path
 
     def remove_attempt_files(self, job_id: str, lease: str) -> None:
-        """Delete what one attempt published under its private name (``<lease>.*``)."""
+        """Delete what one attempt published under its private name (``<lease>.*``), and the
+        job's result folder if that leaves it empty (a cancel may have purged it meanwhile and
+        the attempt made it again)."""
         if not lease.isalnum():
             raise ValueError(f"bad lease {lease!r}")
-        for path in self.result_dir(job_id).glob(f"{lease}.*"):
+        folder = self.result_dir(job_id)
+        for path in folder.glob(f"{lease}.*"):
             path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: another attempt's or published files
+            folder.rmdir()
 
     def temp_upload_dir(self) -> Path:
         """A private folder for a request still being received (moved in place once accepted)."""
-        folder = self.tmp / f"upload-{uuid.uuid4().hex}"
+        folder = self.tmp / f"{TEMP_UPLOAD_PREFIX}{uuid.uuid4().hex}"
         folder.mkdir(parents=True)
         return folder
+
+    def remove_stale_uploads(self, untouched_s: float) -> list[Path]:
+        """Delete unfinished uploads nothing wrote to for ``untouched_s``: their API process
+        died mid-upload. A live upload writes at least every DSCM_UPLOAD_IDLE_TIMEOUT_S (or is
+        refused), so ``untouched_s`` above that never takes one still being received."""
+        cutoff_s = time.time() - untouched_s
+        removed = []
+        for folder in self.tmp.glob(f"{TEMP_UPLOAD_PREFIX}*"):
+            if folder.is_dir() and last_write_s(folder) < cutoff_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        return removed
 
     def adopt_upload(self, temp_dir: Path, job_id: str) -> Path:
         target = self.upload_dir(job_id)
@@ -109,10 +129,25 @@ class Storage:
     def purge_inputs(self, job_id: str) -> None:
         shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
 
-    def check_writable(self) -> None:
-        """Raise OSError unless both the uploads and the results folders accept a new file."""
+    def check_writable(self) -> str:
+        """Raise OSError (naming the folder, not its path) unless both the uploads and the
+        results folders accept a new file; returns the free space for uploads."""
         for folder in (self.uploads, self.results):
             probe = folder / f".probe-{uuid.uuid4().hex}"
-            with probe.open("wb") as handle:
-                handle.write(b"ok")
-            probe.unlink()
+            try:
+                with probe.open("wb") as handle:
+                    handle.write(b"ok")
+            except OSError as exc:
+                raise OSError(exc.errno, f"{folder.name}: {exc.strerror}") from exc
+            finally:
+                probe.unlink(missing_ok=True)
+        free_bytes = shutil.disk_usage(self.tmp).free
+        return f"{free_bytes / 2**30:.1f} GiB free for uploads"
+
+
+def last_write_s(folder: Path) -> float:
+    """The newest mtime of a folder and the files in it; +inf once it is gone (not stale)."""
+    try:
+        return max([folder.stat().st_mtime] + [f.stat().st_mtime for f in folder.iterdir()])
+    except FileNotFoundError:  # finished, adopted or removed meanwhile
+        return float("inf")

@@ -3,19 +3,28 @@
 - queued jobs that no queue holds (Redis lost its data, or enqueue failed) are enqueued again;
 - running jobs whose heartbeat stopped (worker killed) go back to the queue, or fail with
   ``attempts_exhausted`` once they used ``max_attempts``;
-- finished jobs older than the retention time are deleted with their files.
+- finished jobs older than the retention time are deleted with their files;
+- files nothing owns any more (an upload its API process never finished, a job folder whose
+  record is gone or finished) are deleted once untouched for ``orphan_grace_s``.
 Every change is a conditional UPDATE, so several sweepers (API replicas) may run at once.
+
+A job that fails, whatever the reason (``attempts_exhausted`` included), loses its uploads and
+partial results at once; its record stays until the retention time.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from service.config import Settings
+from service.jobs.model import is_job_id
 from service.jobs.queues import JobQueue
-from service.jobs.storage import Storage
+from service.jobs.storage import Storage, last_write_s
 from service.jobs.store import JobStore, seconds_ago
 
 log = logging.getLogger(__name__)
@@ -27,6 +36,7 @@ class SweepResult:
     recovered: int = 0
     failed: int = 0
     purged: int = 0
+    orphans: int = 0
 
 
 def sweep_once(
@@ -38,6 +48,7 @@ def sweep_once(
     for job in store.stale_running(stale_before):
         if job.attempts >= job.max_attempts:
             if store.fail_exhausted(job.id, stale_before):
+                storage.purge(job.id)
                 result.failed += 1
                 log.warning("job %s failed: worker lost %d times", job.id, job.attempts)
         elif store.requeue_lost(job.id, stale_before):
@@ -58,7 +69,33 @@ def sweep_once(
         storage.purge(job_id)
         store.delete(job_id)
         result.purged += 1
+    result.orphans = remove_orphans(settings, store, storage)
     return result
+
+
+def remove_orphans(settings: Settings, store: JobStore, storage: Storage) -> int:
+    """Delete files no job will use, once nothing wrote to them for ``orphan_grace_s``."""
+    removed = storage.remove_stale_uploads(settings.orphan_grace_s)
+    cutoff_s = time.time() - settings.orphan_grace_s
+    for folder in _job_folders(storage.uploads, cutoff_s):
+        job = store.get(folder.name)
+        if job is None or job.finished:  # no run will read these inputs again
+            storage.purge_inputs(folder.name)
+            removed.append(folder)
+    for folder in _job_folders(storage.results, cutoff_s):
+        if store.get(folder.name) is None:  # the retention purge deletes the others
+            storage.purge(folder.name)
+            removed.append(folder)
+    for folder in removed:
+        log.warning("deleted %s, left behind by an interrupted request or job", folder.name)
+    return len(removed)
+
+
+def _job_folders(base: Path, cutoff_s: float) -> Iterator[Path]:
+    """Folders of ``base`` named by a job id whose last write is older than ``cutoff_s``."""
+    for folder in base.iterdir() if base.is_dir() else ():
+        if is_job_id(folder.name) and last_write_s(folder) < cutoff_s:
+            yield folder
 
 
 def _enqueue(store: JobStore, queue: JobQueue, job_id: str) -> int:
@@ -72,12 +109,19 @@ def _enqueue(store: JobStore, queue: JobQueue, job_id: str) -> int:
 
 
 class Sweeper:
-    """Runs sweep_once every ``sweep_interval_s`` in a daemon thread."""
+    """Runs sweep_once every ``sweep_interval_s`` in a daemon thread, then ``after_sweep``
+    (the API closes the Deep Zoom pyramids of files that were deleted)."""
 
     def __init__(
-        self, settings: Settings, store: JobStore, storage: Storage, queue: JobQueue
+        self,
+        settings: Settings,
+        store: JobStore,
+        storage: Storage,
+        queue: JobQueue,
+        after_sweep: Callable[[], object] | None = None,
     ) -> None:
         self.settings, self.store, self.storage, self.queue = settings, store, storage, queue
+        self.after_sweep = after_sweep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dscm-sweeper", daemon=True)
 
@@ -88,6 +132,8 @@ class Sweeper:
         while not self._stop.wait(self.settings.sweep_interval_s):
             try:
                 sweep_once(self.settings, self.store, self.storage, self.queue)
+                if self.after_sweep is not None:
+                    self.after_sweep()
             except Exception:  # the database may be briefly unreachable; try next time
                 log.exception("sweep failed")
 

@@ -118,13 +118,14 @@ def sniff_format(path: Path) -> str:
 
 
 def open_image(path: Path) -> pyvips.Image:
-    """Open lazily with the one loader its magic bytes name; truncated data is an error."""
+    """Open lazily with the one loader its magic bytes name; truncated data is an error, and
+    so is data that does not decode (libvips would otherwise read it as black, silently)."""
     kind = sniff_format(path)
     loader = {"tiff": pyvips.Image.tiffload, "png": pyvips.Image.pngload}.get(
         kind, pyvips.Image.jpegload
     )
     try:
-        return loader(str(path), access="random", fail_on="truncated")
+        return loader(str(path), access="random", fail_on="error")
     except pyvips.Error as exc:
         raise CorruptSlide(
             f"{path.name}: truncated or corrupt {kind.upper()}: {first_line(exc)}"

@@ -29,11 +29,11 @@ def livez() -> Liveness:
 )
 async def readyz(request: Request, services: ServicesDep) -> Response:
     checks = await run_in_threadpool(run_checks, services)
-    ready = all(check.ok for check in checks)
+    ready = all(check.ok for check in checks if check.required)
     body = [check.model_dump() for check in checks]
     if ready:
         return JSONResponse(Readiness(ready=True, checks=checks).model_dump())
-    failing = ", ".join(check.name for check in checks if not check.ok)
+    failing = ", ".join(check.name for check in checks if check.required and not check.ok)
     return problem(
         request, 503, "not_ready", "Service Unavailable", f"not ready: {failing}", checks=body
     )

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ReaderDep, ServicesDep, SubmitterDep, ViewableJobDep, find_job
@@ -81,7 +82,7 @@ async def create_job(
     except DscmError as exc:
         SUBMISSIONS.labels(outcome=exc.code).inc()
         raise
-    except OSError as exc:  # writing the upload or its record: a full or failing disk
+    except (OSError, SQLAlchemyError) as exc:  # writing the upload or its record
         error = storage_error(exc)
         SUBMISSIONS.labels(outcome=error.code).inc()
         raise error from exc
