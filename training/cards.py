@@ -112,6 +112,7 @@ def generator_card_info(
         domain_b = "real H&E of train_b (cases disjoint from train_a)"
     training_data, splits = _data_section(options, used)
     paired = float(options.get("lambda_paired", 0.0))
+    faithful = float(options.get("lambda_faithful", 0.0))
     training_data.update(
         {
             "domain_a": domain_a,
@@ -120,7 +121,8 @@ def generator_card_info(
             "colour_card": colour_card,
             "recipe": "CycleGAN: LSGAN, cycle L1 lambda 10, identity 0.5 lambda, pool 50, "
             "Adam 2e-4 beta1 0.5, linear decay in the second stage"
-            + (f"; paired L1 lambda {paired:g} (synthetic pairs)" if paired else ""),
+            + (f"; paired L1 lambda {paired:g} (synthetic pairs)" if paired else "")
+            + (f"; nuclear faithfulness lambda {faithful:g}" if faithful else ""),
             "upsampling": options.get("upsample", "transpose"),
             "precision": "bf16 autocast" if options.get("bf16") else "fp32",
             "stage_crops_px": options["stage_crops_px"],

@@ -99,6 +99,12 @@ def despeckle(**kwargs: object) -> None:
 )
 @click.option("--lambda-paired", default=10.0, show_default=True, help="skin domain only")
 @click.option(
+    "--lambda-faithful",
+    default=10.0,
+    show_default=True,
+    help="weight of 1 - r(haematoxylin of output, of input): nuclei kept",
+)
+@click.option(
     "--bf16/--fp32",
     default=None,
     help="CPU bf16 autocast; default: on where the CPU has AMX or AVX512-BF16 (emulated bf16 "

@@ -49,7 +49,9 @@ from training.speckle import random_crop_flip
 
 BEST_NAME = "best_generator.pt"
 _Net = TypeVar("_Net", bound=nn.Module)
-LOSS_COLUMNS = ["D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "paired"]
+LOSS_COLUMNS = [
+    "D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "paired", "faithful",
+]  # fmt: skip
 DOMAINS = ("tcga", "skin")
 VAL_COLUMNS = ["val_psnr_db", "val_ssim", "val_ciede2000"]
 
@@ -78,6 +80,7 @@ class CycleGanOptions:
     domain: str = "tcga"  # "skin": train_skin / val_skin with the colour card's look
     colour_card: str = ""  # models/colour.json: the colour stage before the generator
     lambda_paired: float = 0.0
+    lambda_faithful: float = 0.0  # 1 - r(haematoxylin of G_A(A), of A): keep the nuclei
     bf16: bool = False
     channels_last: bool = False
 
@@ -211,6 +214,8 @@ class CycleGan:
         }
         if paired_b is not None and opt.lambda_paired > 0:
             losses["paired"] = self.l1(fake_b, paired_b) * opt.lambda_paired
+        if opt.lambda_faithful > 0:
+            losses["faithful"] = nuclear_infidelity(fake_b, real_a) * opt.lambda_faithful
         self.opt_g.zero_grad(set_to_none=True)
         sum(losses.values(), torch.zeros(())).backward()
         self.opt_g.step()
@@ -271,6 +276,30 @@ class CycleGan:
         self.pool_a.images = list(state["pool_A"])
         self.pool_b.images = list(state["pool_B"])
         return int(state["step"])
+
+
+# scikit-image's hed_from_rgb, haematoxylin column (service.core.quality.haematoxylin_od)
+_HAEMATOXYLIN_FROM_LOG_RGB = (1.87798274, -0.06590806, -0.60190736)
+
+
+def haematoxylin(image: torch.Tensor) -> torch.Tensor:
+    """Haematoxylin optical density (rgb2hed's first channel, unclipped) of ``(N, 3, H, W)``
+    in [-1, 1]: a linear map of log RGB, so it has gradients everywhere."""
+    rgb = ((image.float() + 1.0) / 2.0).clamp(1e-6, 1.0)
+    weights = image.new_tensor(_HAEMATOXYLIN_FROM_LOG_RGB).float().view(1, 3, 1, 1)
+    return (torch.log(rgb) / float(np.log(1e-6)) * weights).sum(dim=1)
+
+
+def nuclear_infidelity(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of 1 - Pearson r between the haematoxylin of ``output`` and of
+    ``source``: zero when the generator keeps every nucleus where its input has one, whatever
+    colours it paints (nuc_r of docs/models.md, made a loss)."""
+    a = haematoxylin(output).flatten(1)
+    b = haematoxylin(source).flatten(1)
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    r = (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-6)
+    return (1.0 - r).mean()
 
 
 def crop_batch(

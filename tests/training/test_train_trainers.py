@@ -80,3 +80,21 @@ def test_skin_cyclegan_trains_paired_with_the_colour_stage(
     assert [float(r["paired"]) > 0 for r in rows] == [True] * 3  # the paired term is trained
     generator, _ = load_generator(out, "last")
     assert generator.upsample == "resize"
+
+
+def test_nuclear_infidelity_matches_the_measure_and_ignores_recolouring() -> None:
+    import numpy as np
+    import torch
+
+    from service.core.quality import haematoxylin_od
+    from training.train_cyclegan import haematoxylin, nuclear_infidelity
+
+    image = torch.rand(1, 3, 32, 32) * 1.6 - 0.8
+    unit = ((image[0].permute(1, 2, 0).numpy() + 1) / 2).astype(np.float64)
+    unclipped = np.maximum(haematoxylin(image)[0].numpy(), 0)  # the measure clips at 0
+    assert np.allclose(unclipped, haematoxylin_od(unit), atol=1e-4)
+    assert float(nuclear_infidelity(image, image)) < 1e-4
+    darker = (image - 0.2).clamp(-1, 1)  # a global recolouring keeps the nuclei where they were
+    assert float(nuclear_infidelity(darker, image)) < 0.1
+    shuffled = image.flatten(2)[:, :, torch.randperm(32 * 32)].view_as(image)
+    assert float(nuclear_infidelity(shuffled, image)) > 0.8
