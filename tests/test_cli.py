@@ -59,12 +59,23 @@ def test_stain_scan_folder_and_info(tmp_path: Path) -> None:
     assert len(data["levels"]) >= 3 and data["bands"] == 3
     text = invoke("info", str(output))
     assert "level 0:" in text.stdout
+    folder = json.loads(invoke("info", str(SAMPLE_SCAN), "--json").stdout)
+    assert [Path(d["path"]).parent.name for d in folder] == ["DET#1", "DET#2"]
+    ome = tmp_path / "sample.ome.tif"
+    made = invoke("stain", str(SAMPLE_SCAN), "-o", str(ome), "--stages", "gareau",
+                  "--format", "ome-tiff", "--json")  # fmt: skip
+    assert made.exit_code == 0, made.output
+    written = json.loads(made.stdout)["levels"]
+    described = json.loads(invoke("info", str(ome), "--json").stdout)["levels"]
+    assert len(described) == len(written) >= 3  # SubIFD levels are levels too
 
 
 def test_models_lists_cards(shared_models: Path) -> None:
     result = invoke("models", "--models", str(shared_models))
     assert result.exit_code == 0
     assert "despeckle" in result.stdout and "generator" in result.stdout
+    assert "{" not in result.stdout  # readable lines, not Python dicts
+    assert "default chain: despeckle -> median -> gareau -> generator" in result.stdout
     cards = json.loads(invoke("models", "--models", str(shared_models), "--json").stdout)
     assert cards["generator"]["norm"] == "instance_shared"
 

@@ -370,3 +370,12 @@ def test_image_data_that_does_not_decode_fails_instead_of_staining_black(tmp_pat
     assert "noise.tif: image data is truncated or corrupt" in result.stderr
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_write_errors_name_the_users_output_not_our_temporaries() -> None:
+    from service.slide.writer import output_error
+
+    error = output_error(
+        OSError("unable to open /data/.out.tif.bdfc587f.canvas.tif"), Path("/data/out.tif")
+    )
+    assert ".canvas" not in str(error) and "/data/out.tif" in str(error)

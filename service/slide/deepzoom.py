@@ -15,7 +15,7 @@ from pathlib import Path
 import pyvips
 
 from service.errors import InputError
-from service.slide.reader import read_mpp_um
+from service.slide.reader import pyramid_pages, read_mpp_um
 
 DZ_TILE_PX = 254
 DZ_OVERLAP_PX = 1
@@ -44,17 +44,8 @@ class DeepZoom:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        base = pyvips.Image.tiffload(str(path))
-        fields = base.get_fields()
-        if "n-subifds" in fields and int(base.get("n-subifds")) > 0:  # OME-TIFF pyramid
-            reduced = range(int(base.get("n-subifds")))
-            self.pages = [base] + [pyvips.Image.tiffload(str(path), subifd=i) for i in reduced]
-        else:
-            n_pages = int(base.get("n-pages")) if "n-pages" in fields else 1
-            self.pages = [base] + [
-                pyvips.Image.tiffload(str(path), page=i) for i in range(1, n_pages)
-            ]
-        self.pages = [p for p in self.pages if p.bands == base.bands]
+        self.pages = pyramid_pages(path)
+        base = self.pages[0]
         self.width_px, self.height_px = base.width, base.height
         self.mpp_um = read_mpp_um(base)
         max_level = math.ceil(math.log2(max(self.width_px, self.height_px, 1)))

@@ -205,6 +205,23 @@ def probe_pair(inputs: SlideInputs, max_pixels: int) -> PairInfo:
     return PairInfo(rcm.width, rcm.height, mpp_um, rcm_info, fcm_info)
 
 
+def pyramid_pages(path: Path) -> list[pyvips.Image]:
+    """Every level of a (pyramidal) TIFF, full resolution first: OME-TIFF SubIFDs or pages,
+    keeping only pages with the first page's bands (a label or macro image is not a level).
+    A PNG or JPEG has one level."""
+    base = open_image(path)
+    if sniff_format(path) != "tiff":
+        return [base]
+    fields = base.get_fields()
+    if "n-subifds" in fields and int(base.get("n-subifds")) > 0:  # OME-TIFF pyramid
+        reduced = range(int(base.get("n-subifds")))
+        pages = [base] + [pyvips.Image.tiffload(str(path), subifd=i) for i in reduced]
+    else:
+        n_pages = int(base.get("n-pages")) if "n-pages" in fields else 1
+        pages = [base] + [pyvips.Image.tiffload(str(path), page=i) for i in range(1, n_pages)]
+    return [p for p in pages if p.bands == base.bands]
+
+
 def require_gray(image: pyvips.Image, name: str, max_side_px: int = 512) -> None:
     """An RGB file is accepted as gray only if its three channels are equal (JPEG: nearly)."""
     small = shrink_to_array(image, max_side_px, name)

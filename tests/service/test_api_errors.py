@@ -133,6 +133,8 @@ def test_non_image_is_415(client: TestClient, keys: Keys, pair: Pair) -> None:
         "/v1/jobs", files=files, data={"stages": "gareau"}, headers=Keys.auth(keys.alice)
     )
     assert_problem(response, 415, "unsupported_format")
+    detail = response.json()["detail"]
+    assert "notes.tif" in detail and ".bin" not in detail  # the client's name, not our copy's
 
 
 def test_truncated_tiff_is_422(client: TestClient, keys: Keys, pair: Pair) -> None:
