@@ -7,9 +7,13 @@ timeouts, a full disk, open files) is in test_hardening_processes.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tifffile
+from engine_fixtures import huge_header_tiff
 from fastapi.testclient import TestClient
 from service_helpers import Keys, Pair, assert_problem, make_app, submit, wait_for
 
@@ -152,3 +156,18 @@ def test_the_report_names_no_server_path(
         done["links"]["self"], headers={"Authorization": f"Bearer {link['token']}"}
     )
     assert "/storage/" not in viewed.text
+
+
+def test_lying_and_empty_images_are_refused_at_upload(
+    lclient: TestClient, keys: Keys, pair: Pair, tmp_path: Path
+) -> None:
+    """The header checks of `dscm stain` answer at upload: 422, nothing kept, no job."""
+    claim = huge_header_tiff(tmp_path / "claim.tif", 19000, 19000)  # 138 bytes, 361 MP claimed
+    nan = tmp_path / "nan.tif"
+    tifffile.imwrite(nan, np.full((256, 256), np.nan, np.float32))
+    auth = Keys.auth(keys.alice)
+    for path, code in ((claim, "corrupt_slide"), (nan, "invalid_input")):
+        files = {**pair.files(), "fcm": (path.name, path.read_bytes(), "image/tiff")}
+        answer = lclient.post("/v1/jobs", files=files, data={"stages": "gareau"}, headers=auth)
+        body = assert_problem(answer, 422, code)
+        assert path.name in body["detail"]
