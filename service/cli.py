@@ -18,6 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from service.case import check_external_id, check_label
 from service.config import get_settings
 from service.errors import DscmError, InputError
 from service.slide import SlideInputs, resolve_scan_dir
@@ -66,6 +67,10 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
     "--format", "output_format", type=click.Choice(["tiff", "ome-tiff"]), default="tiff",
     show_default=True,
 )  # fmt: skip
+@click.option(
+    "--label", help="The case's label (one line, at most 200 characters), in the TIFF description."
+)
+@click.option("--external-id", help="The hospital's accession number, in the TIFF description.")
 @click.option("--rcm-detector", default=RCM_DETECTOR, show_default=True)
 @click.option("--fcm-detector", default=FCM_DETECTOR, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
@@ -82,6 +87,8 @@ def stain(
     compression: Literal["jpeg", "lossless"],
     quality: int,
     output_format: Literal["tiff", "ome-tiff"],
+    label: str | None,
+    external_id: str | None,
     rcm_detector: str,
     fcm_detector: str,
     as_json: bool,
@@ -99,6 +106,10 @@ def stain(
             inputs = SlideInputs(rcm=rcm, fcm=fcm)
         else:
             raise InputError("give a SCAN_DIR, or both --rcm and --fcm")
+        try:
+            label, external_id = check_label(label), check_external_id(external_id)
+        except ValueError as exc:  # the message names the rule, never the value
+            raise InputError(f"{exc}") from exc
         spec = StainSpec(
             stages=tuple(stages.split(",")) if stages else None,
             models_dir=models_dir or settings.models_dir,
@@ -111,6 +122,8 @@ def stain(
             max_pixels=settings.max_pixels,
             inference=settings.inference,
             inference_precision=settings.inference_precision,
+            label=label,
+            external_id=external_id,
         )
         with ProgressBar() as bar:
             report = stain_slide(inputs, output, spec, progress=bar.update)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
+
+from service.case import CASE_FIELDS
 
 LogFormat = Literal["text", "json"]
 
@@ -31,6 +34,10 @@ _JOB_ID: ContextVar[str | None] = ContextVar("dscm_job_id", default=None)
 _TENANT: ContextVar[str | None] = ContextVar("dscm_tenant", default=None)
 _HOST = socket.gethostname()
 _CHATTY_LOGGERS = ("pyvips",)
+# A case's label or accession number in a query string (GET /v1/jobs?external_id=...), as
+# uvicorn's access log would print it: they may identify a patient.
+_CASE_QUERY = re.compile(rf"([?&](?:{'|'.join(CASE_FIELDS)})=)[^&#\s\"]*")
+_REDACTED = "[redacted]"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRS = frozenset(
@@ -69,6 +76,22 @@ class ContextFilter(logging.Filter):
         record.job_id = getattr(record, "job_id", None) or _JOB_ID.get() or _celery_job_id()
         record.tenant = getattr(record, "tenant", None) or _TENANT.get()
         return True
+
+
+class RedactCaseFilter(logging.Filter):
+    """Replaces the values of case query parameters (``?external_id=``) in a record's message
+    and string arguments, so that no access-log line carries a patient's identity."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_case(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_case(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def redact_case(text: str) -> str:
+    return _CASE_QUERY.sub(rf"\g<1>{_REDACTED}", text) if "=" in text else text
 
 
 class JsonFormatter(logging.Formatter):
@@ -135,6 +158,7 @@ def configure_logging(
     handler.dscm_handler = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
+    handler.addFilter(RedactCaseFilter())
     root.addHandler(handler)
     root.setLevel(_level(level))
     # libvips reports every operation at INFO/DEBUG; those records are never wanted.

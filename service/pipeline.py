@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service.case import case_description
 from service.core.backends import choose_backend
 from service.core.chain import LAYERS, StainChain, resolve_stages, round_up
 from service.core.colour import ColourTarget, load_colour_target
@@ -60,6 +61,8 @@ class StainSpec:
     extra_layers: tuple[str, ...] = ()
     inference: str = "auto"  # service.core.backends: auto, cpu, openvino, cuda
     inference_precision: str = "auto"
+    label: str | None = None  # case identity (service.case), into the output's description
+    external_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.tile_px < 64 or self.tile_px % 16:
@@ -190,7 +193,13 @@ def stain_slide(
 
     writers: dict[str, PyramidWriter] = {}
     try:
-        writers["stain"] = PyramidWriter(output, info.width_px, info.height_px, info.mpp_um)
+        writers["stain"] = PyramidWriter(
+            output,
+            info.width_px,
+            info.height_px,
+            info.mpp_um,
+            description=case_description(spec.label, spec.external_id),
+        )
         for layer in spec.extra_layers:
             writers[layer] = PyramidWriter(
                 layer_output_path(output, layer),

@@ -7,6 +7,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.case import (
+    EXTERNAL_ID_MAX_CHARS,
+    EXTERNAL_ID_PATTERN,
+    LABEL_MAX_CHARS,
+    check_external_id,
+    check_label,
+)
 from service.jobs.model import JobState
 
 StageName = Literal["despeckle", "median", "gareau", "generator"]
@@ -54,6 +61,46 @@ class JobCreate(BaseModel):
                 raise ValueError("give this field once")
             return value[0]
         return value
+
+
+class CaseIdentity(BaseModel):
+    """The case fields of ``POST /v1/jobs`` (form fields); they may identify a patient, so they
+    are stored and returned but never logged (service.case)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(
+        default=None,
+        max_length=LABEL_MAX_CHARS,
+        description="Free text shown in the job list and the viewer (one line)",
+    )
+    external_id: str | None = Field(
+        default=None,
+        max_length=EXTERNAL_ID_MAX_CHARS,
+        pattern=EXTERNAL_ID_PATTERN,
+        description="The hospital's accession number; GET /v1/jobs?external_id= finds the job",
+    )
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label(cls, value: Any) -> Any:
+        value = _one(value)
+        return check_label(value) if isinstance(value, str) else value
+
+    @field_validator("external_id", mode="before")
+    @classmethod
+    def _external_id(cls, value: Any) -> Any:
+        value = _one(value)
+        return check_external_id(value) if isinstance(value, str) else value
+
+
+def _one(value: Any) -> Any:
+    """A form field given once (multipart fields arrive as lists)."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ValueError("give this field once")
+        return value[0]
+    return value
 
 
 class Progress(BaseModel):
@@ -104,6 +151,8 @@ class JobPublic(BaseModel):
     max_attempts: int
     options: JobCreate
     inputs: JobInputsPublic
+    label: str | None = Field(description="The case's label, as submitted")
+    external_id: str | None = Field(description="The case's accession number, as submitted")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

@@ -6,27 +6,38 @@ import hashlib
 import json
 import logging
 import shutil
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from service.api.auth import Principal
 from service.api.metrics import UPLOAD_BYTES
 from service.api.problems import ApiError
-from service.api.schemas import JobCreate
+from service.api.schemas import CaseIdentity, JobCreate
 from service.api.services import Services
 from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
+from service.case import CASE_FIELDS
 from service.errors import InputError, ModelError
 from service.jobs.model import Job, NewJob, new_job_id
 
 log = logging.getLogger(__name__)
+FormModel = TypeVar("FormModel", bound=BaseModel)
 
 
 def parse_options(form: ReceivedForm) -> JobCreate:
+    return _validated(JobCreate, {k: v for k, v in form.fields.items() if k not in CASE_FIELDS})
+
+
+def parse_case(form: ReceivedForm) -> CaseIdentity:
+    """The label and external id; a refusal names the field, never its value (never logged)."""
+    return _validated(CaseIdentity, {k: v for k, v in form.fields.items() if k in CASE_FIELDS})
+
+
+def _validated(model: type[FormModel], fields: dict[str, list[str]]) -> FormModel:
     try:
-        return JobCreate.model_validate(form.fields)
+        return model.model_validate(fields)
     except ValidationError as exc:
         errors = [
             {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
@@ -50,15 +61,15 @@ def check_stages(options: JobCreate, services: Services) -> None:
         raise ApiError(422, "invalid_option", exc.detail) from exc
 
 
-def fingerprint(form: ReceivedForm, options: JobCreate) -> str:
-    canonical = json.dumps(
-        {
-            "rcm": form.files["rcm"].sha256,
-            "fcm": form.files["fcm"].sha256,
-            "options": _fingerprinted_options(options),
-        },
-        sort_keys=True,
-    )
+def fingerprint(form: ReceivedForm, options: JobCreate, case: CaseIdentity) -> str:
+    request: dict[str, Any] = {
+        "rcm": form.files["rcm"].sha256,
+        "fcm": form.files["fcm"].sha256,
+        "options": _fingerprinted_options(options),
+    }
+    if case.label is not None or case.external_id is not None:  # old keys still replay
+        request["case"] = case.model_dump(mode="json")
+    canonical = json.dumps(request, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -98,7 +109,8 @@ async def accept_job(
         if missing:
             raise ApiError(422, "missing_file", f"missing file field(s): {', '.join(missing)}")
         options = parse_options(form)
-        print_ = fingerprint(form, options)
+        case = parse_case(form)
+        print_ = fingerprint(form, options, case)
         if idempotency_key is not None:
             earlier = replay(services, principal.tenant, idempotency_key, print_)
             if earlier is not None:
@@ -132,6 +144,8 @@ async def accept_job(
             inputs=inputs,
             max_attempts=settings.max_attempts,
             idempotency_key=idempotency_key,
+            label=case.label,
+            external_id=case.external_id,
         )
         try:
             job, created = await run_in_threadpool(services.store.create, new)

@@ -66,6 +66,8 @@ def to_public(job: Job) -> JobPublic:
             height_px=int(inputs["height_px"]),
             mpp_um=inputs.get("mpp_um"),
         ),
+        label=job.label,
+        external_id=job.external_id,
         created_at=job.created_at,
         updated_at=job.updated_at,
         started_at=job.started_at,

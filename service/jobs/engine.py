@@ -22,6 +22,9 @@ JOB_OPTION_FIELDS = {
     "jpeg_quality": "jpeg_quality",
     "output_format": "output_format",
     "layers": "extra_layers",
+    # the case identity (Job.engine_options), written into the output's description
+    "label": "label",
+    "external_id": "external_id",
 }
 
 

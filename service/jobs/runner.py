@@ -185,7 +185,7 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
             attempt.progress("load_models", 0, 1)
             models = ctx.models_for(job.options)
             report = ctx.engine.stain(
-                rcm, fcm, result, job.options, ctx.settings, attempt.progress, models
+                rcm, fcm, result, job.engine_options(), ctx.settings, attempt.progress, models
             )
             attempt.progress("thumbnail", 0, 1)
             try:

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 import pyvips
@@ -39,9 +40,17 @@ class PyramidWriter:
     """Collects RGB tiles of a ``width x height`` slide, then saves the pyramid."""
 
     def __init__(
-        self, output: Path, width_px: int, height_px: int, mpp_um: float, bands: int = 3
+        self,
+        output: Path,
+        width_px: int,
+        height_px: int,
+        mpp_um: float,
+        bands: int = 3,
+        description: str | None = None,
     ) -> None:
-        self.output, self.bands = output, bands
+        """``description``: the ImageDescription of a tiff (every level), the OME Image's
+        Description of an ome-tiff (service.case.case_description)."""
+        self.output, self.bands, self.description = output, bands, description
         self.output_format: OutputFormat = "tiff"
         self.width_px, self.height_px, self.mpp_um = width_px, height_px, mpp_um
         stem = f".{output.name}.{uuid.uuid4().hex[:8]}"
@@ -104,6 +113,9 @@ class PyramidWriter:
                 image = image.copy()
                 image.set_type(pyvips.GValue.gstr_type, "image-description", self._ome_xml())
                 options["subifd"] = True
+            elif self.description is not None:
+                image = image.copy()
+                image.set_type(pyvips.GValue.gstr_type, "image-description", self.description)
             image.tiffsave(str(self.tmp_path), **options)
             del image
             if output_format == "tiff":
@@ -139,10 +151,15 @@ class PyramidWriter:
 
     def _ome_xml(self) -> str:
         mpp = f"{self.mpp_um:.6g}"
+        description = ""
+        if self.description is not None:
+            description = f"<Description>{xml_escape(self.description)}</Description>"
         return (
             '<?xml version="1.0" encoding="UTF-8"?>'
             '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
-            '<Image ID="Image:0" Name="dscm stain"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" '
+            '<Image ID="Image:0" Name="dscm stain">'
+            f"{description}"
+            '<Pixels ID="Pixels:0" DimensionOrder="XYCZT" '
             f'Type="uint8" SizeX="{self.width_px}" SizeY="{self.height_px}" SizeC="{self.bands}" '
             'SizeZ="1" '
             f'SizeT="1" Interleaved="{str(self.bands > 1).lower()}" PhysicalSizeX="{mpp}" '

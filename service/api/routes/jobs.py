@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import time
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
@@ -21,6 +22,7 @@ from service.api.routes.common import problems
 from service.api.schemas import JobList, JobPublic
 from service.api.submit import accept_job
 from service.api.views import API_PREFIX, decode_cursor, encode_cursor, job_url, to_public
+from service.case import EXTERNAL_ID_MAX_CHARS, EXTERNAL_ID_PATTERN, LABEL_MAX_CHARS
 from service.errors import DscmError
 from service.jobs.model import JobState
 
@@ -51,6 +53,17 @@ _MULTIPART_BODY: dict[str, Any] = {
                             "description": "comma-separated extra outputs for the viewer: "
                             "gareau, fcm, rcm (default: none)",
                             "example": "gareau,fcm,rcm",
+                        },
+                        "label": {
+                            "type": "string",
+                            "maxLength": LABEL_MAX_CHARS,
+                            "description": "the case's label (one line; never logged)",
+                        },
+                        "external_id": {
+                            "type": "string",
+                            "maxLength": EXTERNAL_ID_MAX_CHARS,
+                            "pattern": EXTERNAL_ID_PATTERN,
+                            "description": "the hospital's accession number (never logged)",
                         },
                     },
                 }
@@ -106,16 +119,26 @@ def list_jobs(
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    external_id: Annotated[
+        str | None,
+        Query(
+            max_length=EXTERNAL_ID_MAX_CHARS,
+            pattern=EXTERNAL_ID_PATTERN,
+            description="Only the jobs submitted with this accession number (exact match)",
+        ),
+    ] = None,
 ) -> JobList:
     before = decode_cursor(cursor) if cursor else None
     tenant = None if principal.is_admin else principal.tenant
-    jobs = services.store.list_jobs(tenant, state, limit + 1, before)
+    jobs = services.store.list_jobs(tenant, state, limit + 1, before, external_id)
     page, more = jobs[:limit], len(jobs) > limit
     next_url = None
     if more:
         query = f"limit={limit}&cursor={encode_cursor(page[-1])}"
         if state is not None:
             query += f"&state={state.value}"
+        if external_id is not None:
+            query += f"&{urlencode({'external_id': external_id})}"
         next_url = f"{API_PREFIX}/jobs?{query}"
     return JobList(items=[to_public(job) for job in page], next=next_url)
 
