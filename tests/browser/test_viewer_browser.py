@@ -20,6 +20,7 @@ from PIL import Image
 
 WIDTH_PX, HEIGHT_PX, MPP_UM = 2400, 1600, 0.5
 DEEPEST_LEVEL = 12  # ceil(log2(2400))
+LABEL, EXTERNAL_ID = "Left cheek, margin 3 o'clock", "S24-01234"
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def finished_job(server: Server, pair: dict[str, Path]) -> dict[str, Any]:
-    job = server.submit(pair, stages="median,gareau", layers="gareau,fcm,rcm")
+    job = server.submit(
+        pair,
+        stages="median,gareau",
+        layers="gareau,fcm,rcm",
+        label=LABEL,
+        external_id=EXTERNAL_ID,
+    )
     done = server.wait(job["id"])
     assert done["state"] == "succeeded", done
     assert done["layers"] == ["stain", "gareau", "fcm", "rcm"]
@@ -120,6 +127,10 @@ def test_viewer_draws_zooms_and_switches_layers(
     assert_stain_colours(stain)
     header = browser.find_element(By.ID, "job-state").text
     assert header == "succeeded"
+    # The case, not the scanner's file names, names the slide.
+    assert browser.find_element(By.ID, "job-title").text == LABEL
+    assert browser.find_element(By.ID, "job-external-id").text == EXTERNAL_ID
+    assert "rcm.tif + fcm.tif" in browser.find_element(By.ID, "job-title").get_attribute("title")
     labels = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#layers button")]
     assert labels == ["Stained", "Gareau", "FCM", "RCM"]
     scale_whole = browser.find_element(By.CSS_SELECTOR, "#scalebar .scalebar-label").text
@@ -233,6 +244,8 @@ def test_job_list_shows_the_tenants_jobs(
     )
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{finished_job["id"]}"]')
     assert "succeeded" in row.text and "rcm.tif + fcm.tif" in row.text
+    case = row.find_element(By.CSS_SELECTOR, "td.case").text.splitlines()
+    assert case == [LABEL, EXTERNAL_ID, "rcm.tif + fcm.tif"]
     link = row.find_element(By.LINK_TEXT, "View")
     assert link.get_attribute("href").endswith(f"/viewer/{finished_job['id']}")
     path = screenshots_dir / "jobs.png"
@@ -241,3 +254,183 @@ def test_job_list_shows_the_tenants_jobs(
     link.click()
     wait_until(lambda: browser.execute_script("return !!window.dscmViewer.viewer"), 15, "viewer")
     wait_drawn(browser)
+
+
+def press(browser: Any, *keys: str) -> None:
+    """Keys sent to the page itself (nothing focused), as a user who clicked the slide."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.execute_script("document.activeElement && document.activeElement.blur()")
+    ActionChains(browser).send_keys(*keys).perform()
+
+
+def tab_to(browser: Any, element_id: str, limit: int = 40) -> bool:
+    """Whether Tab alone reaches the element (keyboard users have no other way)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    browser.execute_script("document.activeElement && document.activeElement.blur()")
+    for _ in range(limit):
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        if browser.execute_script("return document.activeElement.id") == element_id:
+            return True
+    return False
+
+
+def region(browser: Any, png: bytes, element_id: str, x0: float, x1: float) -> np.ndarray:
+    """Columns x0..x1 (fractions of the element's width), middle rows, of a screenshot."""
+    from selenium.webdriver.common.by import By
+
+    rect = browser.find_element(By.ID, element_id).rect
+    page = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.float32)
+    scale = page.shape[1] / browser.execute_script("return window.innerWidth")
+    left, top = rect["x"] * scale, rect["y"] * scale
+    width, height = rect["width"] * scale, rect["height"] * scale
+    return page[
+        int(top + height * 0.25) : int(top + height * 0.75),
+        int(left + width * x0) : int(left + width * x1),
+    ]
+
+
+def views(browser: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """The bounds (viewport coordinates) of the main and the compared viewer."""
+    result: list[dict[str, float]] = browser.execute_script(
+        "const s = window.dscmViewer, b = s.compare.state.viewer;"
+        "return [s.viewer.viewport.getBounds(true), b.viewport.getBounds(true)];"
+    )
+    return result[0], result[1]
+
+
+def assert_same_view(browser: Any) -> dict[str, float]:
+    main, compared = views(browser)
+    pixel = main["width"] / 500  # containers of equal width, give or take a rounded pixel
+    for key in ("x", "y", "width", "height"):
+        assert abs(main[key] - compared[key]) < pixel, (key, main[key], compared[key])
+    return main
+
+
+def test_compare_side_by_side_and_swipe(
+    server: Server, browser: Any, finished_job: dict[str, Any], screenshots_dir: Path
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{server.url}/viewer")
+    browser.execute_script("sessionStorage.setItem('dscm.apiKey', arguments[0])", server.key)
+    browser.get(f"{server.url}/viewer/{finished_job['id']}")
+    wait_until(lambda: browser.execute_script("return !!window.dscmViewer.viewer"), 15, "viewer")
+    wait_drawn(browser)
+    body = browser.find_element(By.TAG_NAME, "body")
+    assert body.get_attribute("data-compare") == "off"
+    assert not browser.find_element(By.ID, "viewer-b").is_displayed()
+    # The comparison is reachable with Tab; its layout buttons appear with a second layer.
+    assert tab_to(browser, "compare-layer")
+    assert not browser.find_element(By.ID, "layout-swipe").is_displayed()
+
+    # C: compare the stain with FCM (the default partner), side by side, at the same place.
+    press(browser, "c")
+    wait_drawn(browser)
+    assert body.get_attribute("data-compare") == "side"
+    captions = [browser.find_element(By.ID, f"caption-{n}").text for n in ("a", "b")]
+    assert captions == ["Stained", "FCM"]
+    png = browser.get_screenshot_as_png()
+    path = screenshots_dir / "viewer-compare-side.png"
+    path.write_bytes(png)
+    copy_for_docs(path)
+    assert_stain_colours(region(browser, png, "viewer", 0.2, 0.8))
+    fcm = region(browser, png, "viewer-b", 0.2, 0.8)
+    assert_not_blank(fcm)
+    assert_gray(fcm)
+    home = assert_same_view(browser)
+    assert tab_to(browser, "layout-swipe")  # the layout buttons, now shown
+
+    # Zoom with the buttons (the main view), then drag the compared view: each follows.
+    browser.find_element(By.ID, "zoom-in").click()
+    browser.find_element(By.ID, "zoom-in").click()
+    wait_drawn(browser)
+    zoomed = assert_same_view(browser)
+    assert zoomed["width"] < home["width"] * 0.5
+    ActionChains(browser).drag_and_drop_by_offset(
+        browser.find_element(By.ID, "viewer-b"), -120, -40
+    ).perform()
+    wait_drawn(browser)
+    dragged = assert_same_view(browser)
+    assert dragged["x"] > zoomed["x"] and dragged["y"] > zoomed["y"]
+
+    # X: swipe. The stain left of the divider, FCM right of it, over the same view.
+    press(browser, "x")
+    wait_drawn(browser)
+    assert body.get_attribute("data-compare") == "swipe"
+    browser.execute_script("window.dscmViewer.viewer.viewport.goHome(true)")
+    wait_drawn(browser)
+    png = browser.get_screenshot_as_png()
+    path = screenshots_dir / "viewer-compare-swipe.png"
+    path.write_bytes(png)
+    copy_for_docs(path)
+    assert_same_view(browser)
+    assert_stain_colours(region(browser, png, "viewer", 0.2, 0.45))
+    assert_gray(region(browser, png, "viewer", 0.55, 0.8))
+    # The divider: a slider the keyboard reaches and moves ([ and ] from anywhere).
+    assert tab_to(browser, "divider")
+    ActionChains(browser).send_keys(Keys.ARROW_RIGHT * 10).perform()  # 2 % a step
+    divider = browser.find_element(By.ID, "divider")
+    assert divider.get_attribute("aria-valuenow") == "70"
+    press(browser, "[", "[", "[", "[", "[", "[", "[", "[")  # 5 % a step: 30 %
+    assert divider.get_attribute("aria-valuenow") == "30"
+    wait_drawn(browser)
+    png = browser.get_screenshot_as_png()
+    assert_stain_colours(region(browser, png, "viewer", 0.15, 0.27))
+    assert_gray(region(browser, png, "viewer", 0.35, 0.5))  # stained with the divider at 50 %
+
+    # The mouse drags the divider too.
+    ActionChains(browser).drag_and_drop_by_offset(divider, 128, 0).perform()
+    assert 35 < int(divider.get_attribute("aria-valuenow")) < 45
+
+    # Shift+2: compare with Gareau instead; C again: one view.
+    browser.execute_script("document.activeElement && document.activeElement.blur()")
+    ActionChains(browser).key_down(Keys.SHIFT).send_keys("2").key_up(Keys.SHIFT).perform()
+    wait_drawn(browser)
+    assert browser.find_element(By.ID, "caption-b").text == "Gareau"
+    assert_stain_colours(region(browser, browser.get_screenshot_as_png(), "viewer", 0.35, 0.8))
+    press(browser, "c")
+    assert body.get_attribute("data-compare") == "off"
+    assert not browser.find_element(By.ID, "viewer-b").is_displayed()
+    assert not divider.is_displayed()
+    wait_drawn(browser)
+
+    assert browser.execute_script("return window.dscmViewer.errors") == []
+    assert console_errors(browser) == []
+
+
+def test_job_list_finds_a_case_by_its_accession_number(
+    server: Server, browser: Any, finished_job: dict[str, Any]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{server.url}/viewer")
+    browser.execute_script("sessionStorage.setItem('dscm.apiKey', arguments[0])", server.key)
+    browser.refresh()
+    wait_until(
+        lambda: browser.execute_script("return document.body.dataset.state") == "ready", 15, "list"
+    )
+
+    def rows() -> list[str]:  # in one script: the list may be redrawn between two calls
+        ids: list[str] = browser.execute_script(
+            "return [...document.querySelectorAll('#jobs tbody tr')].map((r) => r.dataset.jobId)"
+        )
+        return ids
+
+    everything = rows()
+    assert len(everything) > 1  # the other tests' jobs have no accession number
+    search = browser.find_element(By.ID, "external-id-filter")
+    search.send_keys(EXTERNAL_ID, Keys.ENTER)
+    wait_until(lambda: rows() == [finished_job["id"]], 15, "the filtered list")
+    search.clear()
+    search.send_keys("S24-99999", Keys.ENTER)
+    wait_until(lambda: rows() == [], 15, "an empty list")
+    message = browser.find_element(By.ID, "message").text
+    assert message == "No job with this accession number."
+    search.send_keys(Keys.CONTROL + "a", Keys.BACKSPACE)
+    wait_until(lambda: len(rows()) == len(everything), 15, "every job again")

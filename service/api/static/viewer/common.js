@@ -95,6 +95,11 @@ const Dscm = (() => {
     return job.progress.total ? `${stage} (${Math.round(percent(job))} %)` : stage;
   }
 
+  /** The case a job belongs to, in words: its label, else its accession number ("" if none). */
+  function caseTitle(job) {
+    return job.label || job.external_id || "";
+  }
+
   function localTime(iso) {
     return iso ? new Date(iso).toLocaleString() : "";
   }
@@ -133,6 +138,7 @@ const Dscm = (() => {
     askForKey,
     percent,
     progressText,
+    caseTitle,
     localTime,
     element,
     shareLink,

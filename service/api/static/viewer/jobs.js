@@ -15,8 +15,12 @@
 
   function listUrl(cursorUrl) {
     if (cursorUrl) return cursorUrl;
+    const query = new URLSearchParams({ limit: "50" });
     const state = $("state-filter").value;
-    return `/v1/jobs?limit=50${state ? `&state=${state}` : ""}`;
+    const externalId = $("external-id-filter").value.trim();
+    if (state) query.set("state", state);
+    if (externalId) query.set("external_id", externalId);
+    return `/v1/jobs?${query}`;
   }
 
   const LAYER_NAMES = { stain: "stained", gareau: "Gareau", fcm: "FCM", rcm: "RCM" };
@@ -29,6 +33,7 @@
   function row(job) {
     const e = Dscm.element;
     const names = [job.inputs.rcm.filename, job.inputs.fcm.filename].filter(Boolean).join(" + ");
+    const title = Dscm.caseTitle(job);
     const progress = e("progress", { max: "100", value: String(Dscm.percent(job)) });
     const label = job.purged_at ? "deleted" : job.state;
     const links = e("td", { class: "links" });
@@ -38,7 +43,7 @@
       share.addEventListener("click", async () => {
         try {
           await Dscm.shareLink(job.id);
-          showMessage(`Viewer link for ${names || job.id} copied.`);
+          showMessage(`Viewer link for ${title || names || job.id} copied.`);
         } catch (error) {
           showMessage(`No link: ${error.message}`, "error");
         }
@@ -51,13 +56,25 @@
     const error = job.error ? e("div", { class: "error", text: job.error.code }) : "";
     return e("tr", { dataset: { jobId: job.id, state: job.state } }, [
       e("td", { text: Dscm.localTime(job.created_at), title: job.created_at }),
-      e("td", { title: job.id }, [names || job.id.slice(0, 8)]),
+      caseCell(job, title, names),
       e("td", {}, [e("span", { class: "badge", text: label, dataset: { state: label } }), error]),
       e("td", {}, [progress, e("span", { class: "progress-text", text: progressLabel(job) })]),
       e("td", { text: size }),
       e("td", { text: job.layers.map((layer) => LAYER_NAMES[layer]).join(", ") }),
       links,
     ]);
+  }
+
+  /** The case's label (or accession number), the accession number, then the file names. */
+  function caseCell(job, title, names) {
+    const e = Dscm.element;
+    const cell = e("td", { class: "case", title: `job ${job.id}` });
+    if (title) cell.append(e("div", { class: "case-label", text: title }));
+    if (job.label && job.external_id) {
+      cell.append(e("div", { class: "case-id", text: job.external_id }));
+    }
+    cell.append(e("div", { class: title ? "files" : "", text: names || job.id.slice(0, 8) }));
+    return cell;
   }
 
   async function load() {
@@ -72,14 +89,16 @@
         return load();
       }
       showMessage(error.message, "error");
-      timer = setTimeout(load, POLL_MS * 2);
+      if (error.status !== 422) timer = setTimeout(load, POLL_MS * 2);
       return;
     }
     $("forget-key").hidden = false;
     const body = $("jobs").querySelector("tbody");
     body.replaceChildren(...list.items.map(row));
     $("jobs").hidden = false;
-    showMessage(list.items.length ? "" : "No jobs yet: submit one with POST /v1/jobs.");
+    const filtered = $("external-id-filter").value.trim();
+    const none = filtered ? "No job with this accession number." : "No jobs yet: submit one with POST /v1/jobs.";
+    showMessage(list.items.length ? "" : none);
     $("older").hidden = !list.next;
     $("older").dataset.next = list.next || "";
     document.body.dataset.state = "ready";
@@ -93,6 +112,16 @@
       location.reload();
     });
     $("state-filter").addEventListener("change", () => {
+      pages = [null];
+      load();
+    });
+    $("case-filter").addEventListener("submit", (event) => {
+      event.preventDefault();
+      pages = [null];
+      load();
+    });
+    $("external-id-filter").addEventListener("input", (event) => {
+      if (event.target.value) return; // cleared: every job again
       pages = [null];
       load();
     });

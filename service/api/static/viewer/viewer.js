@@ -21,6 +21,7 @@
     tilesLoaded: 0,
     maxLevel: -1,
     errors: [],
+    compare: null,
     whenDrawn,
   };
   window.dscmViewer = state;
@@ -38,8 +39,11 @@
 
   function renderJob(job) {
     const names = [job.inputs.rcm.filename, job.inputs.fcm.filename].filter(Boolean);
-    $("job-title").textContent = names.length ? names.join(" + ") : `job ${job.id.slice(0, 8)}`;
-    $("job-title").title = `job ${job.id}, submitted ${Dscm.localTime(job.created_at)}`;
+    const files = names.length ? names.join(" + ") : `job ${job.id.slice(0, 8)}`;
+    $("job-title").textContent = Dscm.caseTitle(job) || files;
+    $("job-external-id").textContent = job.label && job.external_id ? job.external_id : "";
+    $("job-external-id").hidden = !(job.label && job.external_id);
+    $("job-title").title = `${files}; job ${job.id}, submitted ${Dscm.localTime(job.created_at)}`;
     const badge = $("job-state");
     badge.textContent = job.purged_at ? "deleted" : job.state;
     badge.dataset.state = job.purged_at ? "purged" : job.state;
@@ -67,6 +71,52 @@
       nav.append(button);
     });
     nav.hidden = job.layers.length < 2;
+    renderCompare(job);
+  }
+
+  /** The comparison controls: which second layer (or none) and the layout. */
+  function renderCompare(job) {
+    const compare = state.compare;
+    const select = $("compare-layer");
+    const current = compare ? compare.state.layer : null;
+    const choices = job.layers.filter((layer) => layer !== state.layer);
+    select.replaceChildren(
+      Dscm.element("option", { value: "", text: "off" }),
+      ...choices.map((layer) => Dscm.element("option", { value: layer, text: LAYER_LABELS[layer][0] })),
+    );
+    select.value = current || "";
+    const mode = compare ? compare.state.mode : "side";
+    for (const name of DscmCompare.MODES) {
+      $(`layout-${name}`).setAttribute("aria-pressed", String(mode === name));
+    }
+    $("layout").hidden = current === null;
+    $("compare").hidden = job.layers.length < 2;
+  }
+
+  /** The layer compared with the shown one by default: FCM (what the stain must be faithful
+   * to), else Gareau, else whatever else the job kept. */
+  function defaultPartner(job) {
+    const others = job.layers.filter((layer) => layer !== state.layer);
+    return ["fcm", "gareau", "stain", "rcm"].find((layer) => others.includes(layer)) || null;
+  }
+
+  function compareWith(layer, primaryLayer = state.layer) {
+    const compare = state.compare;
+    if (!compare) return;
+    if (!layer) {
+      compare.stop();
+      return;
+    }
+    compare.show(layer, primaryLayer).catch((error) => {
+      showMessage(`Could not open the ${layer} layer: ${error.message}`, "error");
+      compare.stop();
+    });
+  }
+
+  function toggleCompare() {
+    if (!state.compare) return;
+    if (state.compare.state.layer) state.compare.stop();
+    else compareWith(defaultPartner(state.job));
   }
 
   /**
@@ -95,25 +145,35 @@
     });
   }
 
-  async function openViewer(job) {
-    $("viewer").hidden = false;
-    $("zoom").hidden = false;
-    state.layer = job.layers[0];
+  /** An OpenSeadragon viewer of one layer in `element`, sending this tab's credentials. */
+  function createViewer(element, source, extra = {}) {
     const viewer = OpenSeadragon({
-      element: $("viewer"),
-      tileSources: await tileSource(state.layer),
+      element,
+      tileSources: source,
       loadTilesWithAjax: true,
       ajaxHeaders: { Authorization: Dscm.authorization(jobId) },
       drawer: "canvas",
       showNavigationControl: false,
-      showNavigator: true,
-      navigatorPosition: "BOTTOM_RIGHT",
-      navigatorAutoFade: false,
+      showNavigator: false,
       maxZoomPixelRatio: 2,
       visibilityRatio: 0.5,
       timeout: 60000,
       gestureSettingsMouse: { clickToZoom: false },
+      ...extra,
     });
+    viewer.addHandler("tile-load-failed", (event) => {
+      state.errors.push(event.message);
+    });
+    return viewer;
+  }
+
+  async function openViewer(job) {
+    $("viewer").hidden = false;
+    $("zoom").hidden = false;
+    state.layer = job.layers[0];
+    const source = await tileSource(state.layer);
+    $("navigator").hidden = false; // OpenSeadragon sizes the minimap from its element
+    const viewer = createViewer($("viewer"), source, { showNavigator: true, navigatorId: "navigator" });
     state.viewer = viewer;
     viewer.addHandler("open", () => {
       state.openedLayer = state.layer;
@@ -132,9 +192,6 @@
       state.tilesLoaded += 1;
       state.maxLevel = Math.max(state.maxLevel, event.tile.level);
     });
-    viewer.addHandler("tile-load-failed", (event) => {
-      state.errors.push(event.message);
-    });
     viewer.addHandler("animation-start", () => setPageState("loading"));
     viewer.addHandler("animation-finish", () => {
       if (viewer.world.getItemCount() && viewer.world.getItemAt(0).getFullyLoaded()) {
@@ -145,13 +202,53 @@
     $("zoom-in").addEventListener("click", () => zoom(1.5));
     $("zoom-out").addEventListener("click", () => zoom(1 / 1.5));
     $("home").addEventListener("click", () => viewer.viewport.goHome());
-    document.addEventListener("keydown", (event) => {
-      const index = Number(event.key) - 1;
-      if (index >= 0 && index < job.layers.length && !event.ctrlKey && !event.metaKey) {
-        showLayer(job.layers[index]);
-      }
+    state.compare = DscmCompare.create(viewer, {
+      element: $("viewer-b"),
+      divider: $("divider"),
+      captions: { a: $("caption-a"), b: $("caption-b") },
+      labelOf: (layer) => LAYER_LABELS[layer][0],
+      open: async (element, layer) => {
+        const second = createViewer(element, await tileSource(layer));
+        second.addHandler("tile-loaded", () => {
+          state.tilesLoaded += 1;
+        });
+        return second;
+      },
+      onChange: () => renderCompare(state.job),
     });
+    $("compare-layer").addEventListener("change", (event) => compareWith(event.target.value));
+    for (const mode of DscmCompare.MODES) {
+      $(`layout-${mode}`).addEventListener("click", () => state.compare.setMode(mode));
+    }
+    document.addEventListener("keydown", onKey);
     renderLayers(job);
+  }
+
+  /**
+   * Keys: 1-4 show a layer; Shift+1-4 compare with it; C compares on/off; X switches between
+   * side by side and swipe; [ and ] move the swipe divider. Not while typing in a field.
+   */
+  function onKey(event) {
+    const job = state.job;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target.closest && event.target.closest("input, select, textarea")) return;
+    const digit = /^(?:Digit|Numpad)([1-9])$/.exec(event.code);
+    const index = digit ? Number(digit[1]) - 1 : -1;
+    const compare = state.compare;
+    if (index >= 0 && index < job.layers.length) {
+      if (event.shiftKey) compareWith(job.layers[index] === state.layer ? "" : job.layers[index]);
+      else showLayer(job.layers[index]);
+    } else if (event.key === "c" || event.key === "C") {
+      toggleCompare();
+    } else if ((event.key === "x" || event.key === "X") && compare.state.layer) {
+      compare.setMode(compare.state.mode === "side" ? "swipe" : "side");
+    } else if ((event.key === "[" || event.key === "]") && compare.state.layer) {
+      compare.setMode("swipe");
+      compare.setSwipe(compare.state.swipePercent + (event.key === "]" ? 5 : -5));
+    } else {
+      return;
+    }
+    event.preventDefault();
   }
 
   function zoom(factor) {
@@ -163,6 +260,9 @@
   async function showLayer(layer) {
     if (!state.viewer || layer === state.layer) return;
     const bounds = state.viewer.viewport.getBounds();
+    const compare = state.compare;
+    if (compare && compare.state.layer === layer) compareWith(state.layer, layer); // swap
+    else if (compare) compare.relabel(layer);
     state.layer = layer;
     state.openedLayer = null;
     renderLayers(state.job);
@@ -183,14 +283,17 @@
     const started = performance.now();
     return new Promise((resolve, reject) => {
       let calm = 0;
-      function check() {
-        const viewer = state.viewer;
+      function still(viewer) {
         const item = viewer && viewer.world.getItemAt(0);
+        return !!item && item.getFullyLoaded() && !viewer.isAnimating();
+      }
+      function check() {
+        const compare = state.compare ? state.compare.state : { layer: null };
         const drawn =
-          item &&
           state.openedLayer === state.layer &&
-          item.getFullyLoaded() &&
-          !viewer.isAnimating();
+          still(state.viewer) &&
+          (compare.layer === null ||
+            (compare.openedLayer === compare.layer && still(compare.viewer)));
         calm = drawn ? calm + 1 : 0;
         if (calm >= 3) resolve(true);
         else if (performance.now() - started > timeoutMs) reject(new Error("tiles not drawn"));
