@@ -11,7 +11,6 @@ import click
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
@@ -20,7 +19,8 @@ from rich.progress import (
 
 from service.case import check_external_id, check_label
 from service.config import get_settings
-from service.errors import DscmError, InputError
+from service.errors import DscmError, InputError, OutputError
+from service.progress import overall_progress
 from service.slide import SlideInputs, resolve_scan_dir
 from service.slide.reader import FCM_DETECTOR, RCM_DETECTOR
 
@@ -50,9 +50,16 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output TIFF.")
 @click.option(
     "--stages",
-    help="Comma-separated subset of despeckle,median,gareau,generator "
-    "(default: every stage whose model is installed).",
+    help="Comma-separated subset of despeckle,median,gareau,colour,generator "
+    "(default: the installed models' default chain, see `dscm models`).",
 )
+@click.option(
+    "--mpp",
+    "mpp_um",
+    type=float,
+    help="Pixel size in um, when the files' resolution tags are missing or wrong.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), help="Model folder.")
 @click.option("--tile-px", type=int, help="Output tile edge in pixels (multiple of 16).")
 @click.option(
@@ -80,6 +87,8 @@ def stain(
     fcm: Path | None,
     output: Path,
     stages: str | None,
+    mpp_um: float | None,
+    overwrite: bool,
     models_dir: Path | None,
     tile_px: int | None,
     batch_size: int | None,
@@ -106,12 +115,15 @@ def stain(
             inputs = SlideInputs(rcm=rcm, fcm=fcm)
         else:
             raise InputError("give a SCAN_DIR, or both --rcm and --fcm")
+        check_output_path(output, overwrite)
         try:
             label, external_id = check_label(label), check_external_id(external_id)
         except ValueError as exc:  # the message names the rule, never the value
             raise InputError(f"{exc}") from exc
         spec = StainSpec(
             stages=tuple(stages.split(",")) if stages else None,
+            mpp_um=mpp_um,
+            default_mpp_um=settings.default_mpp_um,
             models_dir=models_dir or settings.models_dir,
             tile_px=tile_px or settings.tile_px,
             batch_size=batch_size or settings.batch_size,
@@ -141,53 +153,90 @@ def stain(
         )
 
 
+OUTPUT_SUFFIXES = (".tif", ".tiff")
+
+
+def check_output_path(output: Path, overwrite: bool) -> None:
+    """The output is a TIFF by name, and an existing file is replaced only when asked."""
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(
+            f"{output.name}: the output is a pyramidal TIFF; name it .tif or .tiff (or .ome.tif)"
+        )
+    if output.exists() and not overwrite:
+        raise OutputError(f"{output} exists; pass --overwrite to replace it")
+
+
 class ProgressBar:
-    """A rich progress bar on stderr, one task per stage."""
+    """One bar for the whole job on a terminal; without one, a line on stderr at least every
+    10 % (logs and pipelines see progress too)."""
+
+    LOG_STEP = 0.1
 
     def __init__(self) -> None:
         console = Console(stderr=True)
+        self.tty = console.is_terminal
         self.progress = Progress(
-            TextColumn("{task.description:<10}"),
+            TextColumn("{task.description:<28}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.percentage:>3.0f} %"),
             TimeElapsedColumn(),
             console=console,
             transient=True,
-            disable=not console.is_terminal,
+            disable=not self.tty,
         )
-        self.tasks: dict[str, TaskID] = {}
+        self.task: TaskID | None = None
+        self.logged = -1.0
 
     def __enter__(self) -> ProgressBar:
         self.progress.start()
+        self.task = self.progress.add_task("preparing", total=1000)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
     def update(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total or None)
-        self.progress.update(self.tasks[stage], completed=done, total=total or None)
+        fraction, message = overall_progress(stage, done, total)
+        if self.task is not None:
+            self.progress.update(self.task, completed=round(fraction * 1000), description=message)
+        # nothing while the inputs are checked: a refused input gives its one-line error only
+        checked = stage not in ("load_models", "prepare")
+        if (
+            not self.tty
+            and checked
+            and (fraction >= self.logged + self.LOG_STEP or fraction >= 1.0 > self.logged)
+        ):
+            self.logged = fraction
+            click.echo(f"{fraction * 100:3.0f} % {message}", err=True)
 
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
 def info(path: Path, as_json: bool) -> None:
-    """Levels, size and microns per pixel of an image (input or stained pyramid)."""
+    """Levels, size and microns per pixel of an image (input or stained pyramid), or of both
+    images of a Vivascope scan folder."""
     from service.slide.info import describe
 
     try:
-        data = describe(path)
+        if path.is_dir():
+            inputs = resolve_scan_dir(path, RCM_DETECTOR, FCM_DETECTOR)
+            described = [describe(inputs.rcm), describe(inputs.fcm)]
+        else:
+            described = [describe(path)]
     except DscmError as error:
         fail(error)
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(described[0] if len(described) == 1 else described, indent=2))
         return
-    mpp = f"{data['mpp_um']:.4g} um/px" if data["mpp_um"] else "mpp unknown"
-    click.echo(f"{path}: {data['format']}, {data['bands']} band(s) {data['pixel_format']}, {mpp}")
-    for i, level in enumerate(data["levels"]):
-        click.echo(f"  level {i}: {level['width_px']} x {level['height_px']} px")
+    for data in described:
+        mpp = f"{data['mpp_um']:.4g} um/px" if data["mpp_um"] else "pixel size unknown"
+        click.echo(
+            f"{data['path']}: {data['format']}, {data['bands']} band(s) "
+            f"{data['pixel_format']}, {mpp}"
+        )
+        for i, level in enumerate(data["levels"]):
+            click.echo(f"  level {i}: {level['width_px']} x {level['height_px']} px")
 
 
 @main.command()

@@ -26,7 +26,7 @@ from service.core.models import (
 from service.core.normalize import IntensityRange, estimate_range, normalize
 from service.core.quality import faithfulness_qc
 from service.core.tiles import Tile, tile_grid, tissue_mask, tissue_tiles
-from service.errors import InputError
+from service.errors import InputError, PixelSizeUnknown
 from service.slide import (
     OpenedMode,
     PairInfo,
@@ -37,7 +37,64 @@ from service.slide import (
 )
 
 ProgressCallback = Callable[[str, int, int], None]
+
 THUMBNAIL_MAX_SIDE_PX = 2048
+MPP_RANGE_UM = (0.05, 50.0)  # a pixel size anyone may state
+RESAMPLE_TOLERANCE = 0.10  # resample when the slide's pixel size differs more than this
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """The slide's pixel size, where it came from, and the grid the networks run on."""
+
+    mpp_um: float
+    source: Literal["file", "caller", "operator default"]
+    model_mpp_um: float | None  # what the chain's models were trained at
+    work_width_px: int
+    work_height_px: int
+
+    @property
+    def resampled(self) -> bool:
+        return self.model_mpp_um is not None and self.work_mpp_um != self.mpp_um
+
+    @property
+    def work_mpp_um(self) -> float:
+        if self.model_mpp_um is None:
+            return self.mpp_um
+        ratio = self.mpp_um / self.model_mpp_um
+        return self.model_mpp_um if abs(ratio - 1.0) > RESAMPLE_TOLERANCE else self.mpp_um
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mpp_um": round(self.mpp_um, 5),
+            "source": self.source,
+            "model_mpp_um": self.model_mpp_um,
+            "resampled": self.resampled,
+            "work_px": [self.work_width_px, self.work_height_px],
+        }
+
+
+def resolve_pixel_size(info: PairInfo, spec: StainSpec, model_mpp_um: float | None) -> PixelSize:
+    """The caller's value, else the files' tags, else the operator's default; refused when
+    nobody says (a wrong guess would mislead every measurement made on the slide)."""
+    if spec.mpp_um is not None:
+        mpp, source = spec.mpp_um, "caller"
+    elif info.mpp_um is not None:
+        mpp, source = info.mpp_um, "file"
+    elif spec.default_mpp_um is not None:
+        mpp, source = spec.default_mpp_um, "operator default"
+    else:
+        raise PixelSizeUnknown(
+            "the images carry no pixel size (resolution tags): state it with --mpp "
+            "(the API's mpp_um field), or set DSCM_DEFAULT_MPP_UM for this site's scanner"
+        )
+    width, height = info.width_px, info.height_px
+    if model_mpp_um is not None and abs(mpp / model_mpp_um - 1.0) > RESAMPLE_TOLERANCE:
+        scale = mpp / model_mpp_um
+        width, height = max(16, round(width * scale)), max(16, round(height * scale))
+    return PixelSize(mpp, source, model_mpp_um, width, height)  # type: ignore[arg-type]
+
+
 READ_QUEUE_BATCHES = 2
 _DONE = object()
 
@@ -61,6 +118,8 @@ class StainSpec:
     extra_layers: tuple[str, ...] = ()
     inference: str = "auto"  # service.core.backends: auto, cpu, openvino, cuda
     inference_precision: str = "auto"
+    mpp_um: float | None = None  # stated by the caller; overrides the files' tags
+    default_mpp_um: float | None = None  # the operator's fallback (DSCM_DEFAULT_MPP_UM)
     label: str | None = None  # case identity (service.case), into the output's description
     external_id: str | None = None
 
@@ -79,6 +138,10 @@ class StainSpec:
             raise InputError("stats_tiles must be at least 1")
         if self.stats_crop_px < 64 or self.stats_crop_px % 16:
             raise InputError("stats_crop_px must be a multiple of 16 and >= 64")
+        for name in ("mpp_um", "default_mpp_um"):
+            value = getattr(self, name)
+            if value is not None and not MPP_RANGE_UM[0] <= value <= MPP_RANGE_UM[1]:
+                raise InputError(f"{name} must be {MPP_RANGE_UM[0]}-{MPP_RANGE_UM[1]} um/px")
         unknown = sorted(set(self.extra_layers) - set(LAYERS))
         if unknown:
             raise InputError(f"unknown layer(s) {', '.join(unknown)}; choose from {LAYERS}")
@@ -155,6 +218,12 @@ def stain_slide(
     info, rcm, fcm = open_pair(inputs, spec.max_pixels)
     models = models if models is not None else load_models(spec)
     chain = models.chain(spec.stages)
+    pixel = resolve_pixel_size(info, spec, chain.trained_mpp_um)
+    work_rcm, work_fcm = rcm, fcm
+    if pixel.resampled:
+        work_rcm = rcm.resampled(pixel.work_width_px, pixel.work_height_px)
+        work_fcm = fcm.resampled(pixel.work_width_px, pixel.work_height_px)
+    work_shape = (pixel.work_height_px, pixel.work_width_px)
     timings["open"] = time.perf_counter() - started
 
     mark = time.perf_counter()
@@ -167,14 +236,14 @@ def stain_slide(
     timings["thumbnail"] = time.perf_counter() - mark
     report_progress("prepare", 1, 1)
 
-    tile_px = min(spec.tile_px, round_up(max(info.width_px, info.height_px), 16))
-    tiles = tile_grid(info.width_px, info.height_px, tile_px)
+    tile_px = min(spec.tile_px, round_up(max(work_shape), 16))
+    tiles = tile_grid(work_shape[1], work_shape[0], tile_px)
     if spec.skip_background:
-        flags = tissue_tiles(tiles, mask, (info.height_px, info.width_px), chain.halo_px)
+        flags = tissue_tiles(tiles, mask, work_shape, chain.halo_px)
     else:
         flags = [True] * len(tiles)
     todo = [tile for tile, flag in zip(tiles, flags, strict=True) if flag]
-    reader = TileReader(fcm, rcm, ranges, tile_px, chain.halo_px)
+    reader = TileReader(work_fcm, work_rcm, ranges, tile_px, chain.halo_px)
 
     mark = time.perf_counter()
     crop_px = min(spec.stats_crop_px, tile_px)
@@ -193,11 +262,13 @@ def stain_slide(
 
     writers: dict[str, PyramidWriter] = {}
     try:
+        work_size = (pixel.work_width_px, pixel.work_height_px)
         writers["stain"] = PyramidWriter(
             output,
             info.width_px,
             info.height_px,
-            info.mpp_um,
+            pixel.mpp_um,
+            work_size_px=work_size,
             description=case_description(spec.label, spec.external_id),
         )
         for layer in spec.extra_layers:
@@ -205,8 +276,9 @@ def stain_slide(
                 layer_output_path(output, layer),
                 info.width_px,
                 info.height_px,
-                info.mpp_um,
+                pixel.mpp_um,
                 bands=1 if layer in ("fcm", "rcm") else 3,
+                work_size_px=work_size,
             )
         mark = time.perf_counter()
         for tile, flag in zip(tiles, flags, strict=True):
@@ -254,7 +326,9 @@ def stain_slide(
     timings.update(chain.timer.seconds)
     timings["total"] = time.perf_counter() - started
     return StainReport(
-        build_report(info, output, spec, chain, ranges, tiles, todo, tile_px, levels, timings)
+        build_report(
+            info, pixel, output, spec, chain, ranges, tiles, todo, tile_px, levels, timings
+        )
         | {
             "background_rgb": [int(v) for v in background["stain"]],
             "qc": qc,
@@ -359,6 +433,7 @@ class TileReader:
 
 def build_report(
     info: PairInfo,
+    pixel: PixelSize,
     output: Path,
     spec: StainSpec,
     chain: StainChain,
@@ -379,7 +454,8 @@ def build_report(
         "output_format": spec.output_format,
         "compression": spec.compression,
         "jpeg_quality": spec.jpeg_quality if spec.compression == "jpeg" else None,
-        "mpp_um": info.mpp_um,
+        "mpp_um": round(pixel.mpp_um, 5),
+        "pixel_size": pixel.to_dict(),
         "levels": [asdict(level) for level in levels],
         "stages": list(chain.stages),
         "models": models,

@@ -16,7 +16,7 @@ from service.case import (
 )
 from service.jobs.model import JobState
 
-StageName = Literal["despeckle", "median", "gareau", "generator"]
+StageName = Literal["despeckle", "median", "gareau", "colour", "generator"]
 ExtraLayer = Literal["gareau", "fcm", "rcm"]
 ViewLayer = Literal["stain", "gareau", "fcm", "rcm"]
 
@@ -37,6 +37,13 @@ class JobCreate(BaseModel):
         default=None,
         description="Extra outputs kept beside the stain for the viewer: gareau, fcm, rcm",
     )
+    mpp_um: float | None = Field(
+        default=None,
+        ge=0.05,
+        le=50.0,
+        description="Pixel size in um; overrides the files' resolution tags (required when "
+        "they have none and the operator set no DSCM_DEFAULT_MPP_UM)",
+    )
 
     @field_validator("stages", "layers", mode="before")
     @classmethod
@@ -53,7 +60,7 @@ class JobCreate(BaseModel):
     def _unique_layers(cls, value: list[ExtraLayer] | None) -> list[ExtraLayer] | None:
         return list(dict.fromkeys(value)) if value else None
 
-    @field_validator("output_format", "compression", "jpeg_quality", mode="before")
+    @field_validator("output_format", "compression", "jpeg_quality", "mpp_um", mode="before")
     @classmethod
     def _single(cls, value: Any) -> Any:
         if isinstance(value, list):

@@ -19,7 +19,7 @@ from service.api.schemas import CaseIdentity, JobCreate
 from service.api.services import Services
 from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
 from service.case import CASE_FIELDS
-from service.errors import InputError, ModelError
+from service.errors import DscmError, InputError, ModelError, PixelSizeUnknown
 from service.jobs.model import Job, NewJob, new_job_id
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,20 @@ async def accept_job(
         from service.slide import SlideInputs, probe_pair
 
         rcm, fcm = form.files["rcm"], form.files["fcm"]
-        info = await run_in_threadpool(
-            probe_pair, SlideInputs(rcm.path, fcm.path), settings.max_pixels
-        )
+        try:
+            info = await run_in_threadpool(
+                probe_pair, SlideInputs(rcm.path, fcm.path), settings.max_pixels
+            )
+        except DscmError as error:  # name the files the client sent, not our stored copies
+            for received in (rcm, fcm):
+                shown = received.filename or f"the {received.field} upload"
+                error.detail = error.detail.replace(received.path.name, shown)
+            error.args = (error.detail,)
+            raise
+        if info.mpp_um is None and options.mpp_um is None and settings.default_mpp_um is None:
+            raise PixelSizeUnknown(
+                "the images carry no pixel size (resolution tags): send the mpp_um field"
+            )
         job_id = new_job_id()
         upload_dir = services.storage.adopt_upload(temp, job_id)
         inputs: dict[str, Any] = {

@@ -22,6 +22,7 @@ JOB_OPTION_FIELDS = {
     "jpeg_quality": "jpeg_quality",
     "output_format": "output_format",
     "layers": "extra_layers",
+    "mpp_um": "mpp_um",
     # the case identity (Job.engine_options), written into the output's description
     "label": "label",
     "external_id": "external_id",
@@ -57,6 +58,7 @@ class PipelineEngine:
             max_pixels=settings.max_pixels,
             inference=settings.inference,
             inference_precision=settings.inference_precision,
+            default_mpp_um=settings.default_mpp_um,
             **stated,
         )
 

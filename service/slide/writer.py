@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import pyvips
 
 from service.errors import OutputError
 from service.slide.canvas import DiskCanvas
+from service.slide.reader import pyramid_pages
 from service.slide.tiff_header import scale_level_resolutions
 
 Compression = Literal["jpeg", "lossless"]
@@ -46,20 +48,26 @@ class PyramidWriter:
         height_px: int,
         mpp_um: float,
         bands: int = 3,
+        work_size_px: tuple[int, int] | None = None,
         description: str | None = None,
     ) -> None:
-        """``description``: the ImageDescription of a tiff (every level), the OME Image's
+        """``work_size_px`` (width, height): the grid tiles are written on when the slide is
+        stained at another resolution; the pyramid is resized back to ``width x height``.
+        ``description``: the ImageDescription of a tiff (every level), the OME Image's
         Description of an ome-tiff (service.case.case_description)."""
         self.output, self.bands, self.description = output, bands, description
         self.output_format: OutputFormat = "tiff"
         self.width_px, self.height_px, self.mpp_um = width_px, height_px, mpp_um
+        self.work_width_px, self.work_height_px = work_size_px or (width_px, height_px)
         stem = f".{output.name}.{uuid.uuid4().hex[:8]}"
         self.canvas_path = output.parent / f"{stem}.canvas.tif"
         self.tmp_path = output.parent / f"{stem}.partial.tif"
         self.canvas: DiskCanvas | None = None
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
-            self.canvas = DiskCanvas(self.canvas_path, width_px, height_px, bands)
+            self.canvas = DiskCanvas(
+                self.canvas_path, self.work_width_px, self.work_height_px, bands
+            )
         except OSError as exc:
             self._remove_temporaries()
             raise output_error(exc, output) from exc
@@ -91,7 +99,19 @@ class PyramidWriter:
         try:
             assert self.canvas is not None, "finish called twice"
             self.canvas.close()
-            image = pyvips.Image.tiffload(str(self.canvas_path), access="sequential")
+            resize = (self.work_width_px, self.work_height_px) != (self.width_px, self.height_px)
+            # an enlarging resize reads out of order: the uncompressed canvas allows that
+            access = "random" if resize else "sequential"
+            image = pyvips.Image.tiffload(str(self.canvas_path), access=access)
+            if resize:
+                image = image.resize(
+                    self.width_px / image.width,
+                    vscale=self.height_px / image.height,
+                    kernel="lanczos3",
+                )
+                if (image.width, image.height) != (self.width_px, self.height_px):
+                    image = image.embed(0, 0, self.width_px, self.height_px, extend="copy")
+                image = image.cast("uchar")
             if self.bands == 3:
                 image = image.copy(interpretation="srgb")
             px_per_mm = 1000.0 / self.mpp_um
@@ -136,7 +156,7 @@ class PyramidWriter:
         except OSError as exc:
             self.abort()
             raise output_error(exc, self.output) from exc
-        return read_levels(self.output, self.output_format)
+        return read_levels(self.output)
 
     def abort(self) -> None:
         """Remove every temporary; the final name is never touched."""
@@ -170,15 +190,10 @@ class PyramidWriter:
         )
 
 
-def read_levels(path: Path, output_format: OutputFormat = "tiff") -> list[PyramidLevel]:
-    """The pyramid levels as written in the file (headers only)."""
-    first = pyvips.Image.tiffload(str(path))
-    if output_format == "ome-tiff":
-        n_sub = int(first.get("n-subifds")) if "n-subifds" in first.get_fields() else 0
-        pages = [first] + [pyvips.Image.tiffload(str(path), subifd=i) for i in range(n_sub)]
-    else:
-        n_pages = int(first.get("n-pages"))
-        pages = [first] + [pyvips.Image.tiffload(str(path), page=i) for i in range(1, n_pages)]
+def read_levels(path: Path) -> list[PyramidLevel]:
+    """The pyramid levels as written in the file, pages or OME SubIFDs (headers only)."""
+    pages = pyramid_pages(path)
+    first = pages[0]
     return [PyramidLevel(p.width, p.height, round(first.width / p.width, 4)) for p in pages]
 
 
@@ -189,6 +204,9 @@ def output_error(exc: BaseException, output: Path) -> OutputError:
     if code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in str(exc):
         return OutputError(f"cannot write to {output.parent}: permission denied")
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # our temporaries (".out.tif.1a2b3c4d.canvas.tif") mean nothing to the user: name theirs
+    temporary = r"\S*\." + re.escape(output.name) + r"\.[0-9a-f]{8}\.\w+\.tif"
+    message = re.sub(temporary, str(output), message)
     return OutputError(f"cannot write {output.name}: {message}")
 
 
