@@ -29,6 +29,7 @@ from training.stain_eval import (
     evaluate_real_crop,
     evaluate_skin,
     reference_fits,
+    reference_spread,
 )
 from training.synthetic import SPECKLE_STD, box_mean, read_gray_unit, synthesize_confocal
 
@@ -163,6 +164,7 @@ def evaluate_all(
         "despeckle": evaluate_despeckle(test_clean, methods.despeckler),
         "stain_skin": evaluate_skin(skin_he, [c for _, c in skin], methods, fits),
         "stain_test_slides": evaluate_skin(test_he, [c for _, c in test], methods, fits),
+        "reference_spread": reference_spread(fits),
         "counts": {
             "test_patches": len(test_he),
             "skin_patches": len(skin_he),

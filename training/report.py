@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 START = "<!-- training-results:start (written by dscm-train evaluate) -->"
 END = "<!-- training-results:end -->"
 
@@ -60,6 +62,17 @@ def results_markdown(results: dict[str, Any], command: str, preface: str = "") -
     if preface:
         lines += [preface, ""]
     lines += [f"Command: `{command}`", ""]
+    spread = results.get("reference_spread", {})
+    if spread:
+        values = sorted(v["fd"] for v in spread.values())
+        lines += [
+            "FD_skin is read against how far real skin H&E slides are from each other: each "
+            f"reference slide to its nearest other slide, {values[0]:.1f}-{values[-1]:.1f} "
+            f"(median {float(np.median(values)):.1f}; "
+            + ", ".join(f"{k} {v['fd']:.1f}" for k, v in spread.items())
+            + ").",
+            "",
+        ]
     if "stain_real_crop" in results:
         lines += [
             "### The real confocal crop (never used in training or selection)",

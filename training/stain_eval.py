@@ -69,6 +69,17 @@ def reference_fits(data_root: Path) -> dict[str, Fit]:
     return fits
 
 
+def reference_spread(fits: dict[str, Fit]) -> dict[str, dict[str, Any]]:
+    """Each reference slide's FD to its nearest OTHER slide: how far real skin H&E slides are
+    from each other, the scale FD_skin is read on."""
+    spread = {}
+    for name, fit in fits.items():
+        others = {other: fd_lab(fit, f) for other, f in fits.items() if other != name}
+        nearest = min(others, key=lambda other: others[other])
+        spread[name] = {"nearest_slide": nearest, "fd": round(others[nearest], 2)}
+    return spread
+
+
 def real_measures(
     rgb_chw: np.ndarray, fcm: np.ndarray, rcm: np.ndarray, fits: dict[str, Fit]
 ) -> dict[str, Any]:
