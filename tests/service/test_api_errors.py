@@ -233,3 +233,24 @@ def test_worker_keeps_working_after_bad_requests(
     job = wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
     assert job["state"] == "succeeded"
     assert list((settings.storage_dir / "tmp").iterdir()) == []
+
+
+def test_a_pair_without_pixel_size_needs_mpp_um(
+    client: TestClient, keys: Keys, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    untagged = {}
+    for name in ("rcm", "fcm"):
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, (rng.random((128, 160)) * 200).astype(np.uint8))  # no tags
+        untagged[name] = (f"{name}.tif", path.read_bytes(), "image/tiff")
+    auth = Keys.auth(keys.alice)
+    refused = client.post("/v1/jobs", files=untagged, data={"stages": "gareau"}, headers=auth)
+    assert_problem(refused, 422, "pixel_size_unknown")
+    stated = client.post(
+        "/v1/jobs", files=untagged, data={"stages": "gareau", "mpp_um": "0.5"}, headers=auth
+    )
+    assert stated.status_code == 202, stated.text
+    done = wait_for(client, keys.alice, stated.json()["id"], ("succeeded",))
+    pixel = done["report"]["pixel_size"]
+    assert pixel["source"] == "caller" and pixel["mpp_um"] == 0.5
