@@ -182,3 +182,27 @@ def make_colour_card(
         card["um_per_px"] = um_per_px
     path.write_text(json.dumps(card))
     return path
+
+
+def make_eraser_generator(folder: Path) -> Path:
+    """A generator that paints every pixel one pink, erasing the nuclei: what the per-slide
+    faithfulness check must flag. Its card keeps it out of the default chain."""
+    g = GraphBuilder(0)
+    zero = g.const(np.zeros((1,), np.float32))
+    pink = g.const(np.asarray([0.8, 0.2, 0.6], np.float32).reshape(1, 3, 1, 1))
+    flat = g.op("Add", [g.op("Mul", ["image", zero]), pink])
+    g.nodes.append(helper.make_node("Identity", [flat], ["output"]))
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, "H", "W"])]
+    graph = helper.make_graph(g.nodes, "eraser", [image_input(3)], outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    card: dict[str, object] = {
+        "role": "generator",
+        "architecture": "test-eraser",
+        "input": {"name": "image", "channels": 3, "range": [-1.0, 1.0]},
+        "output": {"name": "output", "channels": 3, "range": [-1.0, 1.0]},
+        "halo_px": 0,
+        "size_multiple_px": 4,
+        "norm": "none",
+        "default": False,
+    }
+    return write_model(folder, "generator", model, card)

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from browser_helpers import CHROMEDRIVER, CHROMIUM, REPO, Server, free_port
+from onnx_factory import make_eraser_generator
 
 from service.api.auth import hash_key, new_key
 
@@ -67,7 +68,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
         DSCM_STORAGE_DIR=str(root / "storage"),
-        DSCM_MODELS_DIR=str(root / "no-models"),
+        # no model runs by default; a nuclei-erasing generator is there for the faithfulness
+        # flag, when a job asks for it (its card keeps it out of the default chain)
+        DSCM_MODELS_DIR=str(make_eraser_generator(root / "models").parent),
         DSCM_API_KEYS=json.dumps([entry]),
         DSCM_TILE_PX="512",
         DSCM_THREADS="1",

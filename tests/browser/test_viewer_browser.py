@@ -434,3 +434,32 @@ def test_job_list_finds_a_case_by_its_accession_number(
     assert message == "No job with this accession number."
     search.send_keys(Keys.CONTROL + "a", Keys.BACKSPACE)
     wait_until(lambda: len(rows()) == len(everything), 15, "every job again")
+
+
+def test_a_stain_that_erased_nuclei_is_flagged_for_review(
+    server: Server, browser: Any, pair: dict[str, Path], screenshots_dir: Path
+) -> None:
+    """The per-slide faithfulness check: a generator that paints everything one pink loses the
+    nuclei FCM shows; the job, the viewer header and the job list say "review against FCM"."""
+    from selenium.webdriver.common.by import By
+
+    job = server.submit(pair, stages="median,gareau,generator", label="eraser check")
+    done = server.wait(job["id"])
+    assert done["state"] == "succeeded", done
+    qc = done["report"]["qc"]
+    assert qc["flag"] == "review against FCM" and qc["ratio"] < 0.9
+    browser.get(f"{server.url}/viewer/{job['id']}")
+    browser.execute_script("sessionStorage.setItem('dscm.apiKey', arguments[0])", server.key)
+    browser.refresh()
+    wait_until(lambda: browser.find_element(By.ID, "job-qc").is_displayed(), 15, "qc flag")
+    badge = browser.find_element(By.ID, "job-qc")
+    assert badge.text == "review against FCM" and "Gareau" in badge.get_attribute("title")
+    path = screenshots_dir / "viewer-qc-flag.png"
+    path.write_bytes(browser.get_screenshot_as_png())
+    copy_for_docs(path)
+    browser.get(f"{server.url}/viewer")
+    wait_until(
+        lambda: browser.execute_script("return document.body.dataset.state") == "ready", 15, "list"
+    )
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{job["id"]}"]')
+    assert "review against FCM" in row.text

@@ -100,6 +100,20 @@ const Dscm = (() => {
     return job.label || job.external_id || "";
   }
 
+  // The per-slide faithfulness check (report.qc): a flag when the stain's nuclei do not follow
+  // FCM as closely as Gareau's linear stain does (docs/models.md).
+  function qcFlag(job) {
+    const qc = job.report && job.report.qc;
+    if (!qc || !qc.flag) return null;
+    return {
+      text: qc.flag,
+      title:
+        `Nuclei in this stain follow FCM at r = ${qc.nuc_r} against ${qc.nuc_r_gareau} for ` +
+        `Gareau's linear stain (ratio ${qc.ratio}, threshold ${qc.threshold}): compare with ` +
+        "the FCM layer before reading nuclei.",
+    };
+  }
+
   function localTime(iso) {
     return iso ? new Date(iso).toLocaleString() : "";
   }
@@ -138,6 +152,7 @@ const Dscm = (() => {
     askForKey,
     percent,
     progressText,
+    qcFlag,
     caseTitle,
     localTime,
     element,

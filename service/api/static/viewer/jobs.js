@@ -27,7 +27,9 @@
 
   function progressLabel(job) {
     if (job.state === "queued" || job.state === "running") return Dscm.progressText(job);
-    return job.state === "succeeded" ? "100 %" : "";
+    if (job.state !== "succeeded") return "";
+    const qc = Dscm.qcFlag(job);
+    return qc ? `100 %, ${qc.text}` : "100 %";
   }
 
   function row(job) {

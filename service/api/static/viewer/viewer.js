@@ -47,6 +47,10 @@
     const badge = $("job-state");
     badge.textContent = job.purged_at ? "deleted" : job.state;
     badge.dataset.state = job.purged_at ? "purged" : job.state;
+    const qc = Dscm.qcFlag(job);
+    $("job-qc").textContent = qc ? qc.text : "";
+    $("job-qc").title = qc ? qc.title : "";
+    $("job-qc").hidden = !qc;
     const active = job.state === "queued" || job.state === "running";
     $("progress-wrap").hidden = !active;
     $("progress").value = Dscm.percent(job);
