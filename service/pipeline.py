@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ from service.slide import (
     open_pair,
     read_overview,
 )
+from service.tile_reader import TileReader
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -93,10 +93,6 @@ def resolve_pixel_size(info: PairInfo, spec: StainSpec, model_mpp_um: float | No
         scale = mpp / model_mpp_um
         width, height = max(16, round(width * scale)), max(16, round(height * scale))
     return PixelSize(mpp, source, model_mpp_um, width, height)  # type: ignore[arg-type]
-
-
-READ_QUEUE_BATCHES = 2
-_DONE = object()
 
 
 @dataclass(frozen=True)
@@ -208,13 +204,38 @@ def stain_slide(
     error) from it stops the stain and leaves nothing at ``output``.
     """
     started = time.perf_counter()
-    report_progress = progress or (lambda stage, done, total: None)
     output = Path(output)
     if output.resolve() in (inputs.rcm.resolve(), inputs.fcm.resolve()):
         raise InputError("the output would overwrite an input")
-    timings: dict[str, float] = {}
+    run = plan_slide(inputs, output, spec, progress or _ignore_progress, models, started)
+    run.share_statistics()
+    try:
+        run.open_writers()
+        run.fill_background()
+        run.stain_tiles()
+        run.save_pyramids()
+    except BaseException:
+        run.discard_outputs()
+        raise
+    run.check_faithfulness()
+    return run.report(started)
 
-    report_progress("prepare", 0, 1)
+
+def _ignore_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def plan_slide(
+    inputs: SlideInputs,
+    output: Path,
+    spec: StainSpec,
+    progress: ProgressCallback,
+    models: ModelSet | None,
+    started: float,
+) -> SlideRun:
+    """Phase 1, plan: open the pair, resolve its pixel size, measure its intensities on the
+    thumbnails and lay the tile grid (tissue tiles to compute, glass tiles to fill)."""
+    progress("prepare", 0, 1)
     info, rcm, fcm = open_pair(inputs, spec.max_pixels)
     models = models if models is not None else load_models(spec)
     chain = models.chain(spec.stages)
@@ -223,56 +244,121 @@ def stain_slide(
     if pixel.resampled:
         work_rcm = rcm.resampled(pixel.work_width_px, pixel.work_height_px)
         work_fcm = fcm.resampled(pixel.work_width_px, pixel.work_height_px)
-    work_shape = (pixel.work_height_px, pixel.work_width_px)
-    timings["open"] = time.perf_counter() - started
+    timings = {"open": time.perf_counter() - started}
 
     mark = time.perf_counter()
-    fcm_thumb, rcm_thumb = (
-        fcm.thumbnail(THUMBNAIL_MAX_SIDE_PX),
-        rcm.thumbnail(THUMBNAIL_MAX_SIDE_PX),
-    )
-    ranges = {"fcm": estimate_range(fcm_thumb), "rcm": estimate_range(rcm_thumb)}
-    mask = tissue_mask(normalize(fcm_thumb, ranges["fcm"]), normalize(rcm_thumb, ranges["rcm"]))
+    ranges, thumbs = measure_thumbnails(fcm, rcm)
+    mask = tissue_mask(thumbs["fcm"], thumbs["rcm"])
     timings["thumbnail"] = time.perf_counter() - mark
-    report_progress("prepare", 1, 1)
+    progress("prepare", 1, 1)
+    tile_px, tiles, flags = lay_tile_grid(pixel, spec, mask, chain.halo_px)
+    return SlideRun(
+        output=output,
+        spec=spec,
+        progress=progress,
+        info=info,
+        pixel=pixel,
+        chain=chain,
+        ranges=ranges,
+        thumbs=thumbs,
+        tile_px=tile_px,
+        tiles=tiles,
+        tissue=flags,
+        reader=TileReader(work_fcm, work_rcm, ranges, tile_px, chain.halo_px),
+        timings=timings,
+    )
 
+
+def measure_thumbnails(
+    fcm: OpenedMode, rcm: OpenedMode
+) -> tuple[dict[str, IntensityRange], dict[str, np.ndarray]]:
+    """Each mode's slide-wide intensity range, measured on its thumbnail, and the thumbnails
+    normalised with it (for the tissue mask and, at the end, the faithfulness check)."""
+    raw = {"fcm": fcm.thumbnail(THUMBNAIL_MAX_SIDE_PX), "rcm": rcm.thumbnail(THUMBNAIL_MAX_SIDE_PX)}
+    ranges = {mode: estimate_range(pixels) for mode, pixels in raw.items()}
+    return ranges, {mode: normalize(pixels, ranges[mode]) for mode, pixels in raw.items()}
+
+
+def lay_tile_grid(
+    pixel: PixelSize, spec: StainSpec, mask: np.ndarray, halo_px: int
+) -> tuple[int, list[Tile], list[bool]]:
+    """The tile size, the grid over the working image, and per tile whether it touches
+    tissue (computed) or only glass (filled; every tile is tissue with skip_background off)."""
+    work_shape = (pixel.work_height_px, pixel.work_width_px)
     tile_px = min(spec.tile_px, round_up(max(work_shape), 16))
     tiles = tile_grid(work_shape[1], work_shape[0], tile_px)
-    if spec.skip_background:
-        flags = tissue_tiles(tiles, mask, work_shape, chain.halo_px)
-    else:
-        flags = [True] * len(tiles)
-    todo = [tile for tile, flag in zip(tiles, flags, strict=True) if flag]
-    reader = TileReader(work_fcm, work_rcm, ranges, tile_px, chain.halo_px)
+    if not spec.skip_background:
+        return tile_px, tiles, [True] * len(tiles)
+    return tile_px, tiles, tissue_tiles(tiles, mask, work_shape, halo_px)
 
-    mark = time.perf_counter()
-    crop_px = min(spec.stats_crop_px, tile_px)
-    sample = [centre_crop(t, crop_px) for t in spread_sample(todo or tiles, spec.stats_tiles)]
-    if chain.needs_slide_stats:
 
-        def sampled() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for i, tile in enumerate(sample):
-                report_progress("statistics", i, len(sample))
-                yield reader.read(tile, crop_px)
-            report_progress("statistics", len(sample), len(sample))
+@dataclass
+class SlideRun:
+    """One slide being stained: what the plan decided, then what each phase produced."""
 
-        chain.estimate_slide_stats(sampled())
-    background = chain.background(spec.extra_layers)
-    timings["statistics"] = time.perf_counter() - mark
+    output: Path
+    spec: StainSpec
+    progress: ProgressCallback
+    info: PairInfo
+    pixel: PixelSize
+    chain: StainChain
+    ranges: dict[str, IntensityRange]
+    thumbs: dict[str, np.ndarray]  # normalised thumbnails, for the faithfulness check
+    tile_px: int
+    tiles: list[Tile]
+    tissue: list[bool]  # per tile: compute it (tissue) or fill it (glass)
+    reader: TileReader
+    timings: dict[str, float]
+    background: dict[str, np.ndarray] = field(default_factory=dict)
+    writers: dict[str, PyramidWriter] = field(default_factory=dict)
+    levels: list[Any] = field(default_factory=list)
+    qc: dict[str, object] = field(default_factory=dict)
 
-    writers: dict[str, PyramidWriter] = {}
-    try:
+    @property
+    def todo(self) -> list[Tile]:
+        """The tiles to compute, in grid order."""
+        return [tile for tile, flag in zip(self.tiles, self.tissue, strict=True) if flag]
+
+    @contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        mark = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - mark
+
+    def share_statistics(self) -> None:
+        """Phase 2, statistics: the chain's slide-wide normalisation statistics from a spread
+        sample of tissue crops (so tiles agree at their seams), then the colour of glass."""
+        with self._timed("statistics"):
+            crop_px = min(self.spec.stats_crop_px, self.tile_px)
+            spread = spread_sample(self.todo or self.tiles, self.spec.stats_tiles)
+            sample = [centre_crop(tile, crop_px) for tile in spread]
+            if self.chain.needs_slide_stats:
+
+                def sampled() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                    for i, tile in enumerate(sample):
+                        self.progress("statistics", i, len(sample))
+                        yield self.reader.read(tile, crop_px)
+                    self.progress("statistics", len(sample), len(sample))
+
+                self.chain.estimate_slide_stats(sampled())
+            self.background = self.chain.background(self.spec.extra_layers)
+
+    def open_writers(self) -> None:
+        """One pyramid writer for the stain and one per extra layer, at the input's size."""
+        info, pixel, output = self.info, self.pixel, self.output
         work_size = (pixel.work_width_px, pixel.work_height_px)
-        writers["stain"] = PyramidWriter(
+        self.writers["stain"] = PyramidWriter(
             output,
             info.width_px,
             info.height_px,
             pixel.mpp_um,
             work_size_px=work_size,
-            description=case_description(spec.label, spec.external_id),
+            description=case_description(self.spec.label, self.spec.external_id),
         )
-        for layer in spec.extra_layers:
-            writers[layer] = PyramidWriter(
+        for layer in self.spec.extra_layers:
+            self.writers[layer] = PyramidWriter(
                 layer_output_path(output, layer),
                 info.width_px,
                 info.height_px,
@@ -280,63 +366,91 @@ def stain_slide(
                 bands=1 if layer in ("fcm", "rcm") else 3,
                 work_size_px=work_size,
             )
-        mark = time.perf_counter()
-        for tile, flag in zip(tiles, flags, strict=True):
-            if not flag:
-                for name, writer in writers.items():
-                    writer.fill(
-                        tile.l0_x, tile.l0_y, tile.width_px, tile.height_px, background[name]
-                    )
-        done = len(tiles) - len(todo)
-        report_progress("tiles", done, len(tiles))
-        for batch in reader.batches(todo, spec.batch_size):
-            fcm_block = np.stack([b[1] for b in batch])
-            rcm_block = np.stack([b[2] for b in batch])
-            stained, kept = chain.run_with_layers(fcm_block, rcm_block, spec.extra_layers)
-            for i, (tile, _, _) in enumerate(batch):
-                for name, block in {"stain": stained, **kept}.items():
-                    pixels = block[i, : tile.height_px, : tile.width_px]
-                    writers[name].write(tile.l0_x, tile.l0_y, pixels)
-            done += len(batch)
-            report_progress("tiles", done, len(tiles))
-        timings["tiles"] = time.perf_counter() - mark
-        timings["read"] = reader.busy_s
 
-        mark = time.perf_counter()
-        report_progress("pyramid", 0, 1)
-        for writer in writers.values():
-            writer.save(spec.compression, spec.jpeg_quality, spec.output_format)
-        for layer in spec.extra_layers:  # the stain itself last: its presence means complete
-            writers[layer].publish()
-        levels = writers["stain"].publish()
-        timings["pyramid"] = time.perf_counter() - mark
-    except BaseException:
-        reader.stop()
-        for writer in writers.values():
+    def fill_background(self) -> None:
+        """Phase 3, background: glass tiles are filled with the glass colour, not computed."""
+        with self._timed("tiles"):
+            for tile, flag in zip(self.tiles, self.tissue, strict=True):
+                if flag:
+                    continue
+                for name, writer in self.writers.items():
+                    colour = self.background[name]
+                    writer.fill(tile.l0_x, tile.l0_y, tile.width_px, tile.height_px, colour)
+
+    def stain_tiles(self) -> None:
+        """Phase 4, tiles: tissue tiles in batches through the chain, each layer written."""
+        todo, total = self.todo, len(self.tiles)
+        layers = self.spec.extra_layers
+        with self._timed("tiles"):
+            done = total - len(todo)
+            self.progress("tiles", done, total)
+            for batch in self.reader.batches(todo, self.spec.batch_size):
+                fcm_block = np.stack([b[1] for b in batch])
+                rcm_block = np.stack([b[2] for b in batch])
+                stained, kept = self.chain.run_with_layers(fcm_block, rcm_block, layers)
+                for i, (tile, _, _) in enumerate(batch):
+                    for name, block in {"stain": stained, **kept}.items():
+                        pixels = block[i, : tile.height_px, : tile.width_px]
+                        self.writers[name].write(tile.l0_x, tile.l0_y, pixels)
+                done += len(batch)
+                self.progress("tiles", done, total)
+        self.timings["read"] = self.reader.busy_s
+
+    def save_pyramids(self) -> None:
+        """Phase 5, finish: encode the pyramids and publish them, the stain itself last (its
+        presence means the whole set is complete)."""
+        spec = self.spec
+        with self._timed("pyramid"):
+            self.progress("pyramid", 0, 1)
+            for writer in self.writers.values():
+                writer.save(spec.compression, spec.jpeg_quality, spec.output_format)
+            for layer in spec.extra_layers:
+                self.writers[layer].publish()
+            self.levels = self.writers["stain"].publish()
+
+    def discard_outputs(self) -> None:
+        """After a failure or a cancel: stop reading, and leave no output behind."""
+        self.reader.stop()
+        for writer in self.writers.values():
             writer.abort()
-        for layer in spec.extra_layers:
-            layer_output_path(output, layer).unlink(missing_ok=True)
-        raise
-    mark = time.perf_counter()
-    fcm_unit, rcm_unit = normalize(fcm_thumb, ranges["fcm"]), normalize(rcm_thumb, ranges["rcm"])
-    overview = read_overview(output, fcm_unit.shape[1], fcm_unit.shape[0])
-    qc = faithfulness_qc(overview, fcm_unit, rcm_unit)
-    timings["qc"] = time.perf_counter() - mark
-    report_progress("pyramid", 1, 1)
-    timings.update(chain.timer.seconds)
-    timings["total"] = time.perf_counter() - started
-    return StainReport(
-        build_report(
-            info, pixel, output, spec, chain, ranges, tiles, todo, tile_px, levels, timings
+        for layer in self.spec.extra_layers:
+            layer_output_path(self.output, layer).unlink(missing_ok=True)
+
+    def check_faithfulness(self) -> None:
+        """Finish: the published stain's overview against Gareau's stain of the same input
+        (a stain may recolour but must not invent or erase nuclei)."""
+        with self._timed("qc"):
+            fcm_unit, rcm_unit = self.thumbs["fcm"], self.thumbs["rcm"]
+            overview = read_overview(self.output, fcm_unit.shape[1], fcm_unit.shape[0])
+            self.qc = faithfulness_qc(overview, fcm_unit, rcm_unit)
+        self.progress("pyramid", 1, 1)
+
+    def report(self, started: float) -> StainReport:
+        """Finish: the report of what was done, with the chain's per-stage timings."""
+        self.timings.update(self.chain.timer.seconds)
+        self.timings["total"] = time.perf_counter() - started
+        output, layers = self.output, self.spec.extra_layers
+        data = build_report(
+            self.info,
+            self.pixel,
+            output,
+            self.spec,
+            self.chain,
+            self.ranges,
+            self.tiles,
+            self.todo,
+            self.tile_px,
+            self.levels,
+            self.timings,
         )
-        | {
-            "background_rgb": [int(v) for v in background["stain"]],
-            "qc": qc,
-            "extra_outputs": {
-                layer: str(layer_output_path(output, layer)) for layer in spec.extra_layers
-            },
-        }
-    )
+        return StainReport(
+            data
+            | {
+                "background_rgb": [int(v) for v in self.background["stain"]],
+                "qc": self.qc,
+                "extra_outputs": {layer: str(layer_output_path(output, layer)) for layer in layers},
+            }
+        )
 
 
 def centre_crop(tile: Tile, side_px: int) -> Tile:
@@ -356,79 +470,6 @@ def spread_sample(tiles: list[Tile], count: int) -> list[Tile]:
         return list(tiles)
     positions = np.linspace(0, len(tiles) - 1, count).round().astype(int)
     return [tiles[i] for i in sorted(set(positions.tolist()))]
-
-
-class TileReader:
-    """Reads and normalises tile blocks (tile + halo) on a background thread, ahead of inference."""
-
-    def __init__(
-        self,
-        fcm: OpenedMode,
-        rcm: OpenedMode,
-        ranges: dict[str, IntensityRange],
-        tile_px: int,
-        halo_px: int,
-    ) -> None:
-        self.fcm, self.rcm, self.ranges = fcm, rcm, ranges
-        self.side_px, self.halo_px = tile_px + 2 * halo_px, halo_px
-        self.busy_s = 0.0
-        self._stop = threading.Event()
-
-    def read(self, tile: Tile, crop_px: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """A normalised block of the grid's tile size (or ``crop_px``) plus the halo on every
-        side, with its top-left corner at the tile's."""
-        started = time.perf_counter()
-        side = self.side_px if crop_px is None else crop_px + 2 * self.halo_px
-        x, y = tile.l0_x - self.halo_px, tile.l0_y - self.halo_px
-        fcm = normalize(self.fcm.read_padded(x, y, side, side), self.ranges["fcm"])
-        rcm = normalize(self.rcm.read_padded(x, y, side, side), self.ranges["rcm"])
-        self.busy_s += time.perf_counter() - started
-        return fcm, rcm
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def batches(
-        self, tiles: list[Tile], batch_size: int
-    ) -> Iterator[list[tuple[Tile, np.ndarray, np.ndarray]]]:
-        """Batches of (tile, fcm block, rcm block), read by a thread; errors re-raised here."""
-        blocks: queue.Queue[Any] = queue.Queue(maxsize=READ_QUEUE_BATCHES * batch_size)
-
-        def produce() -> None:
-            try:
-                for tile in tiles:
-                    item = (tile, *self.read(tile))
-                    while not self._stop.is_set():
-                        try:
-                            blocks.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if self._stop.is_set():
-                        return
-                blocks.put(_DONE)
-            except BaseException as exc:  # handed to the consumer, which re-raises it
-                blocks.put(exc)
-
-        thread = threading.Thread(target=produce, name="dscm-tile-reader", daemon=True)
-        thread.start()
-        batch: list[tuple[Tile, np.ndarray, np.ndarray]] = []
-        try:
-            while True:
-                item = blocks.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                batch.append(item)
-                if len(batch) == batch_size:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
-        finally:
-            self._stop.set()
-            thread.join(timeout=5)
 
 
 def build_report(

@@ -6,7 +6,9 @@ import hashlib
 import json
 import logging
 import shutil
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -21,6 +23,9 @@ from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
 from service.case import CASE_FIELDS
 from service.errors import DscmError, InputError, ModelError, PixelSizeUnknown
 from service.jobs.model import Job, NewJob, new_job_id
+
+if TYPE_CHECKING:
+    from service.slide import PairInfo
 
 log = logging.getLogger(__name__)
 FormModel = TypeVar("FormModel", bound=BaseModel)
@@ -85,104 +90,159 @@ def replay(services: Services, tenant: str, key: str, print_: str) -> Job | None
     earlier = services.store.find_by_idempotency_key(tenant, key)
     if earlier is None:
         return None
-    if earlier.inputs.get("fingerprint") != print_:
+    return same_request(earlier, print_)
+
+
+def same_request(job: Job, print_: str) -> Job:
+    """``job``, if it was made by a request with this fingerprint; refused otherwise."""
+    if job.inputs.get("fingerprint") != print_:
         raise ApiError(
             422,
             "idempotency_key_reused",
             "this Idempotency-Key was used for a different request",
         )
-    return earlier
+    return job
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One request's validated parts: the uploaded files, the options, the case and the
+    fingerprint that an Idempotency-Key replay is checked against."""
+
+    form: ReceivedForm
+    options: JobCreate
+    case: CaseIdentity
+    fingerprint: str
 
 
 async def accept_job(
     request: Request, principal: Principal, services: Services, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     """Returns ``(job, replayed)``; raises ApiError/DscmError for a request it refuses."""
-    settings = services.settings
     temp = services.storage.temp_upload_dir()
     try:
-        form = await receive_form(
-            request, temp, settings.max_upload_bytes, settings.upload_idle_timeout_s
-        )
-        UPLOAD_BYTES.inc(sum(f.size_bytes for f in form.files.values()))
-        missing = [name for name in FILE_FIELDS if name not in form.files]
-        if missing:
-            raise ApiError(422, "missing_file", f"missing file field(s): {', '.join(missing)}")
-        options = parse_options(form)
-        case = parse_case(form)
-        print_ = fingerprint(form, options, case)
+        submission = parse_submission(await receive_files(request, temp, services))
         if idempotency_key is not None:
-            earlier = replay(services, principal.tenant, idempotency_key, print_)
+            earlier = replay(services, principal.tenant, idempotency_key, submission.fingerprint)
             if earlier is not None:
                 return earlier, True
-        check_stages(options, services)
-        # pyvips is imported on first use, never at API import time (see ARCHITECTURE.md).
-        from service.slide import SlideInputs, probe_pair
-
-        rcm, fcm = form.files["rcm"], form.files["fcm"]
-        try:
-            info = await run_in_threadpool(
-                probe_pair, SlideInputs(rcm.path, fcm.path), settings.max_pixels
+        check_stages(submission.options, services)
+        info = await probe_upload(submission.form, services)
+        check_pixel_size(info, submission.options, services)
+        job, replayed = await record_job(
+            services, temp, submission, info, principal.tenant, idempotency_key
+        )
+        if not replayed:
+            log.info(
+                "job %s accepted: %d x %d px",
+                job.id,
+                info.width_px,
+                info.height_px,
+                extra={"job_id": job.id, "tenant": job.tenant},
             )
-        except DscmError as error:  # name the files the client sent, not our stored copies
-            for received in (rcm, fcm):
-                shown = received.filename or f"the {received.field} upload"
-                error.detail = error.detail.replace(received.path.name, shown)
-            error.args = (error.detail,)
-            raise
-        if info.mpp_um is None and options.mpp_um is None and settings.default_mpp_um is None:
-            raise PixelSizeUnknown(
-                "the images carry no pixel size (resolution tags): send the mpp_um field"
-            )
-        job_id = new_job_id()
-        upload_dir = services.storage.adopt_upload(temp, job_id)
-        inputs: dict[str, Any] = {
-            name: {
-                "filename": f.filename,
-                "stored_name": f.path.name,
-                "size_bytes": f.size_bytes,
-                "sha256": f.sha256,
-            }
-            for name, f in form.files.items()
-        }
-        inputs.update(
-            width_px=info.width_px, height_px=info.height_px, mpp_um=info.mpp_um, fingerprint=print_
-        )
-        new = NewJob(
-            id=job_id,
-            tenant=principal.tenant,
-            options=options.model_dump(mode="json"),
-            inputs=inputs,
-            max_attempts=settings.max_attempts,
-            idempotency_key=idempotency_key,
-            label=case.label,
-            external_id=case.external_id,
-        )
-        try:
-            job, created = await run_in_threadpool(services.store.create, new)
-        except BaseException:
-            shutil.rmtree(upload_dir, ignore_errors=True)
-            raise
-        if not created:  # a concurrent request with the same key won the race
-            shutil.rmtree(upload_dir, ignore_errors=True)
-            if job.inputs.get("fingerprint") != print_:
-                raise ApiError(
-                    422,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used for a different request",
-                )
-            return job, True
-        log.info(
-            "job %s accepted: %d x %d px",
-            job.id,
-            info.width_px,
-            info.height_px,
-            extra={"job_id": job.id, "tenant": job.tenant},
-        )
-        await run_in_threadpool(enqueue, services, job.id, job.tenant)
-        return job, False
+            await run_in_threadpool(enqueue, services, job.id, job.tenant)
+        return job, replayed
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+async def receive_files(request: Request, temp: Path, services: Services) -> ReceivedForm:
+    """The multipart form, streamed into ``temp`` within the upload limits; both files required."""
+    settings = services.settings
+    form = await receive_form(
+        request, temp, settings.max_upload_bytes, settings.upload_idle_timeout_s
+    )
+    UPLOAD_BYTES.inc(sum(f.size_bytes for f in form.files.values()))
+    missing = [name for name in FILE_FIELDS if name not in form.files]
+    if missing:
+        raise ApiError(422, "missing_file", f"missing file field(s): {', '.join(missing)}")
+    return form
+
+
+def parse_submission(form: ReceivedForm) -> Submission:
+    """The options and the case, validated, and the request's fingerprint."""
+    options, case = parse_options(form), parse_case(form)
+    return Submission(form, options, case, fingerprint(form, options, case))
+
+
+async def probe_upload(form: ReceivedForm, services: Services) -> PairInfo:
+    """The pair's size and tags, read from the headers; a refusal names the client's files."""
+    # pyvips is imported on first use, never at API import time
+    from service.slide import SlideInputs, probe_pair
+
+    rcm, fcm = form.files["rcm"], form.files["fcm"]
+    try:
+        return await run_in_threadpool(
+            probe_pair, SlideInputs(rcm.path, fcm.path), services.settings.max_pixels
+        )
+    except DscmError as error:  # name the files the client sent, not our stored copies
+        for received in (rcm, fcm):
+            shown = received.filename or f"the {received.field} upload"
+            error.detail = error.detail.replace(received.path.name, shown)
+        error.args = (error.detail,)
+        raise
+
+
+def check_pixel_size(info: PairInfo, options: JobCreate, services: Services) -> None:
+    """Refuse, at submit time, a pair whose pixel size nobody states (the worker would fail)."""
+    if info.mpp_um is None and options.mpp_um is None and services.settings.default_mpp_um is None:
+        raise PixelSizeUnknown(
+            "the images carry no pixel size (resolution tags): send the mpp_um field"
+        )
+
+
+async def record_job(
+    services: Services,
+    temp: Path,
+    submission: Submission,
+    info: PairInfo,
+    tenant: str,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Move the upload under a new job id and record the job durably: ``(job, replayed)``,
+    replayed when a concurrent request with the same Idempotency-Key recorded it first."""
+    job_id = new_job_id()
+    upload_dir = services.storage.adopt_upload(temp, job_id)
+    new = NewJob(
+        id=job_id,
+        tenant=tenant,
+        options=submission.options.model_dump(mode="json"),
+        inputs=recorded_inputs(submission, info),
+        max_attempts=services.settings.max_attempts,
+        idempotency_key=idempotency_key,
+        label=submission.case.label,
+        external_id=submission.case.external_id,
+    )
+    try:
+        job, created = await run_in_threadpool(services.store.create, new)
+    except BaseException:
+        shutil.rmtree(upload_dir, ignore_errors=True)
+        raise
+    if not created:  # a concurrent request with the same key won the race
+        shutil.rmtree(upload_dir, ignore_errors=True)
+        return same_request(job, submission.fingerprint), True
+    return job, False
+
+
+def recorded_inputs(submission: Submission, info: PairInfo) -> dict[str, Any]:
+    """What the job records of its inputs: each file's name, size and hash, the pair's size
+    and pixel size, and the request's fingerprint."""
+    inputs: dict[str, Any] = {
+        name: {
+            "filename": f.filename,
+            "stored_name": f.path.name,
+            "size_bytes": f.size_bytes,
+            "sha256": f.sha256,
+        }
+        for name, f in submission.form.files.items()
+    }
+    inputs.update(
+        width_px=info.width_px,
+        height_px=info.height_px,
+        mpp_um=info.mpp_um,
+        fingerprint=submission.fingerprint,
+    )
+    return inputs
 
 
 def enqueue(services: Services, job_id: str, tenant: str) -> None:
