@@ -121,7 +121,7 @@ def test_instance_norm_generator_has_no_seams(
     # exact against one whole-image pass that uses the same slide-wide statistics
     chain = models.chain(None)
     chain.estimate_slide_stats([])  # no samples: keep stats None, then set the pooled ones
-    chain.norm_stats = _stats_of(inputs, spec, models)
+    chain.norm_stats = _stats_of(inputs, spec, models, monkeypatch)
     assert psnr(shared, whole_image_pass(inputs, report, chain)) >= 40.0
 
     # against plain instance norm over the whole image (what the network was trained to do)
@@ -140,7 +140,9 @@ def test_instance_norm_generator_has_no_seams(
     assert seam_ratio(shared, 512) < 1.15  # shared statistics: borders look like any column
 
 
-def _stats_of(inputs: SlideInputs, spec: StainSpec, models) -> np.ndarray:
+def _stats_of(
+    inputs: SlideInputs, spec: StainSpec, models, monkeypatch: pytest.MonkeyPatch
+) -> np.ndarray:
     """The statistics stain_slide pools, obtained through the same public entry point."""
     captured: list[np.ndarray] = []
     original = StainChain.estimate_slide_stats
@@ -150,11 +152,9 @@ def _stats_of(inputs: SlideInputs, spec: StainSpec, models) -> np.ndarray:
         assert self.norm_stats is not None
         captured.append(self.norm_stats)
 
-    StainChain.estimate_slide_stats = spy  # type: ignore[method-assign]
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(StainChain, "estimate_slide_stats", spy)
         stain_slide(inputs, inputs.rcm.parent / "again.tif", spec, models=models)
-    finally:
-        StainChain.estimate_slide_stats = original  # type: ignore[method-assign]
     return captured[0]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,8 +47,38 @@ def test_final_stage_runs_as_a_numeric_non_root_user(dockerfile: Dockerfile) -> 
     assert uid.isdigit() and int(uid) >= 1000, users[-1]
     assert not gid or (gid.isdigit() and int(gid) > 0), users[-1]
     # The user is created in the image and owns the storage mount point.
-    runs = " ".join(dockerfile.final.all("RUN"))
-    assert f"--uid {uid}" in runs and "chown dscm:dscm /data" in runs
+    commands = [c for run in dockerfile.final.all("RUN") for c in shell_commands(run)]
+    users = {c[-1]: option(c, "--uid") for c in commands if c[0] == "useradd"}
+    assert uid in users.values(), f"no useradd --uid {uid}: {users}"
+    names = {name for name, user_uid in users.items() if user_uid == uid} | {uid}
+    storage = dockerfile.env()["DSCM_STORAGE_DIR"]
+    owned = [
+        c[2:] for c in commands if c[0] == "chown" and c[1].partition(":")[0] in names
+    ]  # chown OWNER[:GROUP] PATH...
+    assert any(storage in paths for paths in owned), f"{storage} is not chowned to {names}"
+
+
+def shell_commands(run: str) -> list[list[str]]:
+    """A RUN's shell commands (split at &&, ||, ; and |), each as its words."""
+    lexer = shlex.shlex(run, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands: list[list[str]] = [[]]
+    for token in lexer:
+        if token in ("&&", "||", ";", "|"):
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return [c for c in commands if c]
+
+
+def option(words: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` among ``words``."""
+    for i, word in enumerate(words):
+        if word == name and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith(f"{name}="):
+            return word.partition("=")[2]
+    return None
 
 
 def test_healthcheck_targets_a_port_the_image_serves(dockerfile: Dockerfile) -> None:
