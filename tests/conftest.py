@@ -10,8 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine_fixtures import confocal_like, write_gray
 from onnx_factory import make_despeckler, make_generator
+from support.pairs import confocal_like, write_gray
 
 from service.slide import SlideInputs
 

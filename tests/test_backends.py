@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from engine_fixtures import SAMPLE_SCAN, write_gray
+from engine_fixtures import SAMPLE_SCAN
 from onnx_factory import make_despeckler, make_generator
+from support.pairs import write_gray
 
 from service.core.backends import (
     Backend,

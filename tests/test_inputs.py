@@ -10,8 +10,9 @@ import pytest
 import pyvips
 import tifffile
 from click.testing import CliRunner
-from engine_fixtures import confocal_like, huge_header_tiff, write_gray
+from engine_fixtures import huge_header_tiff
 from hostile_inputs import gray_tiff_bytes, undecodable_tiff
+from support.pairs import confocal_like, write_gray
 
 from service.cli import main
 from service.errors import (

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pyvips
-from engine_fixtures import confocal_like, write_gray
 from onnx_factory import make_colour_card
+from support.pairs import confocal_like, write_gray
 
 from service.errors import PixelSizeUnknown
 from service.pipeline import StainSpec, stain_slide

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -11,56 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import tifffile
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("DSCM_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("DSCM_TEST_CHROMEDRIVER", "/usr/bin/chromedriver"))
-
-
-def write_tissue_pair(
-    folder: Path, width_px: int, height_px: int, mpp_um: float
-) -> dict[str, Path]:
-    """A confocal-like pair: nuclei bright in FCM, fibres in RCM, tissue in an ellipse."""
-    rng = np.random.default_rng(7)
-    yy, xx = np.mgrid[0:height_px, 0:width_px].astype(np.float32)
-    cx, cy = width_px / 2, height_px / 2
-    wobble = 1 + 0.08 * np.sin(np.arctan2(yy - cy, xx - cx) * 5)
-    inside = ((xx - cx) / (0.42 * width_px)) ** 2 + ((yy - cy) / (0.4 * height_px)) ** 2
-    tissue = (inside < wobble**2).astype(np.float32)
-    fcm = np.full((height_px, width_px), 0.12, np.float32)
-    count = width_px * height_px // 900
-    for x, y, radius_px, value in zip(
-        rng.uniform(0, width_px, count),
-        rng.uniform(0, height_px, count),
-        rng.uniform(3, 7, count),
-        rng.uniform(0.55, 0.95, count),
-        strict=True,
-    ):
-        x0, x1 = int(max(0, x - radius_px - 1)), int(min(width_px, x + radius_px + 2))
-        y0, y1 = int(max(0, y - radius_px - 1)), int(min(height_px, y + radius_px + 2))
-        disc = (xx[y0:y1, x0:x1] - x) ** 2 + (yy[y0:y1, x0:x1] - y) ** 2 <= radius_px**2
-        fcm[y0:y1, x0:x1][disc] = value
-    fibres = 0.45 + 0.2 * np.sin(xx / 11 + 3 * np.sin(yy / 37)) * np.cos(yy / 17)
-    rcm = fibres * rng.uniform(0.6, 1.0, fibres.shape)  # speckle
-    resolution = (1e4 / mpp_um, 1e4 / mpp_um)
-    paths = {}
-    for name, image in (("rcm", rcm * tissue), ("fcm", fcm * tissue)):
-        paths[name] = folder / f"{name}.tif"
-        tifffile.imwrite(
-            paths[name],
-            (np.clip(image, 0, 1) * 255).astype(np.uint8),
-            resolution=resolution,
-            resolutionunit="CENTIMETER",
-        )
-    return paths
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -19,8 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-from browser_helpers import CHROMEDRIVER, CHROMIUM, REPO, Server, free_port
+from browser_helpers import CHROMEDRIVER, CHROMIUM, REPO, Server
 from onnx_factory import make_eraser_generator
+from support.ports import free_port
 
 from service.api.auth import hash_key, new_key
 

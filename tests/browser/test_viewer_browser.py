@@ -8,15 +8,15 @@ of each is kept for the documentation.
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from browser_helpers import Server, copy_for_docs, write_tissue_pair
+from browser_helpers import Server, copy_for_docs
 from PIL import Image
+from support.pairs import write_tissue_pair
+from support.polling import wait_until
 
 WIDTH_PX, HEIGHT_PX, MPP_UM = 2400, 1600, 0.5
 DEEPEST_LEVEL = 12  # ceil(log2(2400))
@@ -43,14 +43,6 @@ def finished_job(server: Server, pair: dict[str, Path]) -> dict[str, Any]:
     assert done["state"] == "succeeded", done
     assert done["layers"] == ["stain", "gareau", "fcm", "rcm"]
     return done
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def wait_drawn(browser: Any) -> None:

@@ -4,13 +4,9 @@ volumes mapped onto this machine."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,79 +16,6 @@ from ops_compose import REPO, Dockerfile, command, environment
 
 VENV_BIN = Path(sys.executable).parent
 HEALTHCHECK_SCRIPT = REPO / "docker" / "healthcheck.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Proc:
-    """A child in its own process group, its output in a file; stop() ends the whole group."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], workdir: Path) -> None:
-        self.name, self.argv = name, argv
-        self.log_path = workdir / f"{name}.log"
-        workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log(self, tail_chars: int = 4000) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text[-tail_chars:]
-
-    def signal(self, sig: int) -> None:
-        """To the main process only, as `docker stop` does to PID 1's child via init."""
-        with contextlib.suppress(ProcessLookupError):
-            self.popen.send_signal(sig)
-
-    def wait(self, timeout_s: float) -> float | None:
-        """Seconds until it exited, None if it is still running after ``timeout_s``."""
-        started = time.monotonic()
-        try:
-            self.popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        return time.monotonic() - started
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM to the group, SIGKILL after ``grace_s``; safe to call twice."""
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            if not self.alive:
-                break
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, sig)
-            self.wait(wait_s)
-        # Children left in the group (there should be none) go too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-
-
-def wait_until(
-    what: str, ready: Callable[[], bool], timeout_s: float, procs: list[Proc] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        for proc in procs or []:
-            if not proc.alive:
-                raise AssertionError(f"{proc.name} exited while waiting for {what}:\n{proc.log()}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.name}\n{p.log()}" for p in procs or [])
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{logs}")
-        time.sleep(0.1)
 
 
 @dataclass

@@ -43,14 +43,15 @@ from ops_compose import (
 from ops_processes import (
     VENV_BIN,
     HostMapping,
-    Proc,
     container_argv,
     container_env,
-    free_port,
     healthcheck_argv,
     healthy,
-    wait_until,
 )
+from support.pairs import Texture, textured_tissue, write_uint8_tiff
+from support.polling import wait_until
+from support.ports import free_port
+from support.processes import Proc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -89,7 +90,8 @@ class Topology:
             ports={**ports},
         )
         env = container_env(spec, image, mapping)
-        proc = Proc(name, container_argv(spec, image, ports), env, self.workdir / name)
+        argv = container_argv(spec, image, ports)
+        proc = Proc(name, argv, env, self.workdir / name / f"{name}.log")
         self.procs.append(proc)
         return proc
 
@@ -103,8 +105,8 @@ class Topology:
         proc = self.start(name, service, {inside: port})
         check = healthcheck_argv(spec["healthcheck"]["test"], {inside: port})
         self.workers[name] = (proc, port)
-        wait_until(f"{name} healthy", lambda: healthy(check), 60, [proc])
-        wait_until(f"{name} consuming", lambda: " ready." in proc.log(), 60, [proc])
+        wait_until(lambda: healthy(check), 60, f"{name} healthy", 0.1, [proc])
+        wait_until(lambda: " ready." in proc.log(), 60, f"{name} consuming", 0.1, [proc])
         return proc
 
     def client(self) -> httpx.Client:
@@ -181,15 +183,15 @@ def topology(
         redis_cmd = command(compose["services"]["redis"])
         redis_argv = [redis_server, *redis_cmd[1:], "--port", str(redis_port)]
         redis_argv += ["--bind", "127.0.0.1", "--dir", str(workdir / "volumes" / "redis-data")]
-        redis = Proc("redis", redis_argv, dict(os.environ), workdir / "redis")
+        redis = Proc("redis", redis_argv, dict(os.environ), workdir / "redis" / "redis.log")
         topo.procs.append(redis)
-        wait_until("redis", lambda: _redis_ping(topo.redis_url), 20, [redis])
+        wait_until(lambda: _redis_ping(topo.redis_url), 20, "redis", 0.1, [redis])
 
         api = topo.start("api", "api", {"8000": api_port})
         check = healthcheck_argv(
             compose["services"]["api"]["healthcheck"]["test"], {"8000": api_port}
         )
-        wait_until("api /readyz", lambda: healthy(check), 60, [api])
+        wait_until(lambda: healthy(check), 60, "api /readyz", 0.1, [api])
         topo.api_key = _create_key(topo)
         with ThreadPoolExecutor(2) as pool:
             started = [
@@ -234,17 +236,11 @@ def write_pair(folder: Path, size_px: int, seed: int) -> tuple[Path, Path]:
     """A synthetic confocal-like uint8 pair: textured tissue on the left, dark background."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size_px, 0:size_px].astype(np.float32)
-    tissue = (xx < 0.7 * size_px).astype(np.float32)
-    texture = 0.5 + 0.25 * np.sin(xx / 7.0) * np.cos(yy / 11.0)
     paths = []
-    for name, gain in (("rcm", 0.5), ("fcm", 0.35)):
-        noise = rng.uniform(0.6, 1.0, (size_px, size_px)).astype(np.float32)
-        array = (np.clip(texture * noise * tissue * gain, 0, 1) * 255).astype(np.uint8)
-        path = folder / f"{name}.tif"
-        image = pyvips.Image.new_from_array(array).copy(xres=1000 / 0.75, yres=1000 / 0.75)
-        image.tiffsave(str(path), resunit="cm")
-        paths.append(path)
+    for name, gain in (("rcm", 0.5 * 255), ("fcm", 0.35 * 255)):
+        look = Texture(periods_px=(7.0, 11.0), tissue_fraction=0.7, speckle_low=0.6, gain=gain)
+        pixels = textured_tissue(size_px, size_px, rng, look)
+        paths.append(write_uint8_tiff(folder / f"{name}.tif", pixels))
     return paths[0], paths[1]
 
 
@@ -383,7 +379,7 @@ def holder_of(topology: Topology, job_id: str) -> str:
         ]
         return len(found) == 1
 
-    wait_until(f"a worker to receive {job_id}", received, 30)
+    wait_until(received, 30, f"a worker to receive {job_id}", 0.1)
     return found[0]
 
 

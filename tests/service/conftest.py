@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, make_app, write_gray_tiff
+from service_helpers import Keys, Pair, make_app
+from support.pairs import write_gray_tiff
 
 from service.api.auth import hash_key, new_key
 from service.config import ApiKeyEntry, Settings

@@ -6,98 +6,23 @@ failing test leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from support.polling import wait_until
+from support.ports import free_port
+from support.processes import Proc
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
-
-
-@dataclass
-class Proc:
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        handle = self.log.open("ab")
-        self.popen = subprocess.Popen(
-            self.args,
-            cwd=REPO,
-            env=self.env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        handle.close()
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def signal_group(self, signum: int) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signum)
-
-    def stop(self, timeout_s: float = 10) -> None:
-        """SIGTERM, then SIGKILL for the whole process group."""
-        if self.popen is None:
-            return
-        self.signal_group(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.signal_group(signal.SIGKILL)
-            self.popen.wait(5)
-        # Children (prefork pool) may outlive the leader; the group id still names them.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-
-    def kill(self) -> None:
-        self.signal_group(signal.SIGKILL)
-        if self.popen is not None:
-            self.popen.wait(5)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 @dataclass
@@ -134,7 +59,7 @@ class Cluster:
         return env
 
     def _spawn(self, name: str, args: list[str], **env: str) -> Proc:
-        proc = Proc(name, args, self.env(**env), self.root / f"{name}.log").start()
+        proc = Proc(name, args, self.env(**env), self.root / f"{name}.log", cwd=REPO)
         self.procs.append(proc)
         return proc
 
@@ -156,7 +81,7 @@ class Cluster:
         return proc
 
     def _livez(self, proc: Proc) -> bool:
-        if not proc.alive():
+        if not proc.alive:
             raise AssertionError(f"the API exited:\n{proc.output()[-3000:]}")
         try:
             return httpx.get(f"{self.url}/livez", timeout=1).status_code == 200
@@ -191,7 +116,7 @@ def _redis_ping(port: int) -> bool:
 
 
 def _worker_ready(proc: Proc) -> bool:
-    if not proc.alive():
+    if not proc.alive:
         raise AssertionError(f"the worker exited:\n{proc.output()[-3000:]}")
     return " ready." in proc.output()
 

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import tifffile
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -22,23 +20,6 @@ from service.jobs.engine import PipelineEngine
 from service.jobs.runner import Engine
 
 FINISHED = ("succeeded", "failed", "cancelled")
-
-
-def write_gray_tiff(path: Path, height_px: int, width_px: int, seed: int = 0) -> Path:
-    """A confocal-like 8-bit single-band TIFF: a textured tissue half, dark background."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height_px, 0:width_px].astype(np.float32)
-    texture = 0.5 + 0.25 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
-    tissue = (xx < 0.6 * width_px).astype(np.float32)
-    values = texture * tissue * rng.uniform(0.7, 1.0, (height_px, width_px))
-    px_per_cm = 1e4 / 0.75  # 0.75 um/px, as the models were trained at
-    tifffile.imwrite(
-        path,
-        (values * 200).astype(np.uint8),
-        resolution=(px_per_cm, px_per_cm),
-        resolutionunit="CENTIMETER",
-    )
-    return path
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, assert_problem, make_app, submit, wait_for, write_gray_tiff
+from service_helpers import Keys, Pair, assert_problem, make_app, submit, wait_for
 from starlette.requests import Request
+from support.pairs import write_gray_tiff
 
 from service.api.problems import ApiError
 from service.api.uploads import receive_form

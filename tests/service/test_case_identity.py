@@ -10,8 +10,9 @@ import httpx
 import pytest
 import tifffile
 from fastapi.testclient import TestClient
-from processes import Cluster, cluster_for, wait_until
+from processes import Cluster, cluster_for
 from service_helpers import Keys, Pair, assert_problem, submit, wait_for
+from support.polling import wait_until
 
 # Distinctive enough that any trace of them in a log is this test's case.
 LABEL = "Zebra-Quokka 7731, left cheek"

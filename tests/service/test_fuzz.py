@@ -20,8 +20,9 @@ import httpx
 import numpy as np
 import pytest
 from hostile_inputs import gray_tiff_bytes, mutate
-from processes import Cluster, cluster_for, wait_until
+from processes import Cluster, cluster_for
 from service_helpers import FINISHED, Keys
+from support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 SEED = 20261126

@@ -22,8 +22,10 @@ from typing import Any
 import httpx
 import pytest
 from hostile_inputs import gray_tiff_bytes, undecodable_tiff
-from processes import Cluster, Proc, cluster_for, wait_until
+from processes import Cluster, cluster_for
 from service_helpers import FINISHED, Keys
+from support.polling import wait_until
+from support.processes import Proc
 
 pytestmark = [
     pytest.mark.integration,

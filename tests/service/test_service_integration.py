@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import openslide
 import pytest
-from processes import Cluster, cluster_for, wait_until
+from processes import Cluster, cluster_for
 from service_helpers import FINISHED, Keys, Pair
+from support.polling import wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -108,7 +109,7 @@ def test_worker_sigkill_mid_job_is_redelivered_and_succeeds(
     )
     assert running["attempts"] == 1
     slow.kill()  # SIGKILL: no shutdown handler runs, the message stays unacknowledged
-    assert not slow.alive()
+    assert not slow.alive
     cluster.start_worker("w2")
     job = poll(cluster, keys.alice, job_id, 60)
     assert job["state"] == "succeeded", job

@@ -20,8 +20,8 @@ from service_helpers import (
     make_app,
     submit,
     wait_for,
-    write_gray_tiff,
 )
+from support.pairs import write_gray_tiff
 
 from service.api.viewer_links import ViewerLinks
 from service.config import Settings
