@@ -222,7 +222,7 @@ def stain_slide(
 
 
 def _ignore_progress(stage: str, done: int, total: int) -> None:
-    return None
+    """The progress callback when the caller passes none."""
 
 
 def plan_slide(
