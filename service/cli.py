@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import click
 from rich.console import Console
@@ -107,14 +107,7 @@ def stain(
 
     settings = get_settings()
     try:
-        if scan_dir is not None and (rcm or fcm):
-            raise InputError("give either SCAN_DIR or --rcm and --fcm, not both")
-        if scan_dir is not None:
-            inputs = resolve_scan_dir(scan_dir, rcm_detector, fcm_detector)
-        elif rcm is not None and fcm is not None:
-            inputs = SlideInputs(rcm=rcm, fcm=fcm)
-        else:
-            raise InputError("give a SCAN_DIR, or both --rcm and --fcm")
+        inputs = stain_inputs(scan_dir, rcm, fcm, rcm_detector, fcm_detector)
         check_output_path(output, overwrite)
         try:
             label, external_id = check_label(label), check_external_id(external_id)
@@ -141,16 +134,38 @@ def stain(
             report = stain_slide(inputs, output, spec, progress=bar.update)
     except DscmError as error:
         fail(error)
-    data = report.to_dict()
+    print_stain_result(report.to_dict(), output, as_json)
+
+
+def print_stain_result(data: dict[str, Any], output: Path, as_json: bool) -> None:
+    """The report as JSON on stdout, or one summary line on stderr."""
     if as_json:
         click.echo(json.dumps(data, indent=2))
-    else:
-        seconds, tiles = data["timings_s"]["total"], data["tiles"]
-        click.echo(
-            f"wrote {output} ({len(data['levels'])} levels, stages {','.join(data['stages'])}, "
-            f"{tiles['computed']}/{tiles['total']} tiles computed, {seconds:.1f} s)",
-            err=True,
-        )
+        return
+    seconds, tiles = data["timings_s"]["total"], data["tiles"]
+    flag = f"; {data['qc']['flag']}" if (data.get("qc") or {}).get("flag") else ""
+    click.echo(
+        f"wrote {output} ({len(data['levels'])} levels, stages {','.join(data['stages'])}, "
+        f"{tiles['computed']}/{tiles['total']} tiles computed, {seconds:.1f} s{flag})",
+        err=True,
+    )
+
+
+def stain_inputs(
+    scan_dir: Path | None,
+    rcm: Path | None,
+    fcm: Path | None,
+    rcm_detector: str,
+    fcm_detector: str,
+) -> SlideInputs:
+    """The pair from a scan folder or from --rcm/--fcm, never both."""
+    if scan_dir is not None and (rcm or fcm):
+        raise InputError("give either SCAN_DIR or --rcm and --fcm, not both")
+    if scan_dir is not None:
+        return resolve_scan_dir(scan_dir, rcm_detector, fcm_detector)
+    if rcm is not None and fcm is not None:
+        return SlideInputs(rcm=rcm, fcm=fcm)
+    raise InputError("give a SCAN_DIR, or both --rcm and --fcm")
 
 
 OUTPUT_SUFFIXES = (".tif", ".tiff")

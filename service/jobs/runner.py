@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from service.config import Settings
 from service.errors import DscmError, OutputError
 from service.jobs import telemetry
-from service.jobs.errors import AttemptLost, AttemptStopped, JobTimedOut, WorkerStopping
+from service.jobs.errors import AttemptLost, JobTimedOut, WorkerStopping
 from service.jobs.model import Job, JobState
 from service.jobs.reports import without_server_paths
 from service.jobs.storage import RESULT_SUFFIX, Storage
@@ -212,11 +212,7 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
     except AttemptLost:
         _discard(storage, job.id, lease)
         return "lost"
-    except JobTimedOut as exc:
-        return _fail(ctx, job, lease, exc.code, exc.detail)
-    except AttemptStopped as exc:
-        return _fail(ctx, job, lease, exc.code, exc.detail)
-    except DscmError as exc:
+    except DscmError as exc:  # time limit, cancelled, and every engine refusal
         return _fail(ctx, job, lease, exc.code, exc.detail)
     except OSError as exc:
         detail = f"I/O error while staining: {exc.strerror or exc}"
