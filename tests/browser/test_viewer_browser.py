@@ -211,6 +211,11 @@ def test_running_job_shows_progress_then_tiles(
     )
     assert browser.find_element(By.ID, "progress-wrap").is_displayed()
     assert browser.find_element(By.ID, "job-state").text in ("queued", "running")
+    # progress in words a surgeon reads, as one percentage of the whole job
+    words = ("waiting for a worker", "preparing", "measuring", "staining", "building", "finishing")
+    text = browser.find_element(By.ID, "progress-text").text
+    assert text.startswith(words), text
+    assert "/" not in text and "statistics" not in text  # no internal stage names or counters
     path = screenshots_dir / "viewer-waiting.png"
     path.write_bytes(browser.get_screenshot_as_png())
     copy_for_docs(path)
