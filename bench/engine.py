@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from bench.synthetic import write_pair  # noqa: E402
 from service.core.backends import Backend, Machine, choose_backend  # noqa: E402
 from service.core.chain import StainChain  # noqa: E402
-from service.core.models import OnnxModel, discover_models  # noqa: E402
+from service.core.models import OnnxModel, discover_models, discover_stage_models  # noqa: E402
 from service.core.normalize import estimate_range, normalize  # noqa: E402
 from service.pipeline import StainSpec, load_models, stain_slide  # noqa: E402
 from service.slide import PyramidWriter, SlideInputs, open_pair  # noqa: E402
@@ -249,7 +249,7 @@ def main() -> None:
     if len(discover_models(models)) < 2:
         print(f"{models} lacks trained models: building paper-size random ones", flush=True)
         models = random_paper_models(work / "models")
-    installed = {*discover_models(models), "median", "gareau"}
+    installed = {*discover_stage_models(models), "median", "gareau"}  # colour card included
     stages = ",".join(s for s in args.stages.split(",") if s in installed)
     default = backend_of("auto")
     backends = args.backends or machine_backends()

@@ -192,14 +192,19 @@ def find_colour_card(models_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def load_colour_target(path: Path) -> ColourTarget:
+def read_card_json(path: Path) -> dict[str, Any]:
+    """A model or colour card's JSON object; a ModelError when it cannot be read as one."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read colour card {path}: {exc}") from exc
+        raise ModelError(f"cannot read model card {path}: {exc}") from exc
     if not isinstance(data, dict):
-        raise ModelError(f"colour card {path} is not a JSON object")
-    return ColourTarget.from_dict(data)
+        raise ModelError(f"model card {path} is not a JSON object")
+    return data
+
+
+def load_colour_target(path: Path) -> ColourTarget:
+    return ColourTarget.from_dict(read_card_json(path))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ metrics, licence). See docs/models.md for the contract.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from service.core.backends import Backend, choose_backend, open_runner
-from service.core.colour import COLOUR_ROLE, find_colour_card
+from service.core.colour import COLOUR_ROLE, find_colour_card, read_card_json
 from service.errors import ModelError
 
 Role = Literal["despeckle", "generator"]
@@ -109,13 +108,7 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
 
 
 def read_card(card_path: Path) -> ModelCard:
-    try:
-        data = json.loads(card_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read model card {card_path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"model card {card_path} is not a JSON object")
-    return ModelCard.from_dict(data)
+    return ModelCard.from_dict(read_card_json(card_path))
 
 
 def discover_models(models_dir: Path) -> dict[Role, Path]:
@@ -151,12 +144,7 @@ def stages_off_by_default(found: dict[str, Path]) -> tuple[str, ...]:
     (a model shipped for comparison that measured worse than the default chain)."""
     off = []
     for role, path in found.items():
-        card_path = path.with_suffix(".json")
-        try:
-            data = json.loads(card_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelError(f"cannot read model card {card_path}: {exc}") from exc
-        if isinstance(data, dict) and data.get("default") is False:
+        if read_card_json(path.with_suffix(".json")).get("default") is False:
             off.append(role)
     return tuple(sorted(off))
 
