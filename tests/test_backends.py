@@ -285,3 +285,22 @@ def test_openvino_serves_concurrent_callers(tmp_path: Path) -> None:
         together = list(pool.map(lambda b: model.run(b)[0], batches))
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_dscm_models_says_which_backend_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from service.cli import main
+    from service.config import get_settings
+
+    lines = {}
+    for requested in ("cpu", "cuda"):
+        monkeypatch.setenv("DSCM_INFERENCE", requested)
+        get_settings.cache_clear()
+        result = CliRunner().invoke(main, ["models", "--models", str(SHIPPED)])
+        assert result.exit_code == 0, result.output
+        lines[requested] = next(x for x in result.output.splitlines() if x.startswith("inference:"))
+    get_settings.cache_clear()
+    assert lines["cpu"] == "inference: cpu fp32 (DSCM_INFERENCE=cpu)"
+    if not Machine.probe().cuda:
+        assert lines["cuda"].startswith("inference: unavailable: DSCM_INFERENCE=cuda, but")
