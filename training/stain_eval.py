@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from service.core.colour import ColourTarget, ColourTransfer, LabAccumulator
+from service.core.colour import ColourTarget
 from service.core.models import OnnxModel
 from service.core.quality import (
     checkerboard_db,
@@ -34,7 +34,7 @@ from service.core.quality import (
     output_tissue,
     reference_tissue,
 )
-from training.domains import ChainView, chain_view, normalise_mode
+from training.domains import ChainView, chain_view, colour_views, normalise_mode
 from training.metrics import stain_metrics
 from training.synthetic import read_rgb, synthesize_confocal
 
@@ -115,11 +115,7 @@ class StainMethods:
         result: dict[str, list[np.ndarray]] = {GAREAU: [v.gareau for v in views]}
         if self.colour is None:
             return result
-        accumulator = LabAccumulator()
-        for view in views:
-            accumulator.add(view.gareau, view.weight)
-        transfer = ColourTransfer.fit(accumulator.stats(), self.colour.lab)
-        result[COLOUR] = [transfer.apply(v.gareau, v.weight) for v in views]
+        result[COLOUR] = colour_views(views, self.colour)
         if self.generator is not None:
             result[CHAIN] = [run_generator(self.generator, image) for image in result[COLOUR]]
         return result

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from service.core.colour import ColourTarget, load_colour_target
+from service.core.quality import HAEMATOXYLIN_FROM_LOG_RGB
 from training.colour_fit import normalise_he
 from training.common import (
     LOSS_CSV_NAME,
@@ -278,15 +279,11 @@ class CycleGan:
         return int(state["step"])
 
 
-# scikit-image's hed_from_rgb, haematoxylin column (service.core.quality.haematoxylin_od)
-_HAEMATOXYLIN_FROM_LOG_RGB = (1.87798274, -0.06590806, -0.60190736)
-
-
 def haematoxylin(image: torch.Tensor) -> torch.Tensor:
     """Haematoxylin optical density (rgb2hed's first channel, unclipped) of ``(N, 3, H, W)``
     in [-1, 1]: a linear map of log RGB, so it has gradients everywhere."""
     rgb = ((image.float() + 1.0) / 2.0).clamp(1e-6, 1.0)
-    weights = image.new_tensor(_HAEMATOXYLIN_FROM_LOG_RGB).float().view(1, 3, 1, 1)
+    weights = image.new_tensor(HAEMATOXYLIN_FROM_LOG_RGB).float().view(1, 3, 1, 1)
     return (torch.log(rgb) / float(np.log(1e-6)) * weights).sum(dim=1)
 
 

@@ -38,6 +38,8 @@ QC_FLAG = "review against FCM"
 # scikit-image's hed_from_rgb (the inverse of Ruifrok & Johnston's stain matrix).
 _RGB_FROM_HED = np.asarray([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float64)
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+# haematoxylin OD = log(rgb) / log(1e-6) @ this (rgb2hed's first column; also the training loss)
+HAEMATOXYLIN_FROM_LOG_RGB = tuple(float(v) for v in _HED_FROM_RGB[:, 0])
 
 
 def box_blur(image: np.ndarray, size_px: int) -> np.ndarray:
