@@ -57,7 +57,7 @@ fi
 import sys, time
 from pathlib import Path
 sys.path.insert(0, ".")
-from bench.engine import parse_size
+from bench.stain import parse_size
 from bench.synthetic import write_pair
 width, height = parse_size(sys.argv[2])
 started = time.perf_counter()

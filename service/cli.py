@@ -320,15 +320,15 @@ def serve(host: str, port: int, log_level: str | None) -> None:
     """Run the HTTP API (with an in-process worker unless DSCM_BROKER_URL is set)."""
     from service.api import create_app
     from service.api.server import run_server
-    from service.jobs.engine import PipelineEngine
-    from service.logging import configure_logging
+    from service.jobs.stainer import PipelineStainer
+    from service.logs import configure_logging
 
     settings = get_settings()
     level = (log_level or settings.log_level).upper()
     configure_logging(settings.log_format, level)
     if not settings.broker_url:
         click.echo("dscm: no DSCM_BROKER_URL: jobs run in an in-process worker", err=True)
-    app = create_app(PipelineEngine(), settings)
+    app = create_app(PipelineStainer(), settings)
     run_server(app, settings, host, port, level.lower())
 
 
@@ -350,7 +350,7 @@ def worker(pool: str, concurrency: int, hostname: str | None, loglevel: str | No
         raise click.UsageError(
             "DSCM_BROKER_URL is not set; without a broker `dscm serve` runs jobs in-process"
         )
-    from service.logging import install_celery_logging
+    from service.logs import install_celery_logging
     from service.worker.app import create_worker_app
 
     level = (loglevel or settings.log_level).upper()

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
-Role = Literal["submit", "read", "admin"]
+KeyRole = Literal["submit", "read", "admin"]
 
 
 class ApiKeyEntry(BaseModel):
@@ -20,7 +20,7 @@ class ApiKeyEntry(BaseModel):
 
     id: str = Field(pattern=r"^[0-9a-f]{8,32}$")
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    roles: list[Role] = Field(min_length=1)
+    roles: list[KeyRole] = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: str | None = None
 

@@ -15,16 +15,16 @@ from service.case import case_description
 from service.core.backends import choose_backend
 from service.core.chain import LAYERS, StainChain, resolve_stages, round_up
 from service.core.colour import ColourTarget, load_colour_target
+from service.core.grid import Tile, tile_grid, tissue_mask, tissue_tiles
 from service.core.models import (
+    ModelRole,
     OnnxModel,
-    Role,
     discover_stage_models,
     file_sha256,
     stages_off_by_default,
 )
 from service.core.normalize import IntensityRange, estimate_range, normalize
 from service.core.quality import faithfulness_qc
-from service.core.tiles import Tile, tile_grid, tissue_mask, tissue_tiles
 from service.errors import InputError, PixelSizeUnknown
 from service.slide import (
     OpenedMode,
@@ -147,7 +147,7 @@ class StainSpec:
 class ModelSet:
     """ONNX sessions (and the colour card) loaded once per worker process, reused per slide."""
 
-    models: dict[Role, OnnxModel] = field(default_factory=dict)
+    models: dict[ModelRole, OnnxModel] = field(default_factory=dict)
     colour: ColourTarget | None = None
     default_off: tuple[str, ...] = ()
 
@@ -167,7 +167,7 @@ def load_models(spec: StainSpec) -> ModelSet:
     found = discover_stage_models(spec.models_dir)
     default_off = stages_off_by_default(found)
     wanted = resolve_stages(spec.stages, found, default_off)
-    onnx: dict[Role, OnnxModel] = {}
+    onnx: dict[ModelRole, OnnxModel] = {}
     roles = [r for r in ("despeckle", "generator") if r in found and r in wanted]
     backend = choose_backend(spec.inference, spec.inference_precision) if roles else None
     for role in roles:

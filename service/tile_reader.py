@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from service.core.grid import Tile
 from service.core.normalize import IntensityRange, normalize
-from service.core.tiles import Tile
 from service.slide import OpenedMode
 
 READ_QUEUE_BATCHES = 2

@@ -14,11 +14,11 @@ from service.api.problems import install_problem_handlers
 from service.api.routes import health, jobs, pages, viewer
 from service.api.services import Services
 from service.config import Settings, get_settings
-from service.jobs.runner import Engine
+from service.jobs.runner import Stainer
 
 
-def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
-    """The API around ``engine`` (service.jobs.engine.PipelineEngine in `dscm serve`).
+def create_app(stainer: Stainer, settings: Settings | None = None) -> FastAPI:
+    """The API around ``stainer`` (service.jobs.stainer.PipelineStainer in `dscm serve`).
 
     The engine stains in-process when there is no broker, and answers model questions (readyz,
     stage checks) either way; taking it as an argument keeps the pipeline out of this package.
@@ -31,7 +31,7 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = Services.start(settings, engine)
+        app.state.services = Services.start(settings, stainer)
         try:
             yield
         finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from service.config import ApiKeyEntry, Role, Settings
+from service.config import ApiKeyEntry, KeyRole, Settings
 
 KEY_PREFIX = "dscm"
 _ENTRIES = TypeAdapter(list[ApiKeyEntry])
@@ -31,10 +31,10 @@ class Principal:
     """Who is calling: a tenant and what it may do."""
 
     tenant: str
-    roles: frozenset[Role]
+    roles: frozenset[KeyRole]
     key_id: str | None
 
-    def has(self, role: Role) -> bool:
+    def has(self, role: KeyRole) -> bool:
         return role in self.roles or "admin" in self.roles
 
     @property

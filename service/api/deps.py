@@ -11,8 +11,8 @@ from service.api.auth import Principal
 from service.api.problems import ApiError
 from service.api.services import Services
 from service.api.viewer_links import LinkError, is_link_token
-from service.config import Role, Settings, get_settings
-from service.jobs.model import Job, is_job_id
+from service.config import KeyRole, Settings, get_settings
+from service.jobs.job import Job, is_job_id
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer dscm_...`")
@@ -52,7 +52,7 @@ def get_principal(services: ServicesDep, credentials: CredentialsDep) -> Princip
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require(role: Role) -> Any:
+def require(role: KeyRole) -> Any:
     def check(principal: PrincipalDep) -> Principal:
         if not principal.has(role):
             raise ApiError(403, "forbidden", f"this API key lacks the {role!r} role")

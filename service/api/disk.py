@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from service.api.limits import CLOSE
 from service.api.problems import ApiError
-from service.jobs.storage import Storage
+from service.jobs.files import JobFiles
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 RETRY_AFTER_S = 60
@@ -38,13 +38,13 @@ def storage_error(exc: OSError | SQLAlchemyError) -> ApiError:
     return ApiError(503, "database_unavailable", "the job database cannot be written now")
 
 
-def require_room_for(request: Request, storage: Storage) -> None:
+def require_room_for(request: Request, files: JobFiles) -> None:
     """507 before reading an upload whose Content-Length is more than the free space."""
     declared = request.headers.get("content-length", "")
     if not declared.isdigit() or len(declared) > 18:
         return
     try:
-        free_bytes = shutil.disk_usage(storage.tmp).free
+        free_bytes = shutil.disk_usage(files.tmp).free
     except OSError as exc:
         raise storage_error(exc) from exc
     if int(declared) > free_bytes:

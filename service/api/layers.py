@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import get_args
 
 from service.api.schemas import ViewLayer
-from service.jobs.model import Job, JobState
+from service.jobs.job import Job, JobState
 
 VIEW_LAYERS: tuple[ViewLayer, ...] = get_args(ViewLayer)
 

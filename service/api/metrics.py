@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.api.services import Services
-from service.jobs.model import JobState
+from service.jobs.job import JobState
 from service.jobs.telemetry import WORKER_REGISTRY
 
 disable_created_metrics()  # the *_created series only add noise to a scrape

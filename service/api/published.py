@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.api.problems import ApiError
-from service.api.views import job_url
-from service.jobs.model import Job, JobState
-from service.jobs.storage import Storage
+from service.api.serialise import job_url
+from service.jobs.files import JobFiles
+from service.jobs.job import Job, JobState
 
 
 def require_succeeded(job: Job, what: str) -> None:
@@ -24,13 +24,13 @@ def require_succeeded(job: Job, what: str) -> None:
         raise ApiError(410, "purged", f"the {what} was deleted")
 
 
-def published_path(storage: Storage, job: Job, name: str | None, what: str) -> Path:
+def published_path(files: JobFiles, job: Job, name: str | None, what: str) -> Path:
     """The path of a file the job published, or the API error that says why there is none."""
     require_succeeded(job, what)
     if name is None:
         raise ApiError(410, "purged", f"the {what} was deleted")
     try:
-        path = storage.published_file(job.id, name)
+        path = files.published_file(job.id, name)
     except ValueError as exc:  # a record naming something outside the job's folder
         raise ApiError(410, "purged", f"the {what} is not stored") from exc
     if not path.is_file():

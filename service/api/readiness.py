@@ -1,4 +1,4 @@
-"""/readyz checks: database, broker (or the in-process worker), storage, models, workers.
+"""/readyz checks: database, broker (or the in-process worker), files, models, workers.
 
 The model check is the engine's (cards and file hashes); the API never imports onnxruntime.
 The workers check (Celery mode) is reported but not required: with no worker alive the API
@@ -38,11 +38,11 @@ def check_workers(services: Services) -> Check:
 
 def run_checks(services: Services) -> list[Check]:
     broker = "worker" if services.worker is not None else "broker"
-    models_ok, models_detail = services.engine.check_models(services.settings.models_dir)
+    models_ok, models_detail = services.stainer.check_models(services.settings.models_dir)
     checks = [
         _run("database", services.store.ping),
         _run(broker, services.queue.ping),
-        _run("storage", services.storage.check_writable),
+        _run("storage", services.files.check_writable),
         Check(name="models", ok=models_ok, detail=models_detail),
     ]
     if services.worker is None:

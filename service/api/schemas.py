@@ -14,7 +14,7 @@ from service.case import (
     check_external_id,
     check_label,
 )
-from service.jobs.model import JobState
+from service.jobs.job import JobState
 
 StageName = Literal["despeckle", "median", "gareau", "colour", "generator"]
 ExtraLayer = Literal["gareau", "fcm", "rcm"]

@@ -1,6 +1,6 @@
 """What the API process holds while it runs.
 
-Store, storage, queue, keys, sweeper, viewer-link signer, Deep Zoom tile cache, and in embedded
+Store, files, queue, keys, sweeper, viewer-link signer, Deep Zoom tile cache, and in embedded
 mode the in-process worker.
 """
 
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from service.api.auth import Keyring
-from service.api.tiles import TileService
+from service.api.tile_service import TileService
 from service.api.viewer_links import ViewerLinks
 from service.config import Settings
 from service.jobs.db import utc_now
+from service.jobs.files import JobFiles
 from service.jobs.queues import CeleryQueue, InProcessQueue, JobQueue
-from service.jobs.runner import Engine, WorkerContext, run_job
-from service.jobs.storage import Storage
+from service.jobs.runner import Stainer, WorkerContext, run_job
 from service.jobs.store import JobStore
 from service.jobs.sweeper import Sweeper, sweep_once
 
@@ -28,20 +28,20 @@ log = logging.getLogger(__name__)
 class Services:
     settings: Settings
     store: JobStore
-    storage: Storage
+    files: JobFiles
     queue: JobQueue
     keyring: Keyring
     sweeper: Sweeper
-    engine: Engine
+    stainer: Stainer
     links: ViewerLinks
     tiles: TileService
     worker: WorkerContext | None = None
 
     @classmethod
-    def start(cls, settings: Settings, engine: Engine) -> Services:
+    def start(cls, settings: Settings, stainer: Stainer) -> Services:
         """Open everything; a bad configuration raises here, so the app refuses to start."""
-        storage = Storage(settings.storage_dir, settings.results_dir)
-        storage.create()
+        files = JobFiles(settings.storage_dir, settings.results_dir)
+        files.create()
         keyring = Keyring(settings)
         if keyring.size == 0 and settings.anonymous_tenant is None:
             log.warning(
@@ -55,16 +55,16 @@ class Services:
         if settings.broker_url:
             queue = CeleryQueue(settings)
         else:
-            worker = WorkerContext(settings, store, storage, engine)
+            worker = WorkerContext(settings, store, files, stainer)
             context = worker
             inprocess = InProcessQueue(lambda job_id: run_job(job_id, context))
             inprocess.start()
             queue = inprocess
-        tiles = TileService(storage)
-        sweeper = Sweeper(settings, store, storage, queue, after_sweep=tiles.prune)
+        tiles = TileService(files)
+        sweeper = Sweeper(settings, store, files, queue, after_sweep=tiles.prune)
         links = ViewerLinks.from_settings(settings)
         services = cls(
-            settings, store, storage, queue, keyring, sweeper, engine, links, tiles, worker
+            settings, store, files, queue, keyring, sweeper, stainer, links, tiles, worker
         )
         if worker is not None:
             # Nothing survives in an in-process queue: hand it every queued job now.
@@ -72,7 +72,7 @@ class Services:
                 queue.enqueue(job_id)
         else:
             try:
-                sweep_once(settings, store, storage, queue)
+                sweep_once(settings, store, files, queue)
             except Exception as exc:  # the broker may come up later; the sweeper retries
                 log.warning("first sweep failed: %s", exc)
         sweeper.start()

@@ -22,7 +22,7 @@ from service.api.services import Services
 from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
 from service.case import CASE_FIELDS
 from service.errors import DscmError, InputError, ModelError, PixelSizeUnknown
-from service.jobs.model import Job, NewJob, new_job_id
+from service.jobs.job import Job, NewJob, new_job_id
 
 if TYPE_CHECKING:
     from service.slide import PairInfo
@@ -59,7 +59,7 @@ def _validated(model: type[FormModel], fields: dict[str, list[str]]) -> FormMode
 def check_stages(options: JobCreate, services: Services) -> None:
     """Refuse, at submit time, stages whose model is not installed (the worker would fail)."""
     try:
-        services.engine.check_stages(options.stages, services.settings.models_dir)
+        services.stainer.check_stages(options.stages, services.settings.models_dir)
     except ModelError as exc:
         raise ApiError(422, "stage_unavailable", exc.detail) from exc
     except InputError as exc:
@@ -119,7 +119,7 @@ async def accept_job(
     request: Request, principal: Principal, services: Services, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     """Returns ``(job, replayed)``; raises ApiError/DscmError for a request it refuses."""
-    temp = services.storage.temp_upload_dir()
+    temp = services.files.temp_upload_dir()
     try:
         submission = parse_submission(await receive_files(request, temp, services))
         if idempotency_key is not None:
@@ -202,7 +202,7 @@ async def record_job(
     """Move the upload under a new job id and record the job durably: ``(job, replayed)``,
     replayed when a concurrent request with the same Idempotency-Key recorded it first."""
     job_id = new_job_id()
-    upload_dir = services.storage.adopt_upload(temp, job_id)
+    upload_dir = services.files.adopt_upload(temp, job_id)
     new = NewJob(
         id=job_id,
         tenant=tenant,

@@ -17,7 +17,7 @@ from starlette.requests import Request
 
 from service.api.limits import CLOSE, body_chunks, upload_body_cap
 from service.api.problems import ApiError
-from service.jobs.storage import input_suffix
+from service.jobs.files import input_suffix
 
 FILE_FIELDS = ("rcm", "fcm")
 MAX_FIELD_BYTES = 1024

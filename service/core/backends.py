@@ -37,7 +37,7 @@ PRECISION_CHOICES: tuple[str, ...] = get_args(Precision)
 
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 # CPU classes without bf16 units on which OpenVINO fp32 measured faster than onnxruntime fp32
-# end to end with the shipped models (bench/engine.py, docs/performance.md). None so far: on
+# end to end with the shipped models (bench/stain.py, docs/performance.md). None so far: on
 # avx2 it was 11 % faster at 4096 and 5 % slower at 8192, with 0.9 GB more peak RSS.
 # Unmeasured classes stay on onnxruntime, the known quantity.
 OPENVINO_FP32_FASTER_ON: frozenset[str] = frozenset()

@@ -19,8 +19,8 @@ from service.core.backends import Backend, choose_backend, open_runner
 from service.core.colour import COLOUR_ROLE, find_colour_card, read_card_json
 from service.errors import ModelError
 
-Role = Literal["despeckle", "generator"]
-ROLES: tuple[Role, ...] = ("despeckle", "generator")
+ModelRole = Literal["despeckle", "generator"]
+ROLES: tuple[ModelRole, ...] = ("despeckle", "generator")
 NORM_NONE = "none"
 NORM_SHARED = "instance_shared"
 
@@ -30,7 +30,7 @@ class ModelCard:
     """What a model file promises; loaded from its JSON card."""
 
     name: str
-    role: Role
+    role: ModelRole
     architecture: str
     version: str
     sha256: str
@@ -111,9 +111,9 @@ def read_card(card_path: Path) -> ModelCard:
     return ModelCard.from_dict(read_card_json(card_path))
 
 
-def discover_models(models_dir: Path) -> dict[Role, Path]:
+def discover_models(models_dir: Path) -> dict[ModelRole, Path]:
     """Map each role to the one ONNX file in ``models_dir`` whose card claims it."""
-    found: dict[Role, Path] = {}
+    found: dict[ModelRole, Path] = {}
     if not models_dir.is_dir():
         return found
     for card_path in sorted(models_dir.glob("*.json")):

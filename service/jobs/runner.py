@@ -21,11 +21,11 @@ from service.config import Settings
 from service.errors import DscmError, OutputError
 from service.jobs import telemetry
 from service.jobs.errors import AttemptLost, JobTimedOut, WorkerStopping
-from service.jobs.model import Job, JobState
+from service.jobs.files import RESULT_SUFFIX, JobFiles
+from service.jobs.job import Job, JobState
 from service.jobs.reports import without_server_paths
-from service.jobs.storage import RESULT_SUFFIX, Storage
 from service.jobs.store import JobStore, seconds_ago
-from service.logging import job_context
+from service.logs import job_context
 from service.progress import PROGRESS_SCALE, overall_progress
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,10 @@ Progress = Callable[[str, int, int], None]
 PROGRESS_WRITE_INTERVAL_S = 0.5
 
 
-class Engine(Protocol):
-    """What workers and the API need from the staining engine.
+class Stainer(Protocol):
+    """What workers and the API need from the staining pipeline.
 
-    The real one is service.jobs.engine.PipelineEngine; the process edges (`dscm serve`,
+    The real one is service.jobs.stainer.PipelineStainer; the process edges (`dscm serve`,
     `dscm worker`) pass it in, so the API package never imports the pipeline.
     """
 
@@ -64,12 +64,12 @@ class Engine(Protocol):
 
 @dataclass
 class WorkerContext:
-    """Per-process state of a worker: settings, store, storage and the models it loaded once."""
+    """Per-process state of a worker: settings, store, files and the models it loaded once."""
 
     settings: Settings
     store: JobStore
-    storage: Storage
-    engine: Engine
+    files: JobFiles
+    stainer: Stainer
     stopping: threading.Event = field(default_factory=threading.Event)
     _models: dict[tuple[str, ...] | None, Any] = field(default_factory=dict)
     _models_pid: int = field(default_factory=os.getpid)
@@ -82,7 +82,7 @@ class WorkerContext:
         stages = options.get("stages")
         key = tuple(stages) if stages else None
         if key not in self._models:
-            self._models[key] = self.engine.load_models(options, self.settings)
+            self._models[key] = self.stainer.load_models(options, self.settings)
         return self._models[key]
 
 
@@ -158,7 +158,7 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
     if claim.outcome != "claimed" or claim.job is None:
         log.info("job %s not run: %s", job_id, claim.outcome)
         if claim.outcome == "exhausted" and claim.job and claim.job.state == JobState.FAILED:
-            ctx.storage.purge(job_id)  # a failed job keeps no files, whatever failed it
+            ctx.files.purge(job_id)  # a failed job keeps no files, whatever failed it
         return claim.outcome
     with job_context(job_id, claim.job.tenant):
         outcome = _run_claimed(claim.job, lease, ctx)
@@ -168,31 +168,31 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
 
 
 def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
-    store, storage = ctx.store, ctx.storage
+    store, files = ctx.store, ctx.files
     suffix = RESULT_SUFFIX.get(str(job.options.get("output_format", "tiff")), ".tiff")
     result_name, thumb_name = f"{lease}{suffix}", f"{lease}.jpg"
     result = thumb = None
     try:
         with Attempt(ctx, job.id, lease) as attempt:
             try:
-                storage.clear_results(job.id)
+                files.clear_results(job.id)
             except OSError as exc:
                 raise OutputError(f"cannot create the result folder: {exc.strerror}") from exc
-            result = storage.result_path(job.id, result_name)
-            thumb = storage.result_path(job.id, thumb_name)
-            rcm = storage.input_path(job.id, job.inputs["rcm"]["stored_name"])
-            fcm = storage.input_path(job.id, job.inputs["fcm"]["stored_name"])
+            result = files.result_path(job.id, result_name)
+            thumb = files.result_path(job.id, thumb_name)
+            rcm = files.input_path(job.id, job.inputs["rcm"]["stored_name"])
+            fcm = files.input_path(job.id, job.inputs["fcm"]["stored_name"])
             attempt.progress("load_models", 0, 1)
             models = ctx.models_for(job.options)
-            report = ctx.engine.stain(
+            report = ctx.stainer.stain(
                 rcm, fcm, result, job.engine_options(), ctx.settings, attempt.progress, models
             )
             attempt.progress("thumbnail", 0, 1)
             try:
-                ctx.engine.thumbnail(result, thumb, ctx.settings.thumbnail_px)
+                ctx.stainer.thumbnail(result, thumb, ctx.settings.thumbnail_px)
             except OSError as exc:
                 raise OutputError(f"cannot write the thumbnail: {exc.strerror}") from exc
-        report = public_report(report, result_name, storage.result_dir(job.id))
+        report = public_report(report, result_name, files.result_dir(job.id))
         size_bytes = result.stat().st_size
         sha256 = str(report.get("output_sha256") or "")
         tiles = int((report.get("tiles") or {}).get("total", 0))
@@ -200,17 +200,17 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
         # The extra layers were published (under this attempt's names) before the stain; they
         # become the job's in this same transaction, named in its report.
         if not store.succeed(job.id, lease, report, *published):
-            _discard(storage, job.id, lease)
+            _discard(files, job.id, lease)
             return "lost"
-        storage.purge_inputs(job.id)
+        files.purge_inputs(job.id)
         telemetry.observe_report(report)
         return "succeeded"
     except WorkerStopping:
-        _discard(storage, job.id, lease)
+        _discard(files, job.id, lease)
         store.release(job.id, lease)
         return "released"
     except AttemptLost:
-        _discard(storage, job.id, lease)
+        _discard(files, job.id, lease)
         return "lost"
     except DscmError as exc:  # time limit, cancelled, and every engine refusal
         return _fail(ctx, job, lease, exc.code, exc.detail)
@@ -227,17 +227,17 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
 
 
 def _fail(ctx: WorkerContext, job: Job, lease: str, code: str, detail: str) -> str:
-    _discard(ctx.storage, job.id, lease)
+    _discard(ctx.files, job.id, lease)
     if ctx.store.fail(job.id, lease, code, detail):
         # The job is failed and no other attempt can own it: drop whatever the engine left.
-        ctx.storage.purge(job.id)
+        ctx.files.purge(job.id)
         return "failed"
     return "lost"
 
 
-def _discard(storage: Storage, job_id: str, lease: str) -> None:
+def _discard(files: JobFiles, job_id: str, lease: str) -> None:
     """Delete every file this attempt wrote (result, extra layers, thumbnail)."""
-    storage.remove_attempt_files(job_id, lease)
+    files.remove_attempt_files(job_id, lease)
 
 
 def public_report(report: dict[str, Any], result_name: str, result_dir: Path) -> dict[str, Any]:

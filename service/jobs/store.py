@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs.db import JobRow, make_engine, utc_now
-from service.jobs.model import ACTIVE_STATES, FINISHED_STATES, Job, JobState, NewJob
+from service.jobs.job import ACTIVE_STATES, FINISHED_STATES, Job, JobState, NewJob
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
 ClaimOutcome = Literal["claimed", "missing", "finished", "busy", "exhausted"]
@@ -37,14 +37,14 @@ class JobStore:
     """Durable job records in a SQL database (SQLite or PostgreSQL)."""
 
     def __init__(self, database_url: str) -> None:
-        self.engine = make_engine(database_url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.database = make_engine(database_url)
+        self._sessions = sessionmaker(self.database, expire_on_commit=False)
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.database.dispose()
 
     def ping(self) -> None:
-        with self.engine.connect() as connection:
+        with self.database.connect() as connection:
             connection.execute(text("SELECT 1"))
 
     def _update(

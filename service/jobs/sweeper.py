@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.config import Settings
-from service.jobs.model import is_job_id
+from service.jobs.files import JobFiles, last_write_s
+from service.jobs.job import is_job_id
 from service.jobs.queues import JobQueue
-from service.jobs.storage import Storage, last_write_s
 from service.jobs.store import JobStore, seconds_ago
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class SweepResult:
 
 
 def sweep_once(
-    settings: Settings, store: JobStore, storage: Storage, queue: JobQueue
+    settings: Settings, store: JobStore, files: JobFiles, queue: JobQueue
 ) -> SweepResult:
     result = SweepResult()
     stale_before = seconds_ago(settings.stale_after_s)
@@ -48,7 +48,7 @@ def sweep_once(
     for job in store.stale_running(stale_before):
         if job.attempts >= job.max_attempts:
             if store.fail_exhausted(job.id, stale_before):
-                storage.purge(job.id)
+                files.purge(job.id)
                 result.failed += 1
                 log.warning("job %s failed: worker lost %d times", job.id, job.attempts)
         elif store.requeue_lost(job.id, stale_before):
@@ -66,25 +66,25 @@ def sweep_once(
                     result.requeued += _enqueue(store, queue, job_id)
 
     for job_id in store.expired(seconds_ago(settings.retention_s)):
-        storage.purge(job_id)
+        files.purge(job_id)
         store.delete(job_id)
         result.purged += 1
-    result.orphans = remove_orphans(settings, store, storage)
+    result.orphans = remove_orphans(settings, store, files)
     return result
 
 
-def remove_orphans(settings: Settings, store: JobStore, storage: Storage) -> int:
+def remove_orphans(settings: Settings, store: JobStore, files: JobFiles) -> int:
     """Delete files no job will use, once nothing wrote to them for ``orphan_grace_s``."""
-    removed = storage.remove_stale_uploads(settings.orphan_grace_s)
+    removed = files.remove_stale_uploads(settings.orphan_grace_s)
     cutoff_s = time.time() - settings.orphan_grace_s
-    for folder in _job_folders(storage.uploads, cutoff_s):
+    for folder in _job_folders(files.uploads, cutoff_s):
         job = store.get(folder.name)
         if job is None or job.finished:  # no run will read these inputs again
-            storage.purge_inputs(folder.name)
+            files.purge_inputs(folder.name)
             removed.append(folder)
-    for folder in _job_folders(storage.results, cutoff_s):
+    for folder in _job_folders(files.results, cutoff_s):
         if store.get(folder.name) is None:  # the retention purge deletes the others
-            storage.purge(folder.name)
+            files.purge(folder.name)
             removed.append(folder)
     for folder in removed:
         log.warning("deleted %s, left behind by an interrupted request or job", folder.name)
@@ -116,11 +116,11 @@ class Sweeper:
         self,
         settings: Settings,
         store: JobStore,
-        storage: Storage,
+        files: JobFiles,
         queue: JobQueue,
         after_sweep: Callable[[], object] | None = None,
     ) -> None:
-        self.settings, self.store, self.storage, self.queue = settings, store, storage, queue
+        self.settings, self.store, self.files, self.queue = settings, store, files, queue
         self.after_sweep = after_sweep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dscm-sweeper", daemon=True)
@@ -131,7 +131,7 @@ class Sweeper:
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.sweep_interval_s):
             try:
-                sweep_once(self.settings, self.store, self.storage, self.queue)
+                sweep_once(self.settings, self.store, self.files, self.queue)
                 if self.after_sweep is not None:
                     self.after_sweep()
             except Exception:  # the database may be briefly unreachable; try next time

@@ -16,10 +16,10 @@ from celery import Celery, Task
 from celery.signals import worker_shutting_down
 
 from service.config import Settings
-from service.jobs.engine import PipelineEngine
+from service.jobs.files import JobFiles
 from service.jobs.queues import TASK_NAME, make_celery, task_id_for
-from service.jobs.runner import Engine, WorkerContext, run_job
-from service.jobs.storage import Storage
+from service.jobs.runner import Stainer, WorkerContext, run_job
+from service.jobs.stainer import PipelineStainer
 from service.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -28,20 +28,20 @@ log = logging.getLogger(__name__)
 class ContextHolder:
     """One WorkerContext per process, made on first use (after any fork) and reused."""
 
-    def __init__(self, settings: Settings, engine: Engine | None) -> None:
+    def __init__(self, settings: Settings, stainer: Stainer | None) -> None:
         self.settings = settings
-        self.engine = engine
+        self.stainer = stainer
         self._context: WorkerContext | None = None
         self._pid = 0
         self._stopping = False  # inherited by a context made after the stop was asked for
 
     def get(self) -> WorkerContext:
         if self._context is None or self._pid != os.getpid():
-            storage = Storage(self.settings.storage_dir, self.settings.results_dir)
-            storage.create()
+            files = JobFiles(self.settings.storage_dir, self.settings.results_dir)
+            files.create()
             store = JobStore(self.settings.effective_database_url)
             self._context = WorkerContext(
-                self.settings, store, storage, self.engine or PipelineEngine()
+                self.settings, store, files, self.stainer or PipelineStainer()
             )
             if self._stopping:
                 self._context.stopping.set()
@@ -54,11 +54,11 @@ class ContextHolder:
             self._context.stopping.set()
 
 
-def create_worker_app(settings: Settings, engine: Engine | None = None) -> Celery:
+def create_worker_app(settings: Settings, stainer: Stainer | None = None) -> Celery:
     if not settings.broker_url:
         raise ValueError("the Celery worker needs DSCM_BROKER_URL")
     app = make_celery(settings)
-    holder = ContextHolder(settings, engine)
+    holder = ContextHolder(settings, stainer)
 
     @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
     def stain_job(task: Task, job_id: str) -> str:

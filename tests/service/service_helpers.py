@@ -1,4 +1,4 @@
-"""Service test helpers: image pairs, keys, polling, problem checks, a fake engine."""
+"""Service test helpers: image pairs, keys, polling, problem checks, a fake stainer."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from service.api import create_app
 from service.config import ApiKeyEntry, Settings
 from service.errors import OutputError
-from service.jobs.engine import PipelineEngine
-from service.jobs.runner import Engine
+from service.jobs.runner import Stainer
+from service.jobs.stainer import PipelineStainer
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -49,9 +49,9 @@ class Keys:
         return {"Authorization": f"Bearer {key}"}
 
 
-def make_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+def make_app(settings: Settings, stainer: Stainer | None = None) -> FastAPI:
     """The API as `dscm serve` builds it (the real engine unless a fake is given)."""
-    return create_app(engine or PipelineEngine(), settings)
+    return create_app(stainer or PipelineStainer(), settings)
 
 
 def submit(
@@ -99,8 +99,8 @@ def assert_problem(response: Any, status: int, code: str | None = None) -> dict[
     return body
 
 
-class SlowEngine:
-    """A fake engine: ``tiles`` tiles of ``tile_s`` each, then a tiny file (for cancel/timeout)."""
+class SlowStainer:
+    """A fake stainer: ``tiles`` tiles of ``tile_s`` each, then a tiny file (for cancel/timeout)."""
 
     def __init__(self, tiles: int = 200, tile_s: float = 0.02, fail_with: Exception | None = None):
         self.tiles, self.tile_s, self.fail_with = tiles, tile_s, fail_with

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings, get_settings
-from service.jobs.engine import PipelineEngine
 from service.jobs.runner import Progress
+from service.jobs.stainer import PipelineStainer
 from service.worker.app import create_worker_app
 
 
-class SlowPipelineEngine(PipelineEngine):
+class SlowPipelineStainer(PipelineStainer):
     def stain(
         self,
         rcm: Path,
@@ -40,7 +40,7 @@ class SlowPipelineEngine(PipelineEngine):
 
 if __name__ == "__main__":
     settings = get_settings()
-    app = create_worker_app(settings, SlowPipelineEngine())
+    app = create_worker_app(settings, SlowPipelineStainer())
     name = sys.argv[1] if len(sys.argv) > 1 else "slow"
     app.worker_main(
         [

@@ -20,11 +20,11 @@ SCRIPT = textwrap.dedent(
     from fastapi.testclient import TestClient
     from service.api import create_app
     from service.config import Settings
-    from service.jobs.engine import PipelineEngine
+    from service.jobs.stainer import PipelineStainer
 
     args = json.loads(sys.argv[1])
     settings = Settings(**args["settings"])
-    with TestClient(create_app(PipelineEngine(), settings)) as client:
+    with TestClient(create_app(PipelineStainer(), settings)) as client:
         auth = {"Authorization": "Bearer " + args["key"]}
         files = {n: (n + ".tif", Path(p).read_bytes()) for n, p in args["pair"].items()}
         posted = client.post("/v1/jobs", files=files, data={"stages": "gareau"}, headers=auth)

@@ -1,4 +1,5 @@
-"""The job API end to end in one process: app + SQLite + the in-process worker + the real engine."""
+"""The job API end to end in one process: app + SQLite + the in-process worker + the real
+stainer."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import openslide
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import Keys, Pair, SlowEngine, assert_problem, make_app, submit, wait_for
+from service_helpers import Keys, Pair, SlowStainer, assert_problem, make_app, submit, wait_for
 
 from service.config import Settings
 
@@ -96,10 +97,10 @@ def test_list_is_per_tenant_newest_first_and_paginated(
 def test_result_is_409_until_done_and_cancel_stops_between_tiles(
     make_settings: Callable[..., Settings], keys: Keys, pair: Pair
 ) -> None:
-    engine = SlowEngine(tiles=500, tile_s=0.01)
-    with TestClient(make_app(make_settings(), engine=engine)) as client:
+    stainer = SlowStainer(tiles=500, tile_s=0.01)
+    with TestClient(make_app(make_settings(), stainer=stainer)) as client:
         job_id = submit(client, keys.alice, pair).json()["id"]
-        assert engine.started.wait(10)
+        assert stainer.started.wait(10)
         auth = Keys.auth(keys.alice)
         deadline = time.monotonic() + 10
         while True:  # the stage reaches the record with the next heartbeat/progress write
@@ -116,10 +117,10 @@ def test_result_is_409_until_done_and_cancel_stops_between_tiles(
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
         settings = make_settings()
         for _ in range(100):
-            if engine.stopped_at is not None:
+            if stainer.stopped_at is not None:
                 break
             time.sleep(0.02)
-        assert engine.stopped_at is not None and engine.stopped_at < engine.tiles
+        assert stainer.stopped_at is not None and stainer.stopped_at < stainer.tiles
         assert not (settings.storage_dir / "uploads" / job_id).exists()
         leftovers = list((settings.storage_dir / "results").glob(f"{job_id}/*"))
         assert leftovers == []
@@ -131,8 +132,8 @@ def test_result_is_409_until_done_and_cancel_stops_between_tiles(
 def test_cancel_queued_job_never_runs(
     make_settings: Callable[..., Settings], keys: Keys, pair: Pair
 ) -> None:
-    engine = SlowEngine(tiles=300, tile_s=0.01)
-    with TestClient(make_app(make_settings(), engine=engine)) as client:
+    stainer = SlowStainer(tiles=300, tile_s=0.01)
+    with TestClient(make_app(make_settings(), stainer=stainer)) as client:
         auth = Keys.auth(keys.alice)
         first = submit(client, keys.alice, pair).json()["id"]
         second = submit(client, keys.alice, pair).json()["id"]
@@ -155,8 +156,8 @@ def test_engine_error_fails_job_with_its_code(
 ) -> None:
     from service.errors import ModelError
 
-    engine = SlowEngine(tiles=2, tile_s=0, fail_with=ModelError("generator.onnx is corrupt"))
-    with TestClient(make_app(make_settings(), engine=engine)) as client:
+    stainer = SlowStainer(tiles=2, tile_s=0, fail_with=ModelError("generator.onnx is corrupt"))
+    with TestClient(make_app(make_settings(), stainer=stainer)) as client:
         job = wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
         assert job["state"] == "failed"
         assert job["error"] == {"code": "model_error", "detail": "generator.onnx is corrupt"}
@@ -165,9 +166,9 @@ def test_engine_error_fails_job_with_its_code(
 def test_time_limit_fails_the_job(
     make_settings: Callable[..., Settings], keys: Keys, pair: Pair
 ) -> None:
-    engine = SlowEngine(tiles=1000, tile_s=0.01)
+    stainer = SlowStainer(tiles=1000, tile_s=0.01)
     settings = make_settings(job_time_limit_s=0.3)
-    with TestClient(make_app(settings, engine=engine)) as client:
+    with TestClient(make_app(settings, stainer=stainer)) as client:
         job = wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
         assert job["state"] == "failed" and job["error"]["code"] == "time_limit_exceeded"
 
@@ -175,11 +176,11 @@ def test_time_limit_fails_the_job(
 def test_models_load_once_per_worker(
     make_settings: Callable[..., Settings], keys: Keys, pair: Pair
 ) -> None:
-    engine = SlowEngine(tiles=1, tile_s=0)
-    with TestClient(make_app(make_settings(), engine=engine)) as client:
+    stainer = SlowStainer(tiles=1, tile_s=0)
+    with TestClient(make_app(make_settings(), stainer=stainer)) as client:
         for _ in range(3):
             wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
-    assert engine.models_loaded == 1
+    assert stainer.models_loaded == 1
 
 
 def test_records_survive_an_api_restart(
@@ -197,13 +198,13 @@ def test_queued_jobs_resume_after_restart(
     make_settings: Callable[..., Settings], keys: Keys, pair: Pair
 ) -> None:
     settings = make_settings()
-    slow = SlowEngine(tiles=10_000, tile_s=0.01)
-    with TestClient(make_app(settings, engine=slow)) as client:
+    slow = SlowStainer(tiles=10_000, tile_s=0.01)
+    with TestClient(make_app(settings, stainer=slow)) as client:
         first = submit(client, keys.alice, pair).json()["id"]
         second = submit(client, keys.alice, pair).json()["id"]
         assert slow.started.wait(10)
     # The first was released at shutdown, the second never started: both run after restart.
-    with TestClient(make_app(settings, engine=SlowEngine(tiles=1, tile_s=0))) as client:
+    with TestClient(make_app(settings, stainer=SlowStainer(tiles=1, tile_s=0))) as client:
         for job_id in (first, second):
             job = wait_for(client, keys.alice, job_id)
             assert job["state"] == "succeeded" and job["attempts"] == 1

@@ -11,7 +11,7 @@ from service_helpers import Keys, make_app
 
 from service.api.services import Services
 from service.config import Settings
-from service.jobs.engine import PipelineEngine
+from service.jobs.stainer import PipelineStainer
 
 # schemathesis (and the Hypothesis it brings) belongs to the dev extra; skip cleanly without it.
 schemathesis = pytest.importorskip("schemathesis")
@@ -33,7 +33,7 @@ def api_app(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Fa
     )
     app = make_app(config)
     # schemathesis calls the ASGI app without its lifespan, so open the services here.
-    services = Services.start(config, PipelineEngine())
+    services = Services.start(config, PipelineStainer())
     app.state.services = services
     yield app
     services.close()

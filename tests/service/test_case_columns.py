@@ -10,7 +10,7 @@ from sqlalchemy import Column, Index, MetaData, Table, create_engine, insert, in
 from test_jobs_store import _postgres_url
 
 from service.jobs.db import JobRow, add_missing_columns, utc_now
-from service.jobs.model import NewJob, new_job_id
+from service.jobs.job import NewJob, new_job_id
 from service.jobs.store import JobStore
 
 LABEL, EXTERNAL_ID = "Zebra-Quokka 7731, left cheek", "ZQK-7731/XQ"
@@ -58,7 +58,7 @@ def test_an_existing_database_gains_the_case_columns(database_url: str) -> None:
     old_job = create_old_table(database_url)
     store = JobStore(database_url)  # what every process does at start-up
     try:
-        inspector = inspect(store.engine)
+        inspector = inspect(store.database)
         columns = {c["name"] for c in inspector.get_columns(JobRow.__tablename__)}
         assert {"label", "external_id"} <= columns
         indexes = {i["name"] for i in inspector.get_indexes(JobRow.__tablename__)}
@@ -69,7 +69,7 @@ def test_an_existing_database_gains_the_case_columns(database_url: str) -> None:
         store.create(new)
         found = store.list_jobs("t", None, 10, external_id=EXTERNAL_ID)
         assert [(job.id, job.label) for job in found] == [(new.id, LABEL)]
-        assert add_missing_columns(store.engine) == []  # idempotent: the next process
+        assert add_missing_columns(store.database) == []  # idempotent: the next process
         JobStore(database_url).close()
     finally:
         store.close()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, SlowEngine, make_app, submit, wait_for
+from service_helpers import Keys, Pair, SlowStainer, make_app, submit, wait_for
 
 from service.config import Settings
-from service.jobs.model import JobState, NewJob, new_job_id
+from service.jobs.files import JobFiles
+from service.jobs.job import JobState, NewJob, new_job_id
 from service.jobs.runner import WorkerContext, run_job
-from service.jobs.storage import Storage
 from service.jobs.store import JobStore, seconds_ago
 from service.jobs.sweeper import sweep_once
 
@@ -125,20 +125,20 @@ def test_lost_worker_is_requeued_then_fails_after_max_attempts(
     store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_settings(stale_after_s=0.5, heartbeat_interval_s=0.1, requeue_grace_s=0)
-    storage = Storage(tmp_path / "st")
-    storage.create()
+    files = JobFiles(tmp_path / "st")
+    files.create()
     queue = ListQueue()
     job, _ = store.create(new_job(max_attempts=2))
     store.claim(job.id, "dead-worker-1", seconds_ago(60))
     time.sleep(0.7)
-    assert sweep_once(settings, store, storage, queue).recovered == 1
+    assert sweep_once(settings, store, files, queue).recovered == 1
     assert queue.sent == [job.id]
     requeued = store.get(job.id)
     assert requeued is not None and requeued.state == JobState.QUEUED and requeued.attempts == 1
     # A redelivery (or the sweeper's message) claims it again; that worker dies too.
     assert store.claim(job.id, "dead-worker-2", seconds_ago(0.5)).outcome == "claimed"
     time.sleep(0.7)
-    assert sweep_once(settings, store, storage, queue).failed == 1
+    assert sweep_once(settings, store, files, queue).failed == 1
     failed = store.get(job.id)
     assert failed is not None and failed.state == JobState.FAILED
     assert failed.error_code == "attempts_exhausted" and "2 times" in (failed.error_detail or "")
@@ -148,38 +148,38 @@ def test_sweeper_requeues_only_jobs_no_queue_holds(
     store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_settings(requeue_grace_s=0.2)
-    storage = Storage(tmp_path / "st")
-    storage.create()
+    files = JobFiles(tmp_path / "st")
+    files.create()
     queue = ListQueue()
     held, _ = store.create(new_job())
     lost, _ = store.create(new_job())
     store.mark_enqueued(held.id)
     store.mark_enqueued(lost.id)
     queue.held = {held.id}
-    assert sweep_once(settings, store, storage, queue).requeued == 0  # within the grace time
+    assert sweep_once(settings, store, files, queue).requeued == 0  # within the grace time
     time.sleep(0.3)
-    assert sweep_once(settings, store, storage, queue).requeued == 1
+    assert sweep_once(settings, store, files, queue).requeued == 1
     assert queue.sent == [lost.id]
     queue.held = None  # broker unreadable: do nothing rather than guess
     time.sleep(0.3)
-    assert sweep_once(settings, store, storage, queue).requeued == 0
+    assert sweep_once(settings, store, files, queue).requeued == 0
 
 
 def test_retention_purges_old_finished_jobs_and_files(
     store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_settings(retention_s=0.2)
-    storage = Storage(tmp_path / "st")
-    storage.create()
+    files = JobFiles(tmp_path / "st")
+    files.create()
     job, _ = store.create(new_job())
-    storage.result_dir(job.id).mkdir(parents=True)
-    (storage.result_dir(job.id) / "x.tiff").write_bytes(b"x")
+    files.result_dir(job.id).mkdir(parents=True)
+    (files.result_dir(job.id) / "x.tiff").write_bytes(b"x")
     store.claim(job.id, "l", seconds_ago(60))
     store.fail(job.id, "l", "boom", "it broke")
     active, _ = store.create(new_job())
     time.sleep(0.3)
-    assert sweep_once(settings, store, storage, ListQueue()).purged == 1
-    assert store.get(job.id) is None and not storage.result_dir(job.id).exists()
+    assert sweep_once(settings, store, files, ListQueue()).purged == 1
+    assert store.get(job.id) is None and not files.result_dir(job.id).exists()
     assert store.get(active.id) is not None
 
 
@@ -190,11 +190,11 @@ def test_runner_reports_unwritable_output_and_leaves_nothing(
     blocker = tmp_path / "results-blocker"
     blocker.write_text("not a folder")
     settings = make_settings(results_dir=blocker / "results")
-    storage = Storage(tmp_path / "st", settings.results_dir)
-    storage.create()
+    files = JobFiles(tmp_path / "st", settings.results_dir)
+    files.create()
     job, _ = store.create(new_job())
-    storage.upload_dir(job.id).mkdir(parents=True)
-    ctx = WorkerContext(settings, store, storage, SlowEngine(tiles=1, tile_s=0))
+    files.upload_dir(job.id).mkdir(parents=True)
+    ctx = WorkerContext(settings, store, files, SlowStainer(tiles=1, tile_s=0))
     assert run_job(job.id, ctx) == "failed"
     failed = store.get(job.id)
     assert failed is not None and failed.error_code == "output_unwritable"
@@ -205,12 +205,12 @@ def test_runner_does_nothing_for_a_duplicate_delivery(
     store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_settings()
-    storage = Storage(tmp_path / "st")
-    storage.create()
-    engine = SlowEngine(tiles=1, tile_s=0)
+    files = JobFiles(tmp_path / "st")
+    files.create()
+    stainer = SlowStainer(tiles=1, tile_s=0)
     job, _ = store.create(new_job())
-    storage.upload_dir(job.id).mkdir(parents=True)
-    ctx = WorkerContext(settings, store, storage, engine)
+    files.upload_dir(job.id).mkdir(parents=True)
+    ctx = WorkerContext(settings, store, files, stainer)
     assert run_job(job.id, ctx) == "succeeded"
     assert run_job(job.id, ctx) == "finished"
     assert store.get(job.id).attempts == 1  # type: ignore[union-attr]

@@ -15,7 +15,7 @@ from PIL import Image
 from service_helpers import (
     Keys,
     Pair,
-    SlowEngine,
+    SlowStainer,
     assert_problem,
     make_app,
     submit,
@@ -200,10 +200,10 @@ def test_deleting_a_job_removes_its_layers(
 
 
 def test_tiles_of_a_running_job_are_409(make_settings: Any, keys: Keys, pair: Pair) -> None:
-    engine = SlowEngine(tiles=400, tile_s=0.02)
-    with TestClient(make_app(make_settings(), engine), raise_server_exceptions=False) as client:
+    stainer = SlowStainer(tiles=400, tile_s=0.02)
+    with TestClient(make_app(make_settings(), stainer), raise_server_exceptions=False) as client:
         job = submit(client, keys.alice, pair, {"layers": "gareau"}).json()
-        assert engine.started.wait(10)
+        assert stainer.started.wait(10)
         auth = keys.auth(keys.alice)
         running = client.get(job["links"]["self"], headers=auth).json()
         assert running["state"] == "running" and running["layers"] == []
@@ -284,20 +284,20 @@ def test_pages_and_vendored_assets(vclient: TestClient, layered: dict[str, Any])
 
 
 def test_storage_never_names_a_file_outside_the_job(viewer_settings: Settings) -> None:
-    from service.jobs.storage import Storage
+    from service.jobs.files import JobFiles
 
-    storage = Storage(viewer_settings.storage_dir)
+    files = JobFiles(viewer_settings.storage_dir)
     job_id = "0" * 32
     for name in ("../x.tiff", ".hidden", "a/b.tiff", "/etc/passwd"):
         with pytest.raises(ValueError):
-            storage.published_file(job_id, name)
-    folder = storage.clear_results(job_id)
+            files.published_file(job_id, name)
+    folder = files.clear_results(job_id)
     (folder / "link.tiff").symlink_to(Path("/etc/hostname"))
     with pytest.raises(ValueError):
-        storage.published_file(job_id, "link.tiff")
+        files.published_file(job_id, "link.tiff")
     (folder / "lease1.tiff").write_bytes(b"x")
     (folder / "lease1.gareau.tiff").write_bytes(b"x")
     (folder / "lease2.tiff").write_bytes(b"x")
-    storage.remove_attempt_files(job_id, "lease1")
+    files.remove_attempt_files(job_id, "lease1")
     assert sorted(p.name for p in folder.iterdir()) == ["lease2.tiff", "link.tiff"]
-    storage.purge(job_id)
+    files.purge(job_id)

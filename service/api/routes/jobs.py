@@ -20,11 +20,11 @@ from service.api.problems import ApiError
 from service.api.published import published_path
 from service.api.routes.common import problems
 from service.api.schemas import JobList, JobPublic
+from service.api.serialise import API_PREFIX, decode_cursor, encode_cursor, job_url, to_public
 from service.api.submit import accept_job
-from service.api.views import API_PREFIX, decode_cursor, encode_cursor, job_url, to_public
 from service.case import EXTERNAL_ID_MAX_CHARS, EXTERNAL_ID_PATTERN, LABEL_MAX_CHARS
 from service.errors import DscmError
-from service.jobs.model import JobState
+from service.jobs.job import JobState
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
 
@@ -90,7 +90,7 @@ async def create_job(
 ) -> JobPublic:
     started = time.perf_counter()
     try:
-        require_room_for(request, services.storage)
+        require_room_for(request, services.files)
         job, replayed = await accept_job(request, principal, services, idempotency_key)
     except DscmError as exc:
         SUBMISSIONS.labels(outcome=exc.code).inc()
@@ -167,7 +167,7 @@ def get_result(
     request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
 ) -> FileResponse:
     job = find_job(services, principal, job_id)
-    path = published_path(services.storage, job, job.result_name, "result")
+    path = published_path(services.files, job, job.result_name, "result")
     headers = {}
     if job.result_sha256:
         digest = base64.b64encode(bytes.fromhex(job.result_sha256)).decode()
@@ -186,7 +186,7 @@ def get_thumbnail(
     request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
 ) -> FileResponse:
     job = find_job(services, principal, job_id)
-    path = published_path(services.storage, job, job.thumbnail_name, "thumbnail")
+    path = published_path(services.files, job, job.thumbnail_name, "thumbnail")
     return file_response(request, path, "image/jpeg")
 
 
@@ -200,7 +200,7 @@ async def delete_job(job_id: str, principal: SubmitterDep, services: ServicesDep
     job = find_job(services, principal, job_id)
     await run_in_threadpool(services.store.cancel, job.id)
     services.tiles.forget(job)
-    await run_in_threadpool(services.storage.purge, job.id)
+    await run_in_threadpool(services.files.purge, job.id)
     await run_in_threadpool(services.store.mark_purged, job.id)
     refreshed = services.store.get(job.id)
     if refreshed is None:

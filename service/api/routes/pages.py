@@ -14,8 +14,8 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from service.api.problems import ApiError
-from service.api.views import VIEWER_PREFIX
-from service.jobs.model import is_job_id
+from service.api.serialise import VIEWER_PREFIX
+from service.jobs.job import is_job_id
 
 API_DIR = Path(__file__).resolve().parents[1]
 TEMPLATES_DIR = API_DIR / "templates"

@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 
 from service.config import Settings
-from service.jobs.engine import PipelineEngine
+from service.jobs.stainer import PipelineStainer
 from service.pipeline import StainSpec
 
 MODEL_MPP = {"xres": 1000 / 0.75, "yres": 1000 / 0.75}  # pixels per mm
@@ -32,7 +32,7 @@ def test_settings_and_stated_options_reach_the_spec(tmp_path: Path) -> None:
         "output_format": "ome-tiff",
         "layers": ["gareau", "fcm"],
     }
-    spec = PipelineEngine.spec(options, settings)
+    spec = PipelineStainer.spec(options, settings)
     assert (spec.batch_size, spec.tile_px, spec.threads) == (4, 512, 1)
     assert (spec.inference, spec.inference_precision) == ("cpu", "fp32")
     assert spec.stages == ("despeckle", "median", "gareau")
@@ -41,7 +41,7 @@ def test_settings_and_stated_options_reach_the_spec(tmp_path: Path) -> None:
 
 
 def test_unstated_options_keep_the_pipeline_defaults(tmp_path: Path) -> None:
-    spec = PipelineEngine.spec({"stages": None, "layers": None}, settings_for(tmp_path, tmp_path))
+    spec = PipelineStainer.spec({"stages": None, "layers": None}, settings_for(tmp_path, tmp_path))
     default = StainSpec()
     assert spec.stages is None and spec.extra_layers == ()
     assert (spec.compression, spec.jpeg_quality, spec.output_format) == (
@@ -54,9 +54,9 @@ def test_a_worker_runs_dscm_batch_size_tiles_per_model_call(
     make_pair, shared_models: Path, tmp_path: Path
 ) -> None:
     settings = settings_for(shared_models, tmp_path, batch_size=3, tile_px=128, threads=1)
-    engine = PipelineEngine()
+    stainer = PipelineStainer()
     options = {"compression": "lossless"}
-    models = engine.load_models(options, settings)
+    models = stainer.load_models(options, settings)
     seen: list[int] = []
     generator = models.models["generator"]
     run = generator.run
@@ -68,7 +68,7 @@ def test_a_worker_runs_dscm_batch_size_tiles_per_model_call(
     generator.run = counting  # type: ignore[method-assign]
     pair = make_pair(300, 520, tissue_fraction=1.0, **MODEL_MPP)
     output = tmp_path / "out.tif"
-    report = engine.stain(pair.rcm, pair.fcm, output, options, settings, lambda *a: None, models)
+    report = stainer.stain(pair.rcm, pair.fcm, output, options, settings, lambda *a: None, models)
     computed = report["tiles"]["computed"]
     assert report["tiles"]["batch_size"] == 3 and computed >= 7
     batches = -(-computed // 3)

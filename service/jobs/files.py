@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from service.jobs.model import is_job_id
+from service.jobs.job import is_job_id
 
 ALLOWED_SUFFIXES = frozenset({".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg"})
 RESULT_SUFFIX = {"tiff": ".tiff", "ome-tiff": ".ome.tiff"}
@@ -30,7 +30,7 @@ def input_suffix(filename: str | None) -> str:
     return suffix if suffix in ALLOWED_SUFFIXES else ".bin"
 
 
-class Storage:
+class JobFiles:
     def __init__(self, root: Path, results_dir: Path | None = None) -> None:
         self.root = root
         self.uploads = root / "uploads"

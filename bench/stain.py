@@ -1,7 +1,7 @@
 """Engine benchmark: end-to-end speed, model-only speed, the published whole-slide scheme, RSS,
 for each inference backend in the same run.
 
-    .venv/bin/python bench/engine.py [--models models] [--sizes 4096 8192] [--tile-px 1024]
+    .venv/bin/python bench/stain.py [--models models] [--sizes 4096 8192] [--tile-px 1024]
         [--backends cpu openvino cuda:fp16 ...] [--baseline-windows N]
 
 Each measurement runs in a fresh child process (so peak RSS is that run's own). Prints a table
@@ -235,7 +235,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--baseline-windows", type=int, help="time only the first N windows")
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--json-out", default=str(REPO / "bench" / "engine-results.json"))
+    parser.add_argument("--json-out", default=str(REPO / "bench" / "stain-results.json"))
     parser.add_argument("--rcm"), parser.add_argument("--fcm"), parser.add_argument("--out")
     args = parser.parse_args()
     if args.child:

@@ -16,8 +16,8 @@ from service.api.layers import layer_file_name
 from service.api.problems import ApiError
 from service.api.published import published_path
 from service.api.schemas import ViewLayer
-from service.jobs.model import Job, JobState
-from service.jobs.storage import Storage
+from service.jobs.files import JobFiles
+from service.jobs.job import Job, JobState
 
 if TYPE_CHECKING:
     from service.slide.deepzoom import DeepZoomCache
@@ -31,11 +31,11 @@ class TileService:
 
     def __init__(
         self,
-        storage: Storage,
+        files: JobFiles,
         max_slides: int = MAX_OPEN_SLIDES,
         max_tiles: int = MAX_CACHED_TILES,
     ) -> None:
-        self.storage = storage
+        self.files = files
         self._sizes = (max_slides, max_tiles)
         self._cache: DeepZoomCache | None = None
         self._lock = threading.Lock()
@@ -58,7 +58,7 @@ class TileService:
             raise ApiError(
                 404, "layer_not_found", f"the job has no {layer} layer (submit with layers={layer})"
             )
-        return published_path(self.storage, job, name, what)
+        return published_path(self.files, job, name, what)
 
     def forget(self, job: Job) -> None:
         """Close the job's open pyramids (before its files are deleted) and drop its tiles."""
@@ -69,7 +69,7 @@ class TileService:
             if name is None:
                 continue
             try:
-                self._evict(self.storage.published_file(job.id, name))
+                self._evict(self.files.published_file(job.id, name))
             except ValueError:  # a record naming something outside the job's folder
                 continue
 

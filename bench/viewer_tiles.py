@@ -1,6 +1,6 @@
 """Viewer tile benchmark: latency of deepest-level Deep Zoom tiles, ours against OpenSlide's.
 
-    .venv/bin/python bench/tiles.py [--width-px 8192] [--height-px 6144] [--tiles 200]
+    .venv/bin/python bench/viewer_tiles.py [--width-px 8192] [--height-px 6144] [--tiles 200]
                                     [--concurrency 6] [--json-out PATH]
 
 Stains a synthetic pair through a real `dscm serve` (embedded worker, median + Gareau, the

@@ -1,4 +1,4 @@
-"""PipelineEngine: the job runner's adapter over service.pipeline and the model cards.
+"""PipelineStainer: the job runner's adapter over service.pipeline and the model cards.
 
 Everything heavy is imported inside the methods, so creating one costs nothing and the API
 process (which gets one from `dscm serve`) imports onnxruntime only if it stains in-process.
@@ -29,7 +29,7 @@ JOB_OPTION_FIELDS = {
 }
 
 
-class PipelineEngine:
+class PipelineStainer:
     """Stains with service.pipeline.stain_slide; answers model questions from the cards."""
 
     def __init__(self) -> None:

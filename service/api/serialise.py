@@ -18,7 +18,7 @@ from service.api.schemas import (
     JobResultPublic,
     Progress,
 )
-from service.jobs.model import Job, JobState
+from service.jobs.job import Job, JobState
 from service.jobs.reports import without_server_paths
 
 API_PREFIX = "/v1"
