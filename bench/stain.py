@@ -35,6 +35,7 @@ from service.core.backends import Backend, Machine, choose_backend  # noqa: E402
 from service.core.chain import StainChain  # noqa: E402
 from service.core.models import OnnxModel, discover_models, discover_stage_models  # noqa: E402
 from service.core.normalize import estimate_range, normalize  # noqa: E402
+from service.options import JobOptions  # noqa: E402
 from service.pipeline import StainSpec, load_models, stain_slide  # noqa: E402
 from service.slide import PyramidWriter, SlideInputs, open_pair  # noqa: E402
 
@@ -51,7 +52,7 @@ def max_rss_bytes() -> int:
 def child_spec(args: argparse.Namespace, **overrides: Any) -> StainSpec:
     name, _, precision = (args.backend or "auto").partition(":")
     values: dict[str, Any] = {
-        "stages": tuple(args.stages.split(",")),
+        "options": JobOptions(stages=tuple(args.stages.split(","))),
         "models_dir": Path(args.models),
         "tile_px": args.tile_px,
         "threads": args.threads,
@@ -83,7 +84,7 @@ def child_model_only(args: argparse.Namespace) -> dict[str, Any]:
     side = args.tile_px
     fcm = rng.random((1, side, side), dtype=np.float32)
     rcm = rng.random((1, side, side), dtype=np.float32)
-    chain = models.chain(spec.stages)
+    chain = models.chain(spec.options.stages)
     despeckle, generator = chain.despeckle, chain.generator
     stats = None
     if chain.needs_shared_stats and generator is not None:
@@ -125,7 +126,7 @@ def child_baseline(args: argparse.Namespace) -> dict[str, Any]:
     norm; the right and bottom remainders are dropped. Same models, same reader and writer."""
     spec = child_spec(args, tile_px=1024)
     models = load_models(spec)
-    chain: StainChain = models.chain(spec.stages)
+    chain: StainChain = models.chain(spec.options.stages)
     started = time.perf_counter()
     info, rcm, fcm = open_pair(SlideInputs(Path(args.rcm), Path(args.fcm)), spec.max_pixels)
     ranges = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 CASE_FIELDS = ("label", "external_id")
 LABEL_MAX_CHARS = 200
@@ -48,13 +49,28 @@ def check_external_id(value: str | None) -> str | None:
     return value
 
 
-def case_description(label: str | None, external_id: str | None) -> str | None:
-    """The text a stained slide carries in its TIFF ImageDescription (None: no case given)."""
-    if label is None and external_id is None:
-        return None
-    lines = ["dscm digitally stained slide"]
-    if label is not None:
-        lines.append(f"label: {label}")
-    if external_id is not None:
-        lines.append(f"external_id: {external_id}")
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class Case:
+    """The case one slide belongs to, as its submitter named it (both optional)."""
+
+    label: str | None = None
+    external_id: str | None = None
+
+    @classmethod
+    def checked(cls, label: str | None, external_id: str | None) -> Case:
+        """Both values through their checks; ValueError naming the rule, never the value."""
+        return cls(check_label(label), check_external_id(external_id))
+
+    def description(self) -> str | None:
+        """The text a stained slide carries in its TIFF ImageDescription (None: no case)."""
+        if self.label is None and self.external_id is None:
+            return None
+        lines = ["dscm digitally stained slide"]
+        if self.label is not None:
+            lines.append(f"label: {self.label}")
+        if self.external_id is not None:
+            lines.append(f"external_id: {self.external_id}")
+        return "\n".join(lines)
+
+
+NO_CASE = Case()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Literal, NoReturn, cast
 
 import click
 from rich.console import Console
@@ -17,10 +17,21 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from service.case import check_external_id, check_label
+from service.case import Case
 from service.config import get_settings
 from service.errors import DscmError, InputError, OutputError
+from service.options import (
+    COMPRESSIONS,
+    DEFAULT_OPTIONS,
+    JPEG_QUALITY_RANGE,
+    OUTPUT_FORMATS,
+    STAGES,
+    JobOptions,
+    StageName,
+    check_names,
+)
 from service.progress import overall_progress
+from service.report import StainReport
 from service.slide import SlideInputs, resolve_scan_dir
 from service.slide.reader import FCM_DETECTOR, RCM_DETECTOR
 
@@ -50,7 +61,7 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output TIFF.")
 @click.option(
     "--stages",
-    help="Comma-separated subset of despeckle,median,gareau,colour,generator "
+    help=f"Comma-separated subset of {','.join(STAGES)} "
     "(default: the installed models' default chain, see `dscm models`).",
 )
 @click.option(
@@ -67,12 +78,16 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
 )
 @click.option("--threads", type=int, help="onnxruntime threads (default: all cores).")
 @click.option(
-    "--compression", type=click.Choice(["jpeg", "lossless"]), default="jpeg", show_default=True
-)
-@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True)
-@click.option(
-    "--format", "output_format", type=click.Choice(["tiff", "ome-tiff"]), default="tiff",
+    "--compression", type=click.Choice(COMPRESSIONS), default=DEFAULT_OPTIONS.compression,
     show_default=True,
+)  # fmt: skip
+@click.option(
+    "--quality", type=click.IntRange(*JPEG_QUALITY_RANGE), default=DEFAULT_OPTIONS.jpeg_quality,
+    show_default=True,
+)  # fmt: skip
+@click.option(
+    "--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
+    default=DEFAULT_OPTIONS.output_format, show_default=True,
 )  # fmt: skip
 @click.option(
     "--label", help="The case's label (one line, at most 200 characters), in the TIFF description."
@@ -105,48 +120,55 @@ def stain(
     """Stain an RCM/FCM pair (--rcm/--fcm) or a Vivascope SCAN_DIR into a pyramidal TIFF."""
     from service.pipeline import StainSpec, stain_slide
 
-    settings = get_settings()
     try:
         inputs = stain_inputs(scan_dir, rcm, fcm, rcm_detector, fcm_detector)
         check_output_path(output, overwrite)
         try:
-            label, external_id = check_label(label), check_external_id(external_id)
+            case = Case.checked(label, external_id)
         except ValueError as exc:  # the message names the rule, never the value
             raise InputError(f"{exc}") from exc
-        spec = StainSpec(
-            stages=tuple(stages.split(",")) if stages else None,
-            mpp_um=mpp_um,
-            default_mpp_um=settings.default_mpp_um,
-            models_dir=models_dir or settings.models_dir,
-            tile_px=tile_px or settings.tile_px,
-            batch_size=batch_size or settings.batch_size,
+        options = JobOptions(
+            stages=stage_names(stages),
+            output_format=output_format,
             compression=compression,
             jpeg_quality=quality,
-            output_format=output_format,
-            threads=threads or settings.threads,
-            max_pixels=settings.max_pixels,
-            inference=settings.inference,
-            inference_precision=settings.inference_precision,
-            label=label,
-            external_id=external_id,
+            mpp_um=mpp_um,
+        )
+        spec = StainSpec.from_settings(
+            get_settings(),
+            options,
+            case,
+            models_dir=models_dir,
+            tile_px=tile_px,
+            batch_size=batch_size,
+            threads=threads,
         )
         with ProgressBar() as bar:
             report = stain_slide(inputs, output, spec, progress=bar.update)
     except DscmError as error:
         fail(error)
-    print_stain_result(report.to_dict(), output, as_json)
+    print_stain_result(report, output, as_json)
 
 
-def print_stain_result(data: dict[str, Any], output: Path, as_json: bool) -> None:
+def stage_names(stages: str | None) -> tuple[StageName, ...] | None:
+    """``--stages a,b``, checked against the stage vocabulary (none or blank: the default)."""
+    if not stages:
+        return None
+    names = tuple(name.strip() for name in stages.split(",") if name.strip())
+    check_names("stage", names, STAGES)
+    return cast(tuple[StageName, ...], names)
+
+
+def print_stain_result(report: StainReport, output: Path, as_json: bool) -> None:
     """The report as JSON on stdout, or one summary line on stderr."""
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(report.to_dict(), indent=2))
         return
-    seconds, tiles = data["timings_s"]["total"], data["tiles"]
-    flag = f"; {data['qc']['flag']}" if (data.get("qc") or {}).get("flag") else ""
+    seconds, tiles = report.timings_s["total"], report.tiles
+    flag = f"; {report.qc['flag']}" if report.qc.get("flag") else ""
     click.echo(
-        f"wrote {output} ({len(data['levels'])} levels, stages {','.join(data['stages'])}, "
-        f"{tiles['computed']}/{tiles['total']} tiles computed, {seconds:.1f} s{flag})",
+        f"wrote {output} ({len(report.levels)} levels, stages {','.join(report.stages)}, "
+        f"{tiles.computed}/{tiles.total} tiles computed, {seconds:.1f} s{flag})",
         err=True,
     )
 

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.options import MPP_RANGE_UM
+
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
@@ -48,8 +50,8 @@ class Settings(BaseSettings):
     )
     default_mpp_um: float | None = Field(
         default=None,
-        ge=0.05,
-        le=50.0,
+        ge=MPP_RANGE_UM[0],
+        le=MPP_RANGE_UM[1],
         description="Pixel size (um) assumed for inputs without resolution tags whose caller "
         "states none; unset: such inputs are refused",
     )

@@ -11,9 +11,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.case import case_description
+from service.case import NO_CASE, Case
+from service.config import Settings
 from service.core.backends import choose_backend
-from service.core.chain import LAYERS, StainChain, resolve_stages, round_up
+from service.core.chain import StainChain, resolve_stages, round_up
 from service.core.colour import ColourTarget, load_colour_target
 from service.core.grid import Tile, tile_grid, tissue_mask, tissue_tiles
 from service.core.models import (
@@ -26,6 +27,8 @@ from service.core.models import (
 from service.core.normalize import IntensityRange, estimate_range, normalize
 from service.core.quality import faithfulness_qc
 from service.errors import InputError, PixelSizeUnknown
+from service.options import DEFAULT_OPTIONS, JobOptions, check_mpp_um
+from service.report import StainReport, TileCounts
 from service.slide import (
     OpenedMode,
     PairInfo,
@@ -39,7 +42,6 @@ from service.tile_reader import TileReader
 ProgressCallback = Callable[[str, int, int], None]
 
 THUMBNAIL_MAX_SIDE_PX = 2048
-MPP_RANGE_UM = (0.05, 50.0)  # a pixel size anyone may state
 RESAMPLE_TOLERANCE = 0.10  # resample when the slide's pixel size differs more than this
 
 
@@ -77,8 +79,8 @@ class PixelSize:
 def resolve_pixel_size(info: PairInfo, spec: StainSpec, model_mpp_um: float | None) -> PixelSize:
     """The caller's value, else the files' tags, else the operator's default; refused when
     nobody says (a wrong guess would mislead every measurement made on the slide)."""
-    if spec.mpp_um is not None:
-        mpp, source = spec.mpp_um, "caller"
+    if spec.options.mpp_um is not None:
+        mpp, source = spec.options.mpp_um, "caller"
     elif info.mpp_um is not None:
         mpp, source = info.mpp_um, "file"
     elif spec.default_mpp_um is not None:
@@ -97,50 +99,52 @@ def resolve_pixel_size(info: PairInfo, spec: StainSpec, model_mpp_um: float | No
 
 @dataclass(frozen=True)
 class StainSpec:
-    """How to stain: stages, models, tiling and output encoding."""
+    """How to stain: the caller's options and case, and this machine's models, tiling and
+    inference backend."""
 
-    stages: tuple[str, ...] | None = None
+    options: JobOptions = DEFAULT_OPTIONS
+    case: Case = NO_CASE
     models_dir: Path = Path("models")
     tile_px: int = 1024
     batch_size: int = 1
-    compression: Literal["jpeg", "lossless"] = "jpeg"
-    jpeg_quality: int = 90
-    output_format: Literal["tiff", "ome-tiff"] = "tiff"
     threads: int | None = None
     max_pixels: int = 400_000_000
     skip_background: bool = True
     stats_tiles: int = 8
     stats_crop_px: int = 384
-    extra_layers: tuple[str, ...] = ()
     inference: str = "auto"  # service.core.backends: auto, cpu, openvino, cuda
     inference_precision: str = "auto"
-    mpp_um: float | None = None  # stated by the caller; overrides the files' tags
     default_mpp_um: float | None = None  # the operator's fallback (DSCM_DEFAULT_MPP_UM)
-    label: str | None = None  # case identity (service.case), into the output's description
-    external_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.tile_px < 64 or self.tile_px % 16:
             raise InputError(f"tile_px must be a multiple of 16 and >= 64, got {self.tile_px}")
         if not 1 <= self.batch_size <= 64:
             raise InputError(f"batch_size must be 1..64, got {self.batch_size}")
-        if self.compression not in ("jpeg", "lossless"):
-            raise InputError(f"compression must be jpeg or lossless, got {self.compression!r}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise InputError(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
-        if self.output_format not in ("tiff", "ome-tiff"):
-            raise InputError(f"output_format must be tiff or ome-tiff, got {self.output_format!r}")
         if self.stats_tiles < 1:
             raise InputError("stats_tiles must be at least 1")
         if self.stats_crop_px < 64 or self.stats_crop_px % 16:
             raise InputError("stats_crop_px must be a multiple of 16 and >= 64")
-        for name in ("mpp_um", "default_mpp_um"):
-            value = getattr(self, name)
-            if value is not None and not MPP_RANGE_UM[0] <= value <= MPP_RANGE_UM[1]:
-                raise InputError(f"{name} must be {MPP_RANGE_UM[0]}-{MPP_RANGE_UM[1]} um/px")
-        unknown = sorted(set(self.extra_layers) - set(LAYERS))
-        if unknown:
-            raise InputError(f"unknown layer(s) {', '.join(unknown)}; choose from {LAYERS}")
+        check_mpp_um("default_mpp_um", self.default_mpp_um)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, options: JobOptions, case: Case = NO_CASE, **overrides: Any
+    ) -> StainSpec:
+        """The stain a caller asked for, on this machine's DSCM_* settings (models, tiling,
+        batch size, threads, backend, default pixel size); ``overrides`` win over settings."""
+        machine: dict[str, Any] = {
+            "models_dir": settings.models_dir,
+            "tile_px": settings.tile_px,
+            "batch_size": settings.batch_size,
+            "threads": settings.threads,
+            "max_pixels": settings.max_pixels,
+            "inference": settings.inference,
+            "inference_precision": settings.inference_precision,
+            "default_mpp_um": settings.default_mpp_um,
+        }
+        stated = {key: value for key, value in overrides.items() if value is not None}
+        return cls(options=options, case=case, **(machine | stated))
 
 
 @dataclass
@@ -166,7 +170,7 @@ def load_models(spec: StainSpec) -> ModelSet:
     """Load the models that ``spec`` can use from ``spec.models_dir``."""
     found = discover_stage_models(spec.models_dir)
     default_off = stages_off_by_default(found)
-    wanted = resolve_stages(spec.stages, found, default_off)
+    wanted = resolve_stages(spec.options.stages, found, default_off)
     onnx: dict[ModelRole, OnnxModel] = {}
     roles = [r for r in ("despeckle", "generator") if r in found and r in wanted]
     backend = choose_backend(spec.inference, spec.inference_precision) if roles else None
@@ -174,16 +178,6 @@ def load_models(spec: StainSpec) -> ModelSet:
         onnx[role] = OnnxModel(found[role], spec.threads, backend)
     colour = load_colour_target(found["colour"]) if "colour" in wanted else None
     return ModelSet(onnx, colour, default_off)
-
-
-@dataclass
-class StainReport:
-    """What happened: inputs, models, tiles, timings and the output's identity."""
-
-    data: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
 
 
 def layer_output_path(output: Path, layer: str) -> Path:
@@ -238,7 +232,7 @@ def plan_slide(
     progress("prepare", 0, 1)
     info, rcm, fcm = open_pair(inputs, spec.max_pixels)
     models = models if models is not None else load_models(spec)
-    chain = models.chain(spec.stages)
+    chain = models.chain(spec.options.stages)
     pixel = resolve_pixel_size(info, spec, chain.trained_mpp_um)
     work_rcm, work_fcm = rcm, fcm
     if pixel.resampled:
@@ -343,7 +337,7 @@ class SlideRun:
                     self.progress("statistics", len(sample), len(sample))
 
                 self.chain.estimate_slide_stats(sampled())
-            self.background = self.chain.background(self.spec.extra_layers)
+            self.background = self.chain.background(self.spec.options.layers)
 
     def open_writers(self) -> None:
         """One pyramid writer for the stain and one per extra layer, at the input's size."""
@@ -355,9 +349,9 @@ class SlideRun:
             info.height_px,
             pixel.mpp_um,
             work_size_px=work_size,
-            description=case_description(self.spec.label, self.spec.external_id),
+            description=self.spec.case.description(),
         )
-        for layer in self.spec.extra_layers:
+        for layer in self.spec.options.layers:
             self.writers[layer] = PyramidWriter(
                 layer_output_path(output, layer),
                 info.width_px,
@@ -380,7 +374,7 @@ class SlideRun:
     def stain_tiles(self) -> None:
         """Phase 4, tiles: tissue tiles in batches through the chain, each layer written."""
         todo, total = self.todo, len(self.tiles)
-        layers = self.spec.extra_layers
+        layers = self.spec.options.layers
         with self._timed("tiles"):
             done = total - len(todo)
             self.progress("tiles", done, total)
@@ -399,12 +393,12 @@ class SlideRun:
     def save_pyramids(self) -> None:
         """Phase 5, finish: encode the pyramids and publish them, the stain itself last (its
         presence means the whole set is complete)."""
-        spec = self.spec
+        options = self.spec.options
         with self._timed("pyramid"):
             self.progress("pyramid", 0, 1)
             for writer in self.writers.values():
-                writer.save(spec.compression, spec.jpeg_quality, spec.output_format)
-            for layer in spec.extra_layers:
+                writer.save(options.compression, options.jpeg_quality, options.output_format)
+            for layer in options.layers:
                 self.writers[layer].publish()
             self.levels = self.writers["stain"].publish()
 
@@ -413,7 +407,7 @@ class SlideRun:
         self.reader.stop()
         for writer in self.writers.values():
             writer.abort()
-        for layer in self.spec.extra_layers:
+        for layer in self.spec.options.layers:
             layer_output_path(self.output, layer).unlink(missing_ok=True)
 
     def check_faithfulness(self) -> None:
@@ -429,27 +423,40 @@ class SlideRun:
         """Finish: the report of what was done, with the chain's per-stage timings."""
         self.timings.update(self.chain.timer.seconds)
         self.timings["total"] = time.perf_counter() - started
-        output, layers = self.output, self.spec.extra_layers
-        data = build_report(
-            self.info,
-            self.pixel,
-            output,
-            self.spec,
-            self.chain,
-            self.ranges,
-            self.tiles,
-            self.todo,
-            self.tile_px,
-            self.levels,
-            self.timings,
-        )
+        output, options, chain = self.output, self.spec.options, self.chain
+        networks = [m for m in (chain.despeckle, chain.generator) if m is not None]
+        computed = len(self.todo)
         return StainReport(
-            data
-            | {
-                "background_rgb": [int(v) for v in self.background["stain"]],
-                "qc": self.qc,
-                "extra_outputs": {layer: str(layer_output_path(output, layer)) for layer in layers},
-            }
+            input=self.info.to_dict(),
+            output=str(output),
+            output_sha256=file_sha256(output),
+            output_bytes=output.stat().st_size,
+            output_format=options.output_format,
+            compression=options.compression,
+            jpeg_quality=options.jpeg_quality if options.compression == "jpeg" else None,
+            mpp_um=round(self.pixel.mpp_um, 5),
+            pixel_size=self.pixel.to_dict(),
+            levels=[asdict(level) for level in self.levels],
+            stages=list(chain.stages),
+            models=[m.card.to_summary() for m in networks],
+            providers=sorted({m.provider for m in networks}),
+            normalisation={mode: r.to_dict() for mode, r in self.ranges.items()},
+            tiles=TileCounts(
+                total=len(self.tiles),
+                computed=computed,
+                skipped=len(self.tiles) - computed,
+                tile_px=self.tile_px,
+                halo_px=chain.halo_px,
+                batch_size=self.spec.batch_size,
+            ),
+            shared_norm_stats=chain.norm_stats is not None,
+            colour=chain.colour_report(),
+            timings_s={k: round(v, 4) for k, v in self.timings.items()},
+            background_rgb=[int(v) for v in self.background["stain"]],
+            qc=self.qc,
+            extra_outputs={
+                layer: str(layer_output_path(output, layer)) for layer in options.layers
+            },
         )
 
 
@@ -470,47 +477,3 @@ def spread_sample(tiles: list[Tile], count: int) -> list[Tile]:
         return list(tiles)
     positions = np.linspace(0, len(tiles) - 1, count).round().astype(int)
     return [tiles[i] for i in sorted(set(positions.tolist()))]
-
-
-def build_report(
-    info: PairInfo,
-    pixel: PixelSize,
-    output: Path,
-    spec: StainSpec,
-    chain: StainChain,
-    ranges: dict[str, IntensityRange],
-    tiles: list[Tile],
-    todo: list[Tile],
-    tile_px: int,
-    levels: list[Any],
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    models = [m.card.to_summary() for m in (chain.despeckle, chain.generator) if m is not None]
-    providers = sorted({m.provider for m in (chain.despeckle, chain.generator) if m is not None})
-    return {
-        "input": info.to_dict(),
-        "output": str(output),
-        "output_sha256": file_sha256(output),
-        "output_bytes": output.stat().st_size,
-        "output_format": spec.output_format,
-        "compression": spec.compression,
-        "jpeg_quality": spec.jpeg_quality if spec.compression == "jpeg" else None,
-        "mpp_um": round(pixel.mpp_um, 5),
-        "pixel_size": pixel.to_dict(),
-        "levels": [asdict(level) for level in levels],
-        "stages": list(chain.stages),
-        "models": models,
-        "providers": providers,
-        "normalisation": {mode: r.to_dict() for mode, r in ranges.items()},
-        "tiles": {
-            "total": len(tiles),
-            "computed": len(todo),
-            "skipped": len(tiles) - len(todo),
-            "tile_px": tile_px,
-            "halo_px": chain.halo_px,
-            "batch_size": spec.batch_size,
-        },
-        "shared_norm_stats": chain.norm_stats is not None,
-        "colour": chain.colour_report(),
-        "timings_s": {k: round(v, 4) for k, v in timings.items()},
-    }

@@ -25,6 +25,7 @@ from service.core.backends import (
 from service.core.models import OnnxModel, discover_models
 from service.core.normalize import estimate_range, normalize
 from service.errors import ModelError
+from service.options import JobOptions
 from service.pipeline import StainSpec, load_models, stain_slide
 from service.slide import SlideInputs, open_pair, resolve_scan_dir
 
@@ -260,7 +261,8 @@ def test_each_backend_matches_fp32_on_a_whole_slide_without_new_seams(
     outputs = {}
     for label, chosen in (("reference", Backend("cpu", "fp32")), ("other", backend)):
         spec = StainSpec(
-            stages=stages, models_dir=SHIPPED, tile_px=256, compression="lossless", threads=2,
+            options=JobOptions(stages=stages, compression="lossless"),  # type: ignore[arg-type]
+            models_dir=SHIPPED, tile_px=256, threads=2,
             inference=chosen.name, inference_precision=chosen.precision,
         )  # fmt: skip
         out = tmp_path / f"{label}.tif"

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from click.testing import CliRunner
 
-from service.case import case_description, check_external_id, check_label
+from service.case import Case, check_external_id, check_label
 from service.cli import main
 
 LABEL = "Mrs Ångström, left cheek, margin 3 o'clock"
@@ -39,11 +39,11 @@ def test_external_id_rules() -> None:
 
 
 def test_description_names_the_case() -> None:
-    assert case_description(None, None) is None
-    text = case_description(LABEL, EXTERNAL_ID)
+    assert Case().description() is None
+    text = Case(LABEL, EXTERNAL_ID).description()
     assert text is not None
     assert f"label: {LABEL}" in text.splitlines() and f"external_id: {EXTERNAL_ID}" in text
-    assert "label" not in (case_description(None, EXTERNAL_ID) or "")
+    assert "label" not in (Case(None, EXTERNAL_ID).description() or "")
 
 
 def stain(make_pair, output: Path, *extra: str) -> None:
@@ -91,7 +91,7 @@ def test_ome_tiff_carries_the_case_in_the_image_description_element(
     children = [child.tag.removeprefix(OME_NS) for child in image]
     assert children[:2] == ["Description", "Pixels"]  # the schema's order
     description = image.find(f"{OME_NS}Description")
-    assert description is not None and description.text == case_description(label, "A1")
+    assert description is not None and description.text == Case(label, "A1").description()
 
 
 def test_cli_refuses_a_bad_case_without_repeating_it(make_pair, tmp_path: Path) -> None:

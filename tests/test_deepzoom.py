@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import pyvips
 
+from service.options import JobOptions
 from service.pipeline import StainSpec, stain_slide
 from service.slide.deepzoom import DZ_TILE_PX, DeepZoom, DeepZoomCache, TileNotFound
 
@@ -16,7 +17,8 @@ from service.slide.deepzoom import DZ_TILE_PX, DeepZoom, DeepZoomCache, TileNotF
 def pyramid(make_pair, tmp_path: Path) -> Path:
     inputs = make_pair(900, 1300)
     output = tmp_path / "stain.tif"
-    stain_slide(inputs, output, StainSpec(models_dir=tmp_path, compression="lossless"))
+    spec = StainSpec(models_dir=tmp_path, options=JobOptions(compression="lossless"))
+    stain_slide(inputs, output, spec)
     return output
 
 
@@ -71,7 +73,8 @@ def test_evict_forgets_a_pyramid(pyramid: Path) -> None:
 def test_ome_tiff_pyramid_levels_are_used(make_pair, tmp_path: Path) -> None:
     inputs = make_pair(900, 1300)
     output = tmp_path / "stain.ome.tif"
-    stain_slide(inputs, output, StainSpec(models_dir=tmp_path, output_format="ome-tiff"))
+    spec = StainSpec(models_dir=tmp_path, options=JobOptions(output_format="ome-tiff"))
+    stain_slide(inputs, output, spec)
     zoom = DeepZoom(output)
     assert len(zoom.pages) >= 3
     level = zoom.levels[3]

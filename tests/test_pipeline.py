@@ -16,6 +16,7 @@ from service.core.chain import StainChain
 from service.core.colour import ColourTransfer
 from service.core.normalize import IntensityRange, normalize
 from service.errors import JobCancelled, OutputError
+from service.options import JobOptions
 from service.pipeline import StainSpec, layer_output_path, load_models, stain_slide
 from service.slide import SlideInputs
 
@@ -65,7 +66,7 @@ def seam_ratio(image: np.ndarray, tile_px: int, band_px: int = 16) -> float:
     return float(at_borders / elsewhere)
 
 
-LOSSLESS = {"compression": "lossless", "skip_background": False}
+LOSSLESS = {"options": JobOptions(compression="lossless"), "skip_background": False}
 
 
 def test_pyramid_opens_in_openslide_and_tifffile_with_edges(make_pair, tmp_path: Path) -> None:
@@ -176,7 +177,7 @@ def test_colour_stage_is_seamless_and_keeps_skipped_glass_white(make_pair, tmp_p
     folder = tmp_path / "colour-only"
     make_colour_card(folder)
     inputs = make_pair(1024, 2048, tissue_fraction=0.5)
-    spec = StainSpec(models_dir=folder, tile_px=256, compression="lossless")
+    spec = StainSpec(models_dir=folder, tile_px=256, options=JobOptions(compression="lossless"))
     models = load_models(spec)
     report = stain_slide(inputs, tmp_path / "c.tif", spec, models=models).to_dict()
     assert report["stages"] == ["median", "gareau", "colour"]
@@ -254,7 +255,10 @@ def test_ome_tiff_and_lossless_options(make_pair, tmp_path: Path) -> None:
     report = stain_slide(
         inputs,
         output,
-        StainSpec(models_dir=tmp_path, compression="lossless", output_format="ome-tiff"),
+        StainSpec(
+            models_dir=tmp_path,
+            options=JobOptions(compression="lossless", output_format="ome-tiff"),
+        ),
     ).to_dict()
     with tifffile.TiffFile(output) as tif:
         assert tif.is_ome
@@ -272,7 +276,10 @@ def test_extra_layers_are_written_beside_the_stain(
     inputs = make_pair(600, 700)
     output = tmp_path / "out.tif"
     spec = StainSpec(
-        models_dir=shared_models, tile_px=256, extra_layers=("gareau", "fcm", "rcm"), **LOSSLESS
+        models_dir=shared_models,
+        tile_px=256,
+        options=JobOptions(compression="lossless", layers=("gareau", "fcm", "rcm")),
+        skip_background=False,
     )
     report = stain_slide(inputs, output, spec).to_dict()
     paths = {layer: Path(p) for layer, p in report["extra_outputs"].items()}
@@ -284,8 +291,8 @@ def test_extra_layers_are_written_beside_the_stain(
         StainSpec(
             models_dir=shared_models,
             tile_px=256,
-            stages=("despeckle", "median", "gareau"),
-            **LOSSLESS,
+            options=JobOptions(compression="lossless", stages=("despeckle", "median", "gareau")),
+            skip_background=False,
         ),
     )
     assert gareau_only.to_dict()["stages"] == ["despeckle", "median", "gareau"]

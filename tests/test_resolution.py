@@ -12,6 +12,7 @@ from onnx_factory import make_colour_card
 from support.pairs import confocal_like, write_gray
 
 from service.errors import PixelSizeUnknown
+from service.options import JobOptions
 from service.pipeline import StainSpec, stain_slide
 from service.slide import SlideInputs
 
@@ -49,7 +50,7 @@ def test_slides_at_three_pixel_sizes_are_stained_at_the_models_scale(
         inputs = write_pair_at(tmp_path / f"at-{mpp_um}", mpp_um)
         source = pyvips.Image.new_from_file(str(inputs.fcm))
         output = tmp_path / f"out-{mpp_um}.tif"
-        spec = StainSpec(models_dir=models, tile_px=256, compression="lossless")
+        spec = StainSpec(models_dir=models, tile_px=256, options=JobOptions(compression="lossless"))
         report = stain_slide(inputs, output, spec).to_dict()
         pixel = report["pixel_size"]
         assert pixel["source"] == "file" and pixel["model_mpp_um"] == 0.75

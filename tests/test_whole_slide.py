@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from bench.synthetic import write_pair
+from service.options import JobOptions
 from service.pipeline import StainSpec, stain_slide
 
 WIDTH_PX, HEIGHT_PX, MPP_UM = 15000, 10000, 0.6
@@ -20,7 +21,9 @@ def test_15000_by_10000_slide(tmp_path: Path) -> None:
     inputs = write_pair(tmp_path, WIDTH_PX, HEIGHT_PX, mpp_um=MPP_UM)
     output = tmp_path / "out.tif"
     report = stain_slide(
-        inputs, output, StainSpec(models_dir=tmp_path, stages=("median", "gareau"))
+        inputs,
+        output,
+        StainSpec(options=JobOptions(stages=("median", "gareau")), models_dir=tmp_path),
     )
     data = report.to_dict()
     slide = openslide.OpenSlide(str(output))

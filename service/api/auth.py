@@ -41,6 +41,11 @@ class Principal:
     def is_admin(self) -> bool:
         return "admin" in self.roles
 
+    @property
+    def tenant_scope(self) -> str | None:
+        """The tenant whose jobs this caller sees; None: every tenant's (an admin key)."""
+        return None if self.is_admin else self.tenant
+
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()

@@ -1,4 +1,4 @@
-"""Dependencies as Annotated aliases: settings, services, the caller and its roles, a job."""
+"""Dependencies as Annotated aliases: services, the caller and its roles, a job."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from service.api.auth import Principal
 from service.api.problems import ApiError
 from service.api.services import Services
 from service.api.viewer_links import LinkError, is_link_token
-from service.config import KeyRole, Settings, get_settings
+from service.config import KeyRole
 from service.jobs.job import Job, is_job_id
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer dscm_...`")
 
 
@@ -67,8 +66,7 @@ ReaderDep = Annotated[Principal, require("read")]
 
 def find_job(services: Services, principal: Principal, job_id: str) -> Job:
     """The caller's job, or 404 for a malformed id, a missing job and another tenant's job alike."""
-    tenant = None if principal.is_admin else principal.tenant
-    job = services.store.get(job_id, tenant) if is_job_id(job_id) else None
+    job = services.store.get(job_id, principal.tenant_scope) if is_job_id(job_id) else None
     if job is None:
         raise ApiError(404, "job_not_found", "no such job")
     return job

@@ -15,10 +15,16 @@ from service.case import (
     check_label,
 )
 from service.jobs.job import JobState
-
-StageName = Literal["despeckle", "median", "gareau", "colour", "generator"]
-ExtraLayer = Literal["gareau", "fcm", "rcm"]
-ViewLayer = Literal["stain", "gareau", "fcm", "rcm"]
+from service.options import (
+    DEFAULT_OPTIONS,
+    JPEG_QUALITY_RANGE,
+    MPP_RANGE_UM,
+    Compression,
+    ExtraLayer,
+    OutputFormat,
+    StageName,
+    ViewLayer,
+)
 
 
 class JobCreate(BaseModel):
@@ -30,17 +36,19 @@ class JobCreate(BaseModel):
         default=None,
         description="Comma-separated or repeated; default: every stage whose model is installed",
     )
-    output_format: Literal["tiff", "ome-tiff"] = "tiff"
-    compression: Literal["jpeg", "lossless"] = "jpeg"
-    jpeg_quality: int = Field(default=90, ge=1, le=100)
+    output_format: OutputFormat = DEFAULT_OPTIONS.output_format
+    compression: Compression = DEFAULT_OPTIONS.compression
+    jpeg_quality: int = Field(
+        default=DEFAULT_OPTIONS.jpeg_quality, ge=JPEG_QUALITY_RANGE[0], le=JPEG_QUALITY_RANGE[1]
+    )
     layers: list[ExtraLayer] | None = Field(
         default=None,
         description="Extra outputs kept beside the stain for the viewer: gareau, fcm, rcm",
     )
     mpp_um: float | None = Field(
-        default=None,
-        ge=0.05,
-        le=50.0,
+        default=DEFAULT_OPTIONS.mpp_um,
+        ge=MPP_RANGE_UM[0],
+        le=MPP_RANGE_UM[1],
         description="Pixel size in um; overrides the files' resolution tags (required when "
         "they have none and the operator set no DSCM_DEFAULT_MPP_UM)",
     )

@@ -19,11 +19,11 @@ from service.api.schemas import (
     Progress,
 )
 from service.jobs.job import Job, JobState
-from service.jobs.reports import without_server_paths
+from service.options import RESULT_MEDIA_TYPE
+from service.report import without_server_paths
 
 API_PREFIX = "/v1"
 VIEWER_PREFIX = "/viewer"
-MEDIA_TYPES = {"tiff": "image/tiff", "ome-tiff": "image/tiff"}
 
 
 def job_url(job_id: str, tail: str = "") -> str:
@@ -45,7 +45,7 @@ def to_public(job: Job) -> JobPublic:
         result = JobResultPublic(
             size_bytes=job.result_bytes or 0,
             sha256=job.result_sha256 or "",
-            media_type=MEDIA_TYPES.get(str(job.options.get("output_format")), "image/tiff"),
+            media_type=RESULT_MEDIA_TYPE,
         )
     error = None
     if job.error_code and job.state in (JobState.FAILED, JobState.CANCELLED):

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from service.api.layers import layer_file_name
 from service.api.problems import ApiError
 from service.api.published import published_path
-from service.api.schemas import ViewLayer
 from service.jobs.files import JobFiles
 from service.jobs.job import Job, JobState
+from service.options import ViewLayer
 
 if TYPE_CHECKING:
     from service.slide.deepzoom import DeepZoomCache

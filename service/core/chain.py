@@ -17,10 +17,9 @@ from service.core.filters import median3x3
 from service.core.models import NORM_SHARED, OnnxModel, pool_norm_stats
 from service.core.stain import gareau_stain
 from service.errors import InputError, ModelError
+from service.options import STAGES, check_names
 
-STAGES = ("despeckle", "median", "gareau", "colour", "generator")
 MODEL_STAGES = ("despeckle", "colour", "generator")  # stages that need an installed model
-LAYERS = ("gareau", "fcm", "rcm")  # extra outputs a caller may keep beside the stain
 MEDIAN_HALO_PX = 1
 
 
@@ -38,9 +37,7 @@ def resolve_stages(
             s for s in STAGES if s in ("median", "gareau") or (s in available and s not in off)
         )
     wanted = [s.strip() for s in requested if s.strip()]
-    unknown = sorted(set(wanted) - set(STAGES))
-    if unknown:
-        raise InputError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    check_names("stage", sorted(set(wanted)), STAGES)
     if "gareau" not in wanted:
         raise InputError("the gareau stage is required: it turns FCM and RCM into colour")
     for role in MODEL_STAGES:
@@ -163,7 +160,7 @@ class StainChain:
     def run_with_layers(
         self, fcm: np.ndarray, rcm: np.ndarray, layers: Sequence[str]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Stain a batch and keep the requested intermediate ``layers`` (see LAYERS).
+        """Stain a batch and keep the requested intermediate ``layers`` (EXTRA_LAYERS).
 
         Returns the stain ``(N, S, S, 3)`` uint8 and each layer as ``(N, S, S, C)`` uint8.
         """

@@ -20,7 +20,6 @@ from pathlib import Path
 from service.jobs.job import is_job_id
 
 ALLOWED_SUFFIXES = frozenset({".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg"})
-RESULT_SUFFIX = {"tiff": ".tiff", "ome-tiff": ".ome.tiff"}
 TEMP_UPLOAD_PREFIX = "upload-"
 
 

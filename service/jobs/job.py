@@ -9,6 +9,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from service.case import Case
+from service.options import JobOptions
+
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -71,10 +74,15 @@ class Job:
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
 
-    def engine_options(self) -> dict[str, Any]:
-        """The options the engine stains with: the job's options and its case identity (which
-        goes into the output's description; service.case)."""
-        return {**self.options, "label": self.label, "external_id": self.external_id}
+    @property
+    def stain_options(self) -> JobOptions:
+        """The options its submitter stated (stored as JSON), over JobOptions' defaults."""
+        return JobOptions.from_json(self.options)
+
+    @property
+    def case(self) -> Case:
+        """The case it belongs to (written into the output's description; service.case)."""
+        return Case(self.label, self.external_id)
 
 
 @dataclass(frozen=True)

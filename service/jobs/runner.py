@@ -17,20 +17,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.case import Case
 from service.config import Settings
 from service.errors import DscmError, OutputError
 from service.jobs import telemetry
 from service.jobs.errors import AttemptLost, JobTimedOut, WorkerStopping
-from service.jobs.files import RESULT_SUFFIX, JobFiles
+from service.jobs.files import JobFiles
 from service.jobs.job import Job, JobState
-from service.jobs.reports import without_server_paths
 from service.jobs.store import JobStore, seconds_ago
 from service.logs import job_context
+from service.options import JobOptions
 from service.progress import PROGRESS_SCALE, overall_progress
+from service.report import StainReport
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 PROGRESS_WRITE_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class StainRequest:
+    """One stain a worker asks for: the job's stored inputs, where the result goes, and what
+    the job's submitter stated (options and case)."""
+
+    rcm: Path
+    fcm: Path
+    output: Path
+    options: JobOptions
+    case: Case
 
 
 class Stainer(Protocol):
@@ -40,18 +54,11 @@ class Stainer(Protocol):
     `dscm worker`) pass it in, so the API package never imports the pipeline.
     """
 
-    def load_models(self, options: dict[str, Any], settings: Settings) -> Any: ...
+    def load_models(self, options: JobOptions, settings: Settings) -> Any: ...
 
     def stain(
-        self,
-        rcm: Path,
-        fcm: Path,
-        output: Path,
-        options: dict[str, Any],
-        settings: Settings,
-        progress: Progress,
-        models: Any,
-    ) -> dict[str, Any]: ...
+        self, request: StainRequest, settings: Settings, progress: Progress, models: Any
+    ) -> StainReport: ...
 
     def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None: ...
 
@@ -71,16 +78,15 @@ class WorkerContext:
     files: JobFiles
     stainer: Stainer
     stopping: threading.Event = field(default_factory=threading.Event)
-    _models: dict[tuple[str, ...] | None, Any] = field(default_factory=dict)
+    _models: dict[tuple[str, ...] | None, Any] = field(default_factory=dict)  # by stages
     _models_pid: int = field(default_factory=os.getpid)
 
-    def models_for(self, options: dict[str, Any]) -> Any:
+    def models_for(self, options: JobOptions) -> Any:
         # Sessions made before a fork are not safe in the child; reload once per process.
         if self._models_pid != os.getpid():
             self._models.clear()
             self._models_pid = os.getpid()
-        stages = options.get("stages")
-        key = tuple(stages) if stages else None
+        key = options.stages or None
         if key not in self._models:
             self._models[key] = self.stainer.load_models(options, self.settings)
         return self._models[key]
@@ -169,9 +175,8 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
 
 def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
     store, files = ctx.store, ctx.files
-    suffix = RESULT_SUFFIX.get(str(job.options.get("output_format", "tiff")), ".tiff")
-    result_name, thumb_name = f"{lease}{suffix}", f"{lease}.jpg"
-    result = thumb = None
+    options = job.stain_options
+    result_name, thumb_name = f"{lease}{options.result_suffix}", f"{lease}.jpg"
     try:
         with Attempt(ctx, job.id, lease) as attempt:
             try:
@@ -180,26 +185,27 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
                 raise OutputError(f"cannot create the result folder: {exc.strerror}") from exc
             result = files.result_path(job.id, result_name)
             thumb = files.result_path(job.id, thumb_name)
-            rcm = files.input_path(job.id, job.inputs["rcm"]["stored_name"])
-            fcm = files.input_path(job.id, job.inputs["fcm"]["stored_name"])
-            attempt.progress("load_models", 0, 1)
-            models = ctx.models_for(job.options)
-            report = ctx.stainer.stain(
-                rcm, fcm, result, job.engine_options(), ctx.settings, attempt.progress, models
+            request = StainRequest(
+                rcm=files.input_path(job.id, job.inputs["rcm"]["stored_name"]),
+                fcm=files.input_path(job.id, job.inputs["fcm"]["stored_name"]),
+                output=result,
+                options=options,
+                case=job.case,
             )
+            attempt.progress("load_models", 0, 1)
+            models = ctx.models_for(options)
+            report = ctx.stainer.stain(request, ctx.settings, attempt.progress, models)
             attempt.progress("thumbnail", 0, 1)
             try:
                 ctx.stainer.thumbnail(result, thumb, ctx.settings.thumbnail_px)
             except OSError as exc:
                 raise OutputError(f"cannot write the thumbnail: {exc.strerror}") from exc
-        report = public_report(report, result_name, files.result_dir(job.id))
+        public = report.public(files.result_dir(job.id))
         size_bytes = result.stat().st_size
-        sha256 = str(report.get("output_sha256") or "")
-        tiles = int((report.get("tiles") or {}).get("total", 0))
-        published = (result_name, sha256, size_bytes, thumb_name, tiles)
+        published = (result_name, report.output_sha256, size_bytes, thumb_name, report.tiles.total)
         # The extra layers were published (under this attempt's names) before the stain; they
         # become the job's in this same transaction, named in its report.
-        if not store.succeed(job.id, lease, report, *published):
+        if not store.succeed(job.id, lease, public, *published):
             _discard(files, job.id, lease)
             return "lost"
         files.purge_inputs(job.id)
@@ -238,25 +244,3 @@ def _fail(ctx: WorkerContext, job: Job, lease: str, code: str, detail: str) -> s
 def _discard(files: JobFiles, job_id: str, lease: str) -> None:
     """Delete every file this attempt wrote (result, extra layers, thumbnail)."""
     files.remove_attempt_files(job_id, lease)
-
-
-def public_report(report: dict[str, Any], result_name: str, result_dir: Path) -> dict[str, Any]:
-    """The engine's report without server paths: extra outputs by file name only.
-
-    Each extra output must be a file the engine published in ``result_dir`` under this attempt's
-    result name, so the API can later serve it by name without ever leaving that folder.
-    """
-    cleaned = dict(report)
-    cleaned["output"] = result_name
-    stem = result_name.split(".", 1)[0]
-    names: dict[str, str] = {}
-    for layer, location in (report.get("extra_outputs") or {}).items():
-        path = Path(str(location))
-        if path.parent.resolve() != result_dir.resolve() or not path.name.startswith(f"{stem}."):
-            raise OutputError(f"the engine wrote layer {layer!r} outside the job's folder")
-        if not path.is_file():
-            raise OutputError(f"the engine did not publish layer {layer!r}")
-        names[str(layer)] = path.name
-    if "extra_outputs" in report:
-        cleaned["extra_outputs"] = names
-    return dict(without_server_paths(cleaned))

@@ -13,20 +13,9 @@ from typing import Any
 
 from service.config import Settings
 from service.errors import DscmError
-from service.jobs.runner import Progress
-
-# JobCreate's option fields -> StainSpec's fields (docs/api.md).
-JOB_OPTION_FIELDS = {
-    "stages": "stages",
-    "compression": "compression",
-    "jpeg_quality": "jpeg_quality",
-    "output_format": "output_format",
-    "layers": "extra_layers",
-    "mpp_um": "mpp_um",
-    # the case identity (Job.engine_options), written into the output's description
-    "label": "label",
-    "external_id": "external_id",
-}
+from service.jobs.runner import Progress, StainRequest
+from service.options import JobOptions
+from service.report import StainReport
 
 
 class PipelineStainer:
@@ -36,53 +25,21 @@ class PipelineStainer:
         self._hash_lock = threading.Lock()
         self._hashes: dict[tuple[str, int, int], str] = {}
 
-    @staticmethod
-    def spec(options: dict[str, Any], settings: Settings) -> Any:
-        """The job's stated options over the worker's settings, like `dscm stain`: tiling,
-        batch size, threads and the inference backend come from DSCM_* settings; an option
-        the job did not state keeps StainSpec's default."""
-        from service.pipeline import StainSpec
+    def load_models(self, options: JobOptions, settings: Settings) -> Any:
+        from service.pipeline import StainSpec, load_models
 
-        stated: dict[str, Any] = {}
-        for key, field in JOB_OPTION_FIELDS.items():
-            value = options.get(key)
-            if value is not None and value != []:
-                stated[field] = tuple(value) if isinstance(value, list) else value
-        if "jpeg_quality" in stated:
-            stated["jpeg_quality"] = int(stated["jpeg_quality"])
-        return StainSpec(
-            models_dir=settings.models_dir,
-            tile_px=settings.tile_px,
-            batch_size=settings.batch_size,
-            threads=settings.threads,
-            max_pixels=settings.max_pixels,
-            inference=settings.inference,
-            inference_precision=settings.inference_precision,
-            default_mpp_um=settings.default_mpp_um,
-            **stated,
-        )
-
-    def load_models(self, options: dict[str, Any], settings: Settings) -> Any:
-        from service.pipeline import load_models
-
-        return load_models(self.spec(options, settings))
+        return load_models(StainSpec.from_settings(settings, options))
 
     def stain(
-        self,
-        rcm: Path,
-        fcm: Path,
-        output: Path,
-        options: dict[str, Any],
-        settings: Settings,
-        progress: Progress,
-        models: Any,
-    ) -> dict[str, Any]:
-        from service.pipeline import stain_slide
+        self, request: StainRequest, settings: Settings, progress: Progress, models: Any
+    ) -> StainReport:
+        """Like `dscm stain`: the job's options and case over the worker's DSCM_* settings."""
+        from service.pipeline import StainSpec, stain_slide
         from service.slide import SlideInputs
 
-        spec = self.spec(options, settings)
-        report = stain_slide(SlideInputs(rcm, fcm), output, spec, progress, models)
-        return dict(report.to_dict())
+        spec = StainSpec.from_settings(settings, request.options, request.case)
+        inputs = SlideInputs(request.rcm, request.fcm)
+        return stain_slide(inputs, request.output, spec, progress, models)
 
     def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None:
         from service.slide import write_thumbnail

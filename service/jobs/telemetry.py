@@ -6,9 +6,9 @@ API's /metrics.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from service.report import StainReport
 
 WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
 _DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -41,15 +41,14 @@ OUTCOMES = Counter(
 )
 
 
-def observe_report(report: dict[str, Any]) -> None:
-    timings = report.get("timings_s") or {}
+def observe_report(report: StainReport) -> None:
+    timings = report.timings_s
     for stage, seconds in timings.items():
-        if stage != "total" and isinstance(seconds, int | float):
-            STAGE_SECONDS.labels(stage=str(stage)).observe(float(seconds))
-    if isinstance(timings.get("total"), int | float):
-        JOB_SECONDS.observe(float(timings["total"]))
-    computed = int((report.get("tiles") or {}).get("computed", 0))
+        if stage != "total":
+            STAGE_SECONDS.labels(stage=stage).observe(seconds)
+    JOB_SECONDS.observe(timings["total"])
+    computed = report.tiles.computed
     TILES.inc(computed)
-    tile_s = timings.get("tiles")
-    if computed and isinstance(tile_s, int | float) and tile_s > 0:
-        TILES_PER_SECOND.observe(computed / float(tile_s))
+    tile_s = timings.get("tiles", 0.0)
+    if computed and tile_s > 0:
+        TILES_PER_SECOND.observe(computed / tile_s)

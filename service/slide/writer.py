@@ -54,7 +54,7 @@ class PyramidWriter:
         """``work_size_px`` (width, height): the grid tiles are written on when the slide is
         stained at another resolution; the pyramid is resized back to ``width x height``.
         ``description``: the ImageDescription of a tiff (every level), the OME Image's
-        Description of an ome-tiff (service.case.case_description)."""
+        Description of an ome-tiff (service.case.Case.description)."""
         self.output, self.bands, self.description = output, bands, description
         self.output_format: OutputFormat = "tiff"
         self.width_px, self.height_px, self.mpp_um = width_px, height_px, mpp_um

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,10 @@ from fastapi.testclient import TestClient
 from service.api import create_app
 from service.config import ApiKeyEntry, Settings
 from service.errors import OutputError
-from service.jobs.runner import Stainer
+from service.jobs.runner import Progress, Stainer, StainRequest
 from service.jobs.stainer import PipelineStainer
+from service.options import JobOptions
+from service.report import StainReport, TileCounts
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -108,20 +110,13 @@ class SlowStainer:
         self.stopped_at: int | None = None
         self.models_loaded = 0
 
-    def load_models(self, options: dict[str, Any], settings: Settings) -> Any:
+    def load_models(self, options: JobOptions, settings: Settings) -> Any:
         self.models_loaded += 1
         return object()
 
     def stain(
-        self,
-        rcm: Path,
-        fcm: Path,
-        output: Path,
-        options: dict[str, Any],
-        settings: Settings,
-        progress: Callable[[str, int, int], None],
-        models: Any,
-    ) -> dict[str, Any]:
+        self, request: StainRequest, settings: Settings, progress: Progress, models: Any
+    ) -> StainReport:
         self.started.set()
         for done in range(self.tiles):
             try:
@@ -133,16 +128,44 @@ class SlowStainer:
         if self.fail_with is not None:
             raise self.fail_with
         try:
-            output.write_bytes(b"II*\x00fake")
+            request.output.write_bytes(b"II*\x00fake")
         except OSError as exc:
-            raise OutputError(f"cannot write {output.name}: {exc.strerror}") from exc
-        return {"output_sha256": "0" * 64, "tiles": {"total": self.tiles, "computed": self.tiles}}
+            raise OutputError(f"cannot write {request.output.name}: {exc.strerror}") from exc
+        return fake_report(request, self.tiles)
 
     def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None:
         shutil.copyfile(tiff, jpeg)
 
     def check_models(self, models_dir: Path) -> tuple[bool, str]:
-        return True, "fake engine"
+        return True, "fake stainer"
 
     def check_stages(self, stages: Sequence[str] | None, models_dir: Path) -> None:
         return None
+
+
+def fake_report(request: StainRequest, tiles: int) -> StainReport:
+    """The report of a stain that computed ``tiles`` tiles into ``request.output``."""
+    options = request.options
+    return StainReport(
+        input={"rcm": {"path": str(request.rcm)}, "fcm": {"path": str(request.fcm)}},
+        output=str(request.output),
+        output_sha256="0" * 64,
+        output_bytes=request.output.stat().st_size,
+        output_format=options.output_format,
+        compression=options.compression,
+        jpeg_quality=options.jpeg_quality,
+        mpp_um=0.75,
+        pixel_size={"mpp_um": 0.75, "source": "caller"},
+        levels=[],
+        stages=["median", "gareau"],
+        models=[],
+        providers=[],
+        normalisation={},
+        tiles=TileCounts(tiles, tiles, 0, 1024, 1, 1),
+        shared_norm_stats=False,
+        colour=None,
+        timings_s={"tiles": 0.01 * tiles, "total": 0.01 * tiles},
+        background_rgb=[255, 255, 255],
+        qc={},
+        extra_outputs={},
+    )

@@ -1,4 +1,4 @@
-"""A `dscm worker` whose engine sleeps between tiles, so a test can kill it mid-job.
+"""A `dscm worker` whose stainer sleeps between tiles, so a test can kill it mid-job.
 
 Run as a script by the integration tests; DSCM_TEST_TILE_DELAY_S sets the pause per tile.
 """
@@ -8,26 +8,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from service.config import Settings, get_settings
-from service.jobs.runner import Progress
+from service.jobs.runner import Progress, StainRequest
 from service.jobs.stainer import PipelineStainer
+from service.report import StainReport
 from service.worker.app import create_worker_app
 
 
 class SlowPipelineStainer(PipelineStainer):
     def stain(
-        self,
-        rcm: Path,
-        fcm: Path,
-        output: Path,
-        options: dict[str, Any],
-        settings: Settings,
-        progress: Progress,
-        models: Any,
-    ) -> dict[str, Any]:
+        self, request: StainRequest, settings: Settings, progress: Progress, models: Any
+    ) -> StainReport:
         delay_s = float(os.environ.get("DSCM_TEST_TILE_DELAY_S", "0.5"))
 
         def slow(stage: str, done: int, total: int) -> None:
@@ -35,7 +28,7 @@ class SlowPipelineStainer(PipelineStainer):
             if stage == "tiles" and done < total:
                 time.sleep(delay_s)
 
-        return super().stain(rcm, fcm, output, options, settings, slow, models)
+        return super().stain(request, settings, slow, models)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,15 @@ from service.api.submit import accept_job
 from service.case import EXTERNAL_ID_MAX_CHARS, EXTERNAL_ID_PATTERN, LABEL_MAX_CHARS
 from service.errors import DscmError
 from service.jobs.job import JobState
+from service.options import (
+    COMPRESSIONS,
+    EXTRA_LAYERS,
+    JPEG_QUALITY_RANGE,
+    MPP_RANGE_UM,
+    OUTPUT_FORMATS,
+    RESULT_MEDIA_TYPE,
+    STAGES,
+)
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
 
@@ -42,17 +51,27 @@ _MULTIPART_BODY: dict[str, Any] = {
                         "fcm": {"type": "string", "format": "binary", "description": "FCM image"},
                         "stages": {
                             "type": "string",
-                            "description": "comma-separated: despeckle, median, gareau, generator",
+                            "description": f"comma-separated: {', '.join(STAGES)}",
                             "example": "median,gareau",
                         },
-                        "output_format": {"type": "string", "enum": ["tiff", "ome-tiff"]},
-                        "compression": {"type": "string", "enum": ["jpeg", "lossless"]},
-                        "jpeg_quality": {"type": "integer", "minimum": 1, "maximum": 100},
+                        "output_format": {"type": "string", "enum": list(OUTPUT_FORMATS)},
+                        "compression": {"type": "string", "enum": list(COMPRESSIONS)},
+                        "jpeg_quality": {
+                            "type": "integer",
+                            "minimum": JPEG_QUALITY_RANGE[0],
+                            "maximum": JPEG_QUALITY_RANGE[1],
+                        },
                         "layers": {
                             "type": "string",
                             "description": "comma-separated extra outputs for the viewer: "
-                            "gareau, fcm, rcm (default: none)",
-                            "example": "gareau,fcm,rcm",
+                            f"{', '.join(EXTRA_LAYERS)} (default: none)",
+                            "example": ",".join(EXTRA_LAYERS),
+                        },
+                        "mpp_um": {
+                            "type": "number",
+                            "minimum": MPP_RANGE_UM[0],
+                            "maximum": MPP_RANGE_UM[1],
+                            "description": "pixel size in um, when the files carry none",
                         },
                         "label": {
                             "type": "string",
@@ -129,8 +148,7 @@ def list_jobs(
     ] = None,
 ) -> JobList:
     before = decode_cursor(cursor) if cursor else None
-    tenant = None if principal.is_admin else principal.tenant
-    jobs = services.store.list_jobs(tenant, state, limit + 1, before, external_id)
+    jobs = services.store.list_jobs(principal.tenant_scope, state, limit + 1, before, external_id)
     page, more = jobs[:limit], len(jobs) > limit
     next_url = None
     if more:
@@ -172,8 +190,8 @@ def get_result(
     if job.result_sha256:
         digest = base64.b64encode(bytes.fromhex(job.result_sha256)).decode()
         headers = {"Repr-Digest": f"sha-256=:{digest}:", "ETag": f'"{job.result_sha256}"'}
-    suffix = ".ome.tiff" if job.options.get("output_format") == "ome-tiff" else ".tiff"
-    return file_response(request, path, "image/tiff", f"{job.id}{suffix}", headers)
+    download_name = f"{job.id}{job.stain_options.result_suffix}"
+    return file_response(request, path, RESULT_MEDIA_TYPE, download_name, headers)
 
 
 @router.get(

@@ -13,8 +13,9 @@ from service.api.deps import ReaderDep, ServicesDep, ViewableJobDep, find_job
 from service.api.limits import read_json_body
 from service.api.problems import ApiError
 from service.api.routes.common import problems
-from service.api.schemas import ViewerLink, ViewerLinkCreate, ViewLayer
+from service.api.schemas import ViewerLink, ViewerLinkCreate
 from service.api.serialise import API_PREFIX, viewer_url
+from service.options import ViewLayer
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["viewer"])
 MAX_INDEX_DIGITS = 9  # no pyramid has a billion levels, columns or rows

@@ -1,0 +1,96 @@
+"""What a caller may ask of one stain: the job options, their defaults and their vocabularies.
+
+One definition for the API schema (JobCreate), the CLI (`dscm stain`), the workers and the
+pipeline (StainSpec): a default or a name changes here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+from service.errors import InputError
+
+StageName = Literal["despeckle", "median", "gareau", "colour", "generator"]
+ExtraLayer = Literal["gareau", "fcm", "rcm"]  # kept beside the stain when asked (viewer layers)
+ViewLayer = Literal["stain", ExtraLayer]
+OutputFormat = Literal["tiff", "ome-tiff"]
+Compression = Literal["jpeg", "lossless"]
+
+STAGES: tuple[StageName, ...] = get_args(StageName)  # in the order the chain runs them
+EXTRA_LAYERS: tuple[ExtraLayer, ...] = get_args(ExtraLayer)
+VIEW_LAYERS: tuple[ViewLayer, ...] = get_args(ViewLayer)
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
+COMPRESSIONS: tuple[Compression, ...] = get_args(Compression)
+RESULT_SUFFIX: dict[OutputFormat, str] = {"tiff": ".tiff", "ome-tiff": ".ome.tiff"}
+RESULT_MEDIA_TYPE = "image/tiff"  # both formats are TIFF files
+MPP_RANGE_UM = (0.05, 50.0)  # a pixel size anyone may state
+JPEG_QUALITY_RANGE = (1, 100)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How one slide is to be stained, as its caller stated it (the defaults live here)."""
+
+    stages: tuple[StageName, ...] | None = None  # None: the installed models' default chain
+    output_format: OutputFormat = "tiff"
+    compression: Compression = "jpeg"
+    jpeg_quality: int = 90
+    layers: tuple[ExtraLayer, ...] = ()
+    mpp_um: float | None = None  # stated by the caller; overrides the files' resolution tags
+
+    def __post_init__(self) -> None:
+        if self.stages is not None:
+            check_names("stage", self.stages, STAGES)
+        check_names("layer", self.layers, EXTRA_LAYERS)
+        check_names("output format", (self.output_format,), OUTPUT_FORMATS)
+        check_names("compression", (self.compression,), COMPRESSIONS)
+        low, high = JPEG_QUALITY_RANGE
+        if not low <= self.jpeg_quality <= high:
+            raise InputError(f"jpeg_quality must be {low}-{high}, got {self.jpeg_quality}")
+        check_mpp_um("mpp_um", self.mpp_um)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobOptions:
+        """Options as the API stores them with the job (JSON: lists, nulls for unstated)."""
+        stated = {key: value for key, value in data.items() if value is not None}
+        for key in ("stages", "layers"):
+            if key in stated:
+                stated[key] = tuple(stated[key])
+        if "jpeg_quality" in stated:
+            stated["jpeg_quality"] = int(stated["jpeg_quality"])
+        known = {key: value for key, value in stated.items() if key in _FIELDS}
+        return cls(**known)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form: lists for tuples, so the database and the API read the same."""
+        data = asdict(self)
+        data["stages"] = list(self.stages) if self.stages is not None else None
+        data["layers"] = list(self.layers)
+        return data
+
+    @property
+    def result_suffix(self) -> str:
+        """The suffix of the published result (``.tiff`` or ``.ome.tiff``)."""
+        return RESULT_SUFFIX[self.output_format]
+
+
+_FIELDS = frozenset(JobOptions.__dataclass_fields__)
+
+
+def check_mpp_um(name: str, value: float | None) -> None:
+    """A stated pixel size must be one a microscope could have."""
+    low, high = MPP_RANGE_UM
+    if value is not None and not low <= value <= high:
+        raise InputError(f"{name} must be {low}-{high} um/px, got {value}")
+
+
+def check_names(what: str, given: Iterable[str], known: tuple[str, ...]) -> None:
+    """InputError naming every unknown name and the known ones."""
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        raise InputError(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+
+
+DEFAULT_OPTIONS = JobOptions()

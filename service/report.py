@@ -1,0 +1,102 @@
+"""StainReport: what one stain did, as the pipeline returns it and as a job shows it.
+
+The pipeline fills it; `dscm stain --json` prints it; the runner stores its public view with the
+job; telemetry reads its timings and tile counts. Reports stored as JSON are read back only
+through the functions at the bottom, so the report's shape is written down once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from service.errors import OutputError
+
+
+@dataclass(frozen=True)
+class TileCounts:
+    """The tile grid: every tile, the ones run through the networks, and the glass ones filled."""
+
+    total: int
+    computed: int
+    skipped: int
+    tile_px: int
+    halo_px: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class StainReport:
+    """Inputs, models, tiles, timings, quality check and the output's identity of one stain."""
+
+    input: dict[str, Any]  # both images: path, size, pixel format, resolution
+    output: str  # the pyramid's path (the public view: its file name)
+    output_sha256: str
+    output_bytes: int
+    output_format: str
+    compression: str
+    jpeg_quality: int | None  # None for lossless
+    mpp_um: float
+    pixel_size: dict[str, Any]  # where the pixel size came from, the grid the networks ran on
+    levels: list[dict[str, Any]]
+    stages: list[str]
+    models: list[dict[str, Any]]  # the model cards' summaries
+    providers: list[str]  # the inference backend(s) and precision that ran
+    normalisation: dict[str, Any]
+    tiles: TileCounts
+    shared_norm_stats: bool
+    colour: dict[str, Any] | None  # the colour stage's per-slide transfer
+    timings_s: dict[str, float]
+    background_rgb: list[int]
+    qc: dict[str, Any]  # the faithfulness check (service.core.quality.faithfulness_qc)
+    extra_outputs: dict[str, str]  # layer -> path (the public view: file name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def public(self, result_dir: Path) -> dict[str, Any]:
+        """The report a job shows its tenant: files by name, no server path anywhere.
+
+        Each extra output must be a file published in ``result_dir`` beside the stain and under
+        its name, so the API can later serve it by name without ever leaving that folder.
+        """
+        stem = Path(self.output).name.split(".", 1)[0]
+        for layer, location in self.extra_outputs.items():
+            path = Path(location)
+            if path.parent.resolve() != result_dir.resolve() or not path.name.startswith(
+                f"{stem}."
+            ):
+                raise OutputError(f"the stainer wrote layer {layer!r} outside the job's folder")
+            if not path.is_file():
+                raise OutputError(f"the stainer did not publish layer {layer!r}")
+        named = replace(
+            self,
+            output=Path(self.output).name,
+            extra_outputs={layer: Path(p).name for layer, p in self.extra_outputs.items()},
+        )
+        return dict(without_server_paths(named.to_dict()))
+
+
+def without_server_paths(value: Any) -> Any:
+    """``value`` with every absolute path cut to its file name, at any depth.
+
+    The report names its inputs by path (``input.rcm.path``); a job's report is shown to every
+    key of the tenant and to viewer-link holders, who learn nothing from where the server keeps
+    files. Reports stored before the public view existed are cleaned when shown.
+    """
+    if isinstance(value, dict):
+        return {key: without_server_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_server_paths(item) for item in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return PurePosixPath(value).name
+    return value
+
+
+def stored_layer_files(stored: dict[str, Any] | None) -> dict[str, str]:
+    """The extra layers a stored (public) report names: layer -> file name in the result folder."""
+    extra = (stored or {}).get("extra_outputs")
+    if not isinstance(extra, dict):
+        return {}
+    return {str(layer): name for layer, name in extra.items() if isinstance(name, str)}
