@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Literal, NoReturn, cast
+from typing import TYPE_CHECKING, Literal, NoReturn, cast
 
 import click
 from rich.console import Console
@@ -23,8 +23,10 @@ from service.errors import DscmError, InputError, OutputError
 from service.options import (
     COMPRESSIONS,
     DEFAULT_OPTIONS,
+    FCM_DETECTOR,
     JPEG_QUALITY_RANGE,
     OUTPUT_FORMATS,
+    RCM_DETECTOR,
     STAGES,
     JobOptions,
     StageName,
@@ -32,8 +34,9 @@ from service.options import (
 )
 from service.progress import overall_progress
 from service.report import StainReport
-from service.slide import SlideInputs, resolve_scan_dir
-from service.slide.reader import FCM_DETECTOR, RCM_DETECTOR
+
+if TYPE_CHECKING:
+    from service.slide import SlideInputs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -181,6 +184,8 @@ def stain_inputs(
     fcm_detector: str,
 ) -> SlideInputs:
     """The pair from a scan folder or from --rcm/--fcm, never both."""
+    from service.slide import SlideInputs, resolve_scan_dir
+
     if scan_dir is not None and (rcm or fcm):
         raise InputError("give either SCAN_DIR or --rcm and --fcm, not both")
     if scan_dir is not None:
@@ -253,6 +258,7 @@ class ProgressBar:
 def info(path: Path, as_json: bool) -> None:
     """Levels, size and microns per pixel of an image (input or stained pyramid), or of both
     images of a Vivascope scan folder."""
+    from service.slide import resolve_scan_dir
     from service.slide.info import describe
 
     try:

@@ -26,6 +26,10 @@ COMPRESSIONS: tuple[Compression, ...] = get_args(Compression)
 RESULT_SUFFIX: dict[OutputFormat, str] = {"tiff": ".tiff", "ome-tiff": ".ome.tiff"}
 RESULT_MEDIA_TYPE = "image/tiff"  # both formats are TIFF files
 MPP_RANGE_UM = (0.05, 50.0)  # a pixel size anyone may state
+# A Vivascope scan folder holds one image per detector: <scan>/<detector>/highres_raw.tif.
+# Public code of the instrument's users disagrees on which is which, so callers may swap them.
+RCM_DETECTOR = "DET#1"
+FCM_DETECTOR = "DET#2"
 JPEG_QUALITY_RANGE = (1, 100)
 
 

@@ -20,6 +20,7 @@ from service.errors import (
     SlideNotFound,
     UnsupportedFormat,
 )
+from service.options import FCM_DETECTOR, RCM_DETECTOR
 from service.slide.tiff_header import check_tiff_extent
 
 # Only the three loaders below are ever used; the rest of libvips' loaders (some of which are
@@ -39,8 +40,6 @@ MIN_SIDE_PX = 16
 # Resolution tags outside this range are not microscope resolutions (a 72 dpi PNG says
 # 353 um/px): the file is treated as saying nothing about its pixel size.
 PLAUSIBLE_MPP_UM = (0.01, 100.0)
-RCM_DETECTOR = "DET#1"
-FCM_DETECTOR = "DET#2"
 SCAN_FILE = "highres_raw.tif"
 
 _NUMPY_DTYPES = {"uchar": np.uint8, "ushort": np.uint16, "float": np.float32}

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import pytest
 from processes import REPO, Cluster
 from service_helpers import Keys, Pair
@@ -68,3 +69,31 @@ def test_api_in_celery_mode_never_loads_the_engine(tmp_path: Path, keys: Keys, p
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["statuses"] == [202, 200, 200]
     assert result["loaded"] == []
+
+
+def libvips_loaded(pid: int) -> bool:
+    """Whether the process has libvips mapped (pyvips loads it when first imported)."""
+    return "libvips" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_dscm_serve_loads_pyvips_only_when_an_upload_needs_it(
+    tmp_path: Path, keys: Keys, pair: Pair
+) -> None:
+    cluster = Cluster(tmp_path, [e.model_dump() for e in keys.entries])
+    try:
+        cluster.start_redis()
+        api = cluster.start_api()  # DSCM_BROKER_URL is set: no embedded worker
+        auth = Keys.auth(keys.alice)
+        assert httpx.get(f"{cluster.url}/readyz", timeout=30).status_code == 200
+        assert httpx.get(f"{cluster.url}/v1/jobs", headers=auth, timeout=30).status_code == 200
+        assert not libvips_loaded(api.pid), "dscm serve loaded libvips before any upload"
+        files = {"rcm": ("r.tif", pair.rcm.read_bytes()), "fcm": ("f.tif", pair.fcm.read_bytes())}
+        posted = httpx.post(
+            f"{cluster.url}/v1/jobs", files=files, data={"stages": "gareau"}, headers=auth
+        )
+        assert posted.status_code == 202, posted.text
+        assert libvips_loaded(api.pid), "the upload was probed without libvips?"
+    finally:
+        cluster.stop_all()
