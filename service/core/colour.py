@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from service.core.cards import read_card_json
 from service.errors import ModelError
 
 COLOUR_ROLE = "colour"
@@ -190,17 +191,6 @@ def find_colour_card(models_dir: Path) -> Path | None:
         names = ", ".join(p.name for p in found)
         raise ModelError(f"{models_dir} holds {len(found)} colour cards ({names}); keep one")
     return found[0] if found else None
-
-
-def read_card_json(path: Path) -> dict[str, Any]:
-    """A model or colour card's JSON object; a ModelError when it cannot be read as one."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read model card {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"model card {path} is not a JSON object")
-    return data
 
 
 def load_colour_target(path: Path) -> ColourTarget:

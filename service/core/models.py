@@ -16,7 +16,8 @@ from typing import Any, Literal
 import numpy as np
 
 from service.core.backends import Backend, choose_backend, open_runner
-from service.core.colour import COLOUR_ROLE, find_colour_card, read_card_json
+from service.core.cards import read_card_json
+from service.core.colour import COLOUR_ROLE, find_colour_card
 from service.errors import ModelError
 
 ModelRole = Literal["despeckle", "generator"]

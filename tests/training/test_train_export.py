@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.core.cards import card_problems
 from service.core.models import OnnxModel, file_sha256
 from training import export as export_module
 from training.export import CardInfo, ExportMismatch, export_model
@@ -31,7 +32,7 @@ def trained_like_despeckler() -> Despeckler:
 def test_despeckler_export_round_trip(tmp_path: Path) -> None:
     model = trained_like_despeckler()
     card = export_model(model, tmp_path / "despeckle.onnx", CardInfo(name="tiny-despeckle"))
-    assert set(card) >= CARD_FIELDS
+    assert set(card) >= CARD_FIELDS and card_problems(card) == []
     assert card["role"] == "despeckle" and card["halo_px"] == 4 and card["norm"] == "none"
     assert card["sha256"] == file_sha256(tmp_path / "despeckle.onnx")
     engine = OnnxModel(tmp_path / "despeckle.onnx")
@@ -49,6 +50,7 @@ def test_generator_export_shared_contract(tmp_path: Path) -> None:
     init_weights(generator, gain=0.2)
     card = export_model(generator, tmp_path / "generator.onnx", CardInfo(name="tiny-gen"))
     assert card["norm"] == "instance_shared" and card["size_multiple_px"] == 4
+    assert card_problems(card) == []  # the published model-card schema
     assert card["halo_px"] == 28  # radius 28 of ngf 4 x 2 blocks, already a multiple of 4
     assert card["norm_stats_size"] == 2 * sum(card["norm_stats_layers"])
     saved = json.loads((tmp_path / "generator.json").read_text())
