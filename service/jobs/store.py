@@ -54,6 +54,18 @@ class JobStore:
         result = session.execute(update(JobRow).where(JobRow.id == job_id, *where).values(**values))
         return bool(getattr(result, "rowcount", 0))
 
+    def _update_leased(self, job_id: str, held_by: str, /, **values: Any) -> bool:
+        """Change a running job only while the lease ``held_by`` still holds it: False once the
+        attempt lost the job (cancelled, taken over by another worker, swept)."""
+        with self._sessions.begin() as session:
+            return self._update(
+                session,
+                job_id,
+                JobRow.state == JobState.RUNNING.value,
+                JobRow.lease == held_by,
+                **values,
+            )
+
     # ---- API side ----
 
     def create(self, new: NewJob) -> tuple[Job, bool]:
@@ -174,12 +186,7 @@ class JobStore:
             claimed = self._update(
                 session,
                 job_id,
-                or_(
-                    JobRow.state == JobState.QUEUED.value,
-                    and_(
-                        JobRow.state == JobState.RUNNING.value, JobRow.heartbeat_at < stale_before
-                    ),
-                ),
+                _unheld(stale_before),
                 JobRow.attempts < JobRow.max_attempts,
                 state=JobState.RUNNING.value,
                 attempts=JobRow.attempts + 1,
@@ -205,17 +212,14 @@ class JobStore:
 
     def heartbeat(self, job_id: str, lease: str, stage: str | None, done: int, total: int) -> bool:
         """Record progress; False once this attempt lost the job (cancelled, taken over)."""
-        with self._sessions.begin() as session:
-            return self._update(
-                session,
-                job_id,
-                JobRow.state == JobState.RUNNING.value,
-                JobRow.lease == lease,
-                stage=stage,
-                progress_done=done,
-                progress_total=total,
-                heartbeat_at=utc_now(),
-            )
+        return self._update_leased(
+            job_id,
+            lease,
+            stage=stage,
+            progress_done=done,
+            progress_total=total,
+            heartbeat_at=utc_now(),
+        )
 
     def succeed(
         self,
@@ -229,54 +233,45 @@ class JobStore:
         tiles_total: int,
     ) -> bool:
         now = utc_now()
-        with self._sessions.begin() as session:
-            return self._update(
-                session,
-                job_id,
-                JobRow.state == JobState.RUNNING.value,
-                JobRow.lease == lease,
-                state=JobState.SUCCEEDED.value,
-                stage="done",
-                progress_done=tiles_total,
-                progress_total=tiles_total,
-                report=report,
-                result_name=result_name,
-                result_sha256=result_sha256,
-                result_bytes=result_bytes,
-                thumbnail_name=thumbnail_name,
-                finished_at=now,
-                heartbeat_at=now,
-                lease=None,
-            )
+        return self._update_leased(
+            job_id,
+            lease,
+            state=JobState.SUCCEEDED.value,
+            stage="done",
+            progress_done=tiles_total,
+            progress_total=tiles_total,
+            report=report,
+            result_name=result_name,
+            result_sha256=result_sha256,
+            result_bytes=result_bytes,
+            thumbnail_name=thumbnail_name,
+            finished_at=now,
+            heartbeat_at=now,
+            lease=None,
+        )
 
     def fail(self, job_id: str, lease: str, code: str, detail: str) -> bool:
-        with self._sessions.begin() as session:
-            return self._update(
-                session,
-                job_id,
-                JobRow.state == JobState.RUNNING.value,
-                JobRow.lease == lease,
-                state=JobState.FAILED.value,
-                error_code=code,
-                error_detail=detail,
-                finished_at=utc_now(),
-                lease=None,
-            )
+        return self._update_leased(
+            job_id,
+            lease,
+            state=JobState.FAILED.value,
+            error_code=code,
+            error_detail=detail,
+            finished_at=utc_now(),
+            lease=None,
+        )
 
     def release(self, job_id: str, lease: str) -> bool:
         """Give a job back to the queue (worker shutting down); the attempt is not counted."""
-        with self._sessions.begin() as session:
-            return self._update(
-                session,
-                job_id,
-                JobRow.state == JobState.RUNNING.value,
-                JobRow.lease == lease,
-                state=JobState.QUEUED.value,
-                attempts=JobRow.attempts - 1,
-                lease=None,
-                stage=None,
-                enqueued_at=None,
-            )
+        return self._update_leased(
+            job_id,
+            lease,
+            state=JobState.QUEUED.value,
+            attempts=JobRow.attempts - 1,
+            lease=None,
+            stage=None,
+            enqueued_at=None,
+        )
 
     # ---- sweeper side ----
 
@@ -336,12 +331,7 @@ class JobStore:
                 session,
                 job_id,
                 JobRow.attempts >= JobRow.max_attempts,
-                or_(
-                    JobRow.state == JobState.QUEUED.value,
-                    and_(
-                        JobRow.state == JobState.RUNNING.value, JobRow.heartbeat_at < stale_before
-                    ),
-                ),
+                _unheld(stale_before),
                 state=JobState.FAILED.value,
                 error_code="attempts_exhausted",
                 error_detail=detail,
@@ -360,6 +350,14 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         with self._sessions.begin() as session:
             session.execute(delete(JobRow).where(JobRow.id == job_id))
+
+
+def _unheld(stale_before: datetime) -> ColumnElement[bool]:
+    """Queued, or running with a heartbeat older than ``stale_before`` (its worker was lost)."""
+    return or_(
+        JobRow.state == JobState.QUEUED.value,
+        and_(JobRow.state == JobState.RUNNING.value, JobRow.heartbeat_at < stale_before),
+    )
 
 
 def seconds_ago(seconds: float) -> datetime:
