@@ -161,7 +161,8 @@ def child_baseline(args: argparse.Namespace) -> dict[str, Any]:
     stained = (total / np.maximum(weights, 1e-6)[..., None]).clip(0, 255).astype(np.uint8)
     writer = PyramidWriter(Path(args.out), width, height, info.mpp_um)
     writer.write(0, 0, stained)
-    writer.finish("jpeg", 90, "tiff")
+    writer.save("jpeg", 90, "tiff")
+    writer.publish()
     wall_s = time.perf_counter() - started
     return {
         "wall_s": wall_s + computed_s * (scale - 1),

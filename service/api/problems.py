@@ -37,18 +37,6 @@ class ApiError(DscmError):
         self.extra = extra or {}
 
 
-def problem(
-    request: Request,
-    status: int,
-    code: str,
-    title: str,
-    detail: str,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> JSONResponse:
-    return problem_response(request.url.path, status, code, title, detail, headers, **extra)
-
-
 def problem_body(path: str, status: int, code: str, title: str, detail: str) -> dict[str, Any]:
     return {
         "type": f"urn:dscm:problem:{code}",
@@ -87,7 +75,9 @@ async def handle_dscm_error(request: Request, exc: Exception) -> JSONResponse:
     extra = getattr(exc, "extra", None) or {}
     if exc.http_status >= 500:
         log.error("%s %s: %s: %s", request.method, request.url.path, exc.code, exc.detail)
-    return problem(request, exc.http_status, exc.code, exc.title, exc.detail, headers, **extra)
+    return problem_response(
+        request.url.path, exc.http_status, exc.code, exc.title, exc.detail, headers, **extra
+    )
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
@@ -96,7 +86,9 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     detail = exc.detail if isinstance(exc.detail, str) else phrase
     headers = dict(exc.headers) if exc.headers else None
-    return problem(request, status, _code_for_status(status), phrase, detail, headers)
+    return problem_response(
+        request.url.path, status, _code_for_status(status), phrase, detail, headers
+    )
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -110,13 +102,15 @@ async def handle_validation_error(request: Request, exc: Exception) -> JSONRespo
         for e in exc.errors()
     ]
     detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
-    return problem(request, 422, "invalid_request", "Invalid request", detail, errors=errors)
+    return problem_response(
+        request.url.path, 422, "invalid_request", "Invalid request", detail, errors=errors
+    )
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(
-        request,
+    return problem_response(
+        request.url.path,
         500,
         "internal_error",
         "Internal Server Error",

@@ -168,7 +168,6 @@ class OnnxModel:
         self.backend = backend or choose_backend()
         self.runner = open_runner(onnx_path, self.backend, threads)
         self.input_names = self.runner.input_names
-        self.output_names = self.runner.output_names
         expected = 3 if self.card.norm == NORM_SHARED else 1
         if len(self.input_names) != expected:
             raise ModelError(

@@ -1,6 +1,7 @@
 """Write the stained slide as a pyramidal tiled BigTIFF, atomically, in bounded memory.
 
-Tiles land in an uncompressed RGB TIFF on disk (``DiskCanvas``: preallocated, written with
+Tiles land in an uncompressed TIFF on disk (RGB for the stain, one band for an FCM or RCM
+layer) (``DiskCanvas``: preallocated, written with
 pwrite, so memory does not grow with the slide); libvips then streams that file into a
 page-per-level pyramid (the generic tiled TIFF layout OpenSlide and QuPath open; SubIFD
 pyramids are only used for OME-TIFF, which OpenSlide does not read anyway).
@@ -15,19 +16,17 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 import pyvips
 
 from service.errors import OutputError
+from service.options import Compression, OutputFormat
 from service.slide.canvas import DiskCanvas
 from service.slide.reader import pyramid_pages
 from service.slide.tiff_header import scale_level_resolutions
 
-Compression = Literal["jpeg", "lossless"]
-OutputFormat = Literal["tiff", "ome-tiff"]
 TIFF_TILE_PX = 256
 
 
@@ -39,7 +38,8 @@ class PyramidLevel:
 
 
 class PyramidWriter:
-    """Collects RGB tiles of a ``width x height`` slide, then saves the pyramid."""
+    """Collects the tiles (RGB, or gray with ``bands=1``) of a ``width x height`` slide, then
+    saves the pyramid."""
 
     def __init__(
         self,
@@ -72,24 +72,17 @@ class PyramidWriter:
             self._remove_temporaries()
             raise output_error(exc, output) from exc
 
-    def write(self, l0_x: int, l0_y: int, rgb: np.ndarray) -> None:
-        """Place an ``(h, w, 3)`` uint8 block with its top-left corner at level-0 (x, y)."""
-        assert self.canvas is not None, "write after finish"
+    def write(self, l0_x: int, l0_y: int, pixels: np.ndarray) -> None:
+        """Place an ``(h, w, bands)`` uint8 block with its top-left corner at level-0 (x, y)."""
+        assert self.canvas is not None, "write after save"
         try:
-            self.canvas.write(l0_x, l0_y, rgb)
+            self.canvas.write(l0_x, l0_y, pixels)
         except OSError as exc:
             raise output_error(exc, self.output) from exc
 
-    def fill(self, l0_x: int, l0_y: int, width_px: int, height_px: int, rgb: np.ndarray) -> None:
+    def fill(self, l0_x: int, l0_y: int, width_px: int, height_px: int, colour: np.ndarray) -> None:
         shape = (height_px, width_px, self.bands)
-        self.write(l0_x, l0_y, np.broadcast_to(np.asarray(rgb, np.uint8), shape))
-
-    def finish(
-        self, compression: Compression, jpeg_quality: int, output_format: OutputFormat
-    ) -> list[PyramidLevel]:
-        """Save the pyramid under a temporary name, then rename it into place."""
-        self.save(compression, jpeg_quality, output_format)
-        return self.publish()
+        self.write(l0_x, l0_y, np.broadcast_to(np.asarray(colour, np.uint8), shape))
 
     def save(
         self, compression: Compression, jpeg_quality: int, output_format: OutputFormat
@@ -97,7 +90,7 @@ class PyramidWriter:
         """Encode the pyramid to the temporary name (durably); ``publish`` renames it."""
         self.output_format = output_format
         try:
-            assert self.canvas is not None, "finish called twice"
+            assert self.canvas is not None, "save called twice"
             self.canvas.close()
             resize = (self.work_width_px, self.work_height_px) != (self.width_px, self.height_px)
             # an enlarging resize reads out of order: the uncompressed canvas allows that

@@ -74,5 +74,4 @@ def create_worker_app(settings: Settings, stainer: Stainer | None = None) -> Cel
         holder.stop()
 
     worker_shutting_down.connect(on_shutdown, weak=False)
-    app.conf.dscm_holder = holder
     return app

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ServicesDep
 from service.api.metrics import render_metrics
-from service.api.problems import problem
+from service.api.problems import problem_response
 from service.api.readiness import run_checks
 from service.api.schemas import Liveness, Problem, Readiness
 
@@ -34,8 +34,13 @@ async def readyz(request: Request, services: ServicesDep) -> Response:
     if ready:
         return JSONResponse(Readiness(ready=True, checks=checks).model_dump())
     failing = ", ".join(check.name for check in checks if check.required and not check.ok)
-    return problem(
-        request, 503, "not_ready", "Service Unavailable", f"not ready: {failing}", checks=body
+    return problem_response(
+        request.url.path,
+        503,
+        "not_ready",
+        "Service Unavailable",
+        f"not ready: {failing}",
+        checks=body,
     )
 
 
