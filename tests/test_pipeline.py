@@ -121,24 +121,21 @@ def test_instance_norm_generator_has_no_seams(
 
     # exact against one whole-image pass that uses the same slide-wide statistics
     chain = models.chain(None)
-    chain.estimate_slide_stats([])  # no samples: keep stats None, then set the pooled ones
     chain.norm_stats = _stats_of(inputs, spec, models, monkeypatch)
     assert psnr(shared, whole_image_pass(inputs, report, chain)) >= 40.0
 
-    # against plain instance norm over the whole image (what the network was trained to do)
-    plain_chain = models.chain(None)
-    whole_in = whole_image_pass(inputs, report, plain_chain)  # norm_stats None: own stats
+    # against plain instance norm over the whole image (what the network was trained to do),
+    # and against tiles that each normalise with their own statistics (what shared stats fix)
+    whole_in = whole_image_pass(inputs, report, models.chain(None))  # norm_stats None: own
     monkeypatch.setattr(StainChain, "estimate_slide_stats", lambda self, blocks: None)
     stain_slide(inputs, tmp_path / "naive.tif", spec, models=models)
     naive = read_level0(tmp_path / "naive.tif")
-    print(
-        f"PSNR vs whole-image instance norm: shared {psnr(shared, whole_in):.2f} dB, "
-        f"per-tile {psnr(naive, whole_in):.2f} dB; seam ratio shared "
-        f"{seam_ratio(shared, 512):.2f}, per-tile {seam_ratio(naive, 512):.2f}"
-    )
     assert psnr(shared, whole_in) > psnr(naive, whole_in)
-    assert seam_ratio(naive, 512) > 1.5  # per-tile statistics: visible steps at tile borders
-    assert seam_ratio(shared, 512) < 1.15  # shared statistics: borders look like any column
+    # The untiled pass has no tile borders: its ratio at the same columns is what the image's
+    # own texture gives. Shared statistics stay at it; per-tile statistics step well above it.
+    untiled = seam_ratio(whole_in, 512)
+    assert seam_ratio(shared, 512) <= 1.1 * untiled
+    assert seam_ratio(naive, 512) >= 1.5 * untiled
 
 
 def _stats_of(
