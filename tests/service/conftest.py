@@ -1,4 +1,5 @@
-"""Fixtures for the service tests: a small image pair, API keys, settings, an app client."""
+"""Fixtures for the service tests: a small image pair, API keys, settings, a database, an app
+client."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from service_helpers import Keys, Pair, make_app
+from support.databases import postgres_url
 from support.pairs import write_gray_tiff
+from support.settings import settings_in
 
 from service.api.auth import hash_key, new_key
 from service.config import ApiKeyEntry, Settings
@@ -44,23 +47,19 @@ def keys() -> Keys:
     return Keys(entries=tuple(entries), **made)
 
 
+# Heartbeats, staleness and sweeps in fractions of a second: the sweeper tests wait for them.
+FAST_SWEEPS: dict[str, Any] = {
+    "heartbeat_interval_s": 0.2,
+    "stale_after_s": 1.5,
+    "sweep_interval_s": 0.3,
+    "requeue_grace_s": 0.5,
+}
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, keys: Keys) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "storage_dir": tmp_path / "storage",
-            "models_dir": tmp_path / "no-models",
-            "tile_px": 128,
-            "api_keys": list(keys.entries),
-            "api_keys_file": tmp_path / "keys.json",
-            "heartbeat_interval_s": 0.2,
-            "stale_after_s": 1.5,
-            "sweep_interval_s": 0.3,
-            "requeue_grace_s": 0.5,
-            "thumbnail_px": 128,
-        }
-        values.update(overrides)
-        return Settings(**values)
+        return settings_in(tmp_path, keys.entries, **{**FAST_SWEEPS, **overrides})
 
     return make
 
@@ -68,6 +67,15 @@ def make_settings(tmp_path: Path, keys: Keys) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each job-store test on SQLite and, when a server is reachable, PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    else:
+        yield from postgres_url()
 
 
 @pytest.fixture

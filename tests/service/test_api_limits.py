@@ -16,24 +16,15 @@ import tifffile
 from engine_fixtures import huge_header_tiff
 from fastapi.testclient import TestClient
 from service_helpers import Keys, Pair, assert_problem, make_app, submit, wait_for
+from support.settings import settings_in
 
 from service.api.limits import MAX_JSON_BODY_BYTES
-from service.config import Settings
 
 
 @pytest.fixture(scope="module")
 def lclient(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("limits")
-    settings = Settings(
-        storage_dir=root / "storage",
-        models_dir=root / "no-models",
-        tile_px=128,
-        api_keys=list(keys.entries),
-        api_keys_file=root / "keys.json",
-        thumbnail_px=128,
-        upload_idle_timeout_s=2,
-        orphan_grace_s=3,
-    )
+    settings = settings_in(root, keys.entries, upload_idle_timeout_s=2, orphan_grace_s=3)
     with TestClient(make_app(settings), raise_server_exceptions=False) as client:
         yield client
 

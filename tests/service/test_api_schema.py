@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from service_helpers import Keys, make_app
+from support.settings import settings_in
 
 from service.api.services import Services
-from service.config import Settings
 from service.jobs.stainer import PipelineStainer
 
 # schemathesis (and the Hypothesis it brings) belongs to the dev extra; skip cleanly without it.
@@ -23,14 +23,7 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 @pytest.fixture(scope="module")
 def api_app(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[FastAPI]:
     root: Path = tmp_path_factory.mktemp("schemathesis")
-    config = Settings(
-        storage_dir=root / "storage",
-        models_dir=root / "no-models",
-        api_keys=list(keys.entries),
-        api_keys_file=root / "keys.json",
-        max_upload_bytes=1_000_000,
-        tile_px=128,
-    )
+    config = settings_in(root, keys.entries, max_upload_bytes=1_000_000)
     app = make_app(config)
     # schemathesis calls the ASGI app without its lifespan, so open the services here.
     services = Services.start(config, PipelineStainer())

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy import Column, Index, MetaData, Table, create_engine, insert, inspect
-from test_jobs_store import _postgres_url
 
 from service.jobs.db import JobRow, add_missing_columns, utc_now
 from service.jobs.job import NewJob, new_job_id
 from service.jobs.store import JobStore
 
 LABEL, EXTERNAL_ID = "Zebra-Quokka 7731, left cheek", "ZQK-7731/XQ"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    else:
-        yield from _postgres_url()
 
 
 def create_old_table(url: str) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from service_helpers import Keys, Pair, SlowStainer, make_app, submit, wait_for
+from support.databases import postgres_url
 
 from service.config import Settings
 from service.jobs.files import JobFiles
@@ -18,37 +18,20 @@ from service.jobs.runner import WorkerContext, run_job
 from service.jobs.store import JobStore, seconds_ago
 from service.jobs.sweeper import sweep_once
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _postgres_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=2)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    name = f"dscm_test_{uuid.uuid4().hex[:10]}"
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    else:
-        yield from _postgres_url()
-
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[JobStore]:
     job_store = JobStore(database_url)
     yield job_store
     job_store.close()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> JobFiles:
+    """The job folders (uploads, results), created under ``tmp_path``."""
+    job_files = JobFiles(tmp_path / "st")
+    job_files.create()
+    return job_files
 
 
 def new_job(tenant: str = "t", key: str | None = None, max_attempts: int = 2) -> NewJob:
@@ -122,11 +105,9 @@ def test_tenant_scoping_and_idempotency_keys(store: JobStore) -> None:
 
 
 def test_lost_worker_is_requeued_then_fails_after_max_attempts(
-    store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
+    store: JobStore, make_settings: Callable[..., Settings], files: JobFiles
 ) -> None:
     settings = make_settings(stale_after_s=0.5, heartbeat_interval_s=0.1, requeue_grace_s=0)
-    files = JobFiles(tmp_path / "st")
-    files.create()
     queue = ListQueue()
     job, _ = store.create(new_job(max_attempts=2))
     store.claim(job.id, "dead-worker-1", seconds_ago(60))
@@ -145,11 +126,9 @@ def test_lost_worker_is_requeued_then_fails_after_max_attempts(
 
 
 def test_sweeper_requeues_only_jobs_no_queue_holds(
-    store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
+    store: JobStore, make_settings: Callable[..., Settings], files: JobFiles
 ) -> None:
     settings = make_settings(requeue_grace_s=0.2)
-    files = JobFiles(tmp_path / "st")
-    files.create()
     queue = ListQueue()
     held, _ = store.create(new_job())
     lost, _ = store.create(new_job())
@@ -166,11 +145,9 @@ def test_sweeper_requeues_only_jobs_no_queue_holds(
 
 
 def test_retention_purges_old_finished_jobs_and_files(
-    store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
+    store: JobStore, make_settings: Callable[..., Settings], files: JobFiles
 ) -> None:
     settings = make_settings(retention_s=0.2)
-    files = JobFiles(tmp_path / "st")
-    files.create()
     job, _ = store.create(new_job())
     files.result_dir(job.id).mkdir(parents=True)
     (files.result_dir(job.id) / "x.tiff").write_bytes(b"x")
@@ -202,11 +179,9 @@ def test_runner_reports_unwritable_output_and_leaves_nothing(
 
 
 def test_runner_does_nothing_for_a_duplicate_delivery(
-    store: JobStore, make_settings: Callable[..., Settings], tmp_path: Path
+    store: JobStore, make_settings: Callable[..., Settings], files: JobFiles
 ) -> None:
     settings = make_settings()
-    files = JobFiles(tmp_path / "st")
-    files.create()
     stainer = SlowStainer(tiles=1, tile_s=0)
     job, _ = store.create(new_job())
     files.upload_dir(job.id).mkdir(parents=True)
@@ -218,7 +193,7 @@ def test_runner_does_nothing_for_a_duplicate_delivery(
 
 def test_api_on_postgresql(make_settings: Callable[..., Settings], keys: Keys, pair: Pair) -> None:
     """The whole API with PostgreSQL as the job database (DSCM_DATABASE_URL)."""
-    for url in _postgres_url():
+    for url in postgres_url():
         with TestClient(make_app(make_settings(database_url=url))) as client:
             job = wait_for(client, keys.alice, submit(client, keys.alice, pair).json()["id"])
             assert job["state"] == "succeeded"

@@ -22,6 +22,7 @@ from service_helpers import (
     wait_for,
 )
 from support.pairs import write_gray_tiff
+from support.settings import settings_in
 
 from service.api.viewer_links import ViewerLinks
 from service.config import Settings
@@ -34,16 +35,7 @@ DEEPEST = 10
 @pytest.fixture(scope="module")
 def viewer_settings(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Settings:
     root = tmp_path_factory.mktemp("viewer")
-    return Settings(
-        storage_dir=root / "storage",
-        models_dir=root / "no-models",
-        tile_px=256,
-        api_keys=list(keys.entries),
-        api_keys_file=root / "keys.json",
-        thumbnail_px=128,
-        viewer_secret=SECRET,
-        viewer_link_ttl_s=600,
-    )
+    return settings_in(root, keys.entries, tile_px=256, viewer_secret=SECRET, viewer_link_ttl_s=600)
 
 
 @pytest.fixture(scope="module")
