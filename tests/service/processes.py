@@ -1,4 +1,5 @@
-"""Real processes for the integration tests: redis-server, the API under uvicorn, Celery workers.
+"""Real processes for the integration tests: redis-server, the API under uvicorn, Celery workers;
+and the HTTP calls the tests make to that API.
 
 Every process runs in its own session and is killed by its process group id on teardown, so a
 failing test leaves nothing behind.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from service_helpers import FINISHED, Keys
 from support.polling import wait_until
 from support.ports import free_port
 from support.processes import Proc
@@ -127,3 +129,52 @@ def cluster_for(root: Path, api_keys: list[dict[str, Any]]) -> Iterator[Cluster]
         yield cluster
     finally:
         cluster.stop_all()
+
+
+# ---- the API over real HTTP --------------------------------------------------------------------
+
+UploadFiles = dict[str, tuple[str, bytes, str]]
+
+
+def tiff_files(rcm: bytes, fcm: bytes) -> UploadFiles:
+    """The multipart files of a job: the two TIFFs as a client names them."""
+    return {"rcm": ("rcm.tif", rcm, "image/tiff"), "fcm": ("fcm.tif", fcm, "image/tiff")}
+
+
+def post_pair(cluster: Cluster, key: str, files: UploadFiles, **data: str) -> dict[str, Any]:
+    """Submit a job (Gareau only unless ``data`` says otherwise); it must be accepted."""
+    response = httpx.post(
+        f"{cluster.url}/v1/jobs",
+        files=files,
+        data={"stages": "gareau", **data},
+        headers=Keys.auth(key),
+        timeout=60,
+    )
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def get_job(cluster: Cluster, key: str, job_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{cluster.url}/v1/jobs/{job_id}", headers=Keys.auth(key), timeout=30)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def poll(
+    cluster: Cluster,
+    key: str,
+    job_id: str,
+    timeout_s: float = 60,
+    states: tuple[str, ...] = FINISHED,
+) -> dict[str, Any]:
+    """The job once it is in one of ``states``; AssertionError after ``timeout_s``."""
+    found: dict[str, Any] = {}
+
+    def reached() -> bool:
+        found.update(get_job(cluster, key, job_id))
+        return found["state"] in states
+
+    wait_until(reached, timeout_s, f"job {job_id} to reach {states}", interval_s=0.05)
+    return found

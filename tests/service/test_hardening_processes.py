@@ -12,7 +12,6 @@ import select
 import shutil
 import signal
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,10 +21,11 @@ from typing import Any
 import httpx
 import pytest
 from hostile_inputs import gray_tiff_bytes, undecodable_tiff
-from processes import Cluster, cluster_for
+from processes import Cluster, cluster_for, get_job, poll, post_pair, tiff_files
 from service_helpers import FINISHED, Keys
 from support.polling import wait_until
 from support.processes import Proc
+from support.tmpfs import mount_tmpfs, unmount
 
 pytestmark = [
     pytest.mark.integration,
@@ -34,6 +34,7 @@ pytestmark = [
 NEEDS_REDIS = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 EMBEDDED = {"DSCM_BROKER_URL": ""}  # the API runs jobs in its own worker thread
 MIB = 1 << 20
+JOB_WAIT_S = 120  # dozens of jobs queue behind one slow worker
 
 
 @pytest.fixture
@@ -70,37 +71,6 @@ def deleted_open_files(pid: int, under: Path) -> list[str]:
 
 
 # ---- HTTP helpers ---------------------------------------------------------------------------
-
-
-def post_pair(cluster: Cluster, key: str, rcm: bytes, fcm: bytes, **data: str) -> dict[str, Any]:
-    response = httpx.post(
-        f"{cluster.url}/v1/jobs",
-        files={"rcm": ("rcm.tif", rcm, "image/tiff"), "fcm": ("fcm.tif", fcm, "image/tiff")},
-        data={"stages": "gareau", **data},
-        headers=Keys.auth(key),
-        timeout=60,
-    )
-    assert response.status_code == 202, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def get_job(cluster: Cluster, key: str, job_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{cluster.url}/v1/jobs/{job_id}", headers=Keys.auth(key), timeout=30)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def poll(cluster: Cluster, key: str, job_id: str, states: tuple[str, ...] = FINISHED) -> dict:
-    seen: dict[str, Any] = {}
-
-    def reached() -> bool:
-        seen.update(get_job(cluster, key, job_id))
-        return seen["state"] in states
-
-    wait_until(reached, 120, f"job {job_id} to reach {states}", interval_s=0.05)
-    return seen
 
 
 def exchange(port: int, request: bytes, wait_s: float) -> tuple[bytes, float]:
@@ -221,14 +191,6 @@ def test_slow_heads_idle_connections_and_stalled_uploads_are_cut_off(
 # ---- 4d. a full disk -------------------------------------------------------------------------
 
 
-def mount_tmpfs(target: Path, size: str) -> bool:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    target.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)])
-    return done.returncode == 0
-
-
 def fill(folder: Path) -> Path:
     """Write zeros until the file system is full."""
     filler = folder / "filler"
@@ -246,7 +208,7 @@ def test_an_upload_to_a_full_disk_is_507_and_readyz_says_so(
     cluster: Cluster, keys: Keys, tmp_path: Path
 ) -> None:
     storage = tmp_path / "small-storage"
-    if not mount_tmpfs(storage, "4m"):
+    if not mount_tmpfs(storage, "size=4m"):
         pytest.skip("a full disk is a small tmpfs, which needs mount rights (root)")
     try:
         cluster.start_api(
@@ -256,7 +218,7 @@ def test_an_upload_to_a_full_disk_is_507_and_readyz_says_so(
         )
         rcm, fcm = gray_tiff_bytes(256, 256, 1), gray_tiff_bytes(256, 256, 2)
         filler = fill(storage)
-        files = {"rcm": ("rcm.tif", rcm, "image/tiff"), "fcm": ("fcm.tif", fcm, "image/tiff")}
+        files = tiff_files(rcm, fcm)
         auth = Keys.auth(keys.alice)
         declared = httpx.post(f"{cluster.url}/v1/jobs", files=files, headers=auth, timeout=30)
         assert declared.status_code == 507, declared.text
@@ -296,7 +258,7 @@ def test_an_upload_to_a_full_disk_is_507_and_readyz_says_so(
         assert "Traceback" not in cluster.procs[-1].output()
     finally:
         cluster.stop_all()
-        subprocess.run(["umount", "-l", str(storage)], capture_output=True)
+        unmount(storage)
 
 
 # ---- 2. disk space: no deleted file stays open -----------------------------------------------
@@ -319,18 +281,18 @@ def test_fifty_jobs_some_failed_some_deleted_leave_no_deleted_file_open(
     big = [gray_tiff_bytes(512, 512, seed) for seed in (3, 4)]  # 64 tiles: long enough to cancel
     noise = undecodable_tiff(tmp_path / "noise.tif").read_bytes()
 
-    good = [post_pair(cluster, keys.alice, *small)["id"] for _ in range(20)]
-    broken = [post_pair(cluster, keys.alice, noise, small[1])["id"] for _ in range(10)]
-    queued = [post_pair(cluster, keys.alice, *small)["id"] for _ in range(10)]
+    good = [post_pair(cluster, keys.alice, tiff_files(*small))["id"] for _ in range(20)]
+    broken = [post_pair(cluster, keys.alice, tiff_files(noise, small[1]))["id"] for _ in range(10)]
+    queued = [post_pair(cluster, keys.alice, tiff_files(*small))["id"] for _ in range(10)]
     for job_id in queued:  # most are still waiting behind the others
         assert httpx.delete(f"{cluster.url}/v1/jobs/{job_id}", headers=auth).status_code == 200
     running = []
     for _ in range(10):
-        job_id = post_pair(cluster, keys.alice, *big)["id"]
-        poll(cluster, keys.alice, job_id, ("running", *FINISHED))
+        job_id = post_pair(cluster, keys.alice, tiff_files(*big))["id"]
+        poll(cluster, keys.alice, job_id, JOB_WAIT_S, ("running", *FINISHED))
         assert httpx.delete(f"{cluster.url}/v1/jobs/{job_id}", headers=auth).status_code == 200
         running.append(job_id)
-    jobs = {job_id: poll(cluster, keys.alice, job_id) for job_id in good + broken}
+    jobs = {job_id: poll(cluster, keys.alice, job_id, JOB_WAIT_S) for job_id in good + broken}
     assert {jobs[j]["state"] for j in good} == {"succeeded"}
     assert {(jobs[j]["state"], jobs[j]["error"]["code"]) for j in broken} == {
         ("failed", "corrupt_slide")
@@ -422,11 +384,13 @@ def test_a_job_failed_with_attempts_exhausted_keeps_no_uploads(
     cluster.start_redis()
     cluster.start_api()
     slow: Proc = cluster.start_worker("slow", slow=True, DSCM_TEST_TILE_DELAY_S="0.5")
-    job_id = post_pair(cluster, keys.alice, *[gray_tiff_bytes(256, 256, s) for s in (1, 2)])["id"]
-    poll(cluster, keys.alice, job_id, ("running",))
+    job_id = post_pair(
+        cluster, keys.alice, tiff_files(*[gray_tiff_bytes(256, 256, s) for s in (1, 2)])
+    )["id"]
+    poll(cluster, keys.alice, job_id, JOB_WAIT_S, ("running",))
     uploads = cluster.root / "storage" / "uploads" / job_id
     assert uploads.is_dir()
     slow.signal_group(signal.SIGKILL)
-    job = poll(cluster, keys.alice, job_id)
+    job = poll(cluster, keys.alice, job_id, JOB_WAIT_S)
     assert job["state"] == "failed" and job["error"]["code"] == "attempts_exhausted", job
     wait_until(lambda: not uploads.exists(), 10, "the failed job's uploads to be deleted")

@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,10 @@ from typing import Any
 import httpx
 import openslide
 import pytest
-from processes import Cluster, cluster_for
-from service_helpers import FINISHED, Keys, Pair
+from processes import Cluster, cluster_for, get_job, poll, post_pair
+from service_helpers import Keys, Pair
 from support.polling import wait_until
+from support.tmpfs import mount_tmpfs, unmount
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,43 +29,6 @@ pytestmark = [
 def cluster(tmp_path: Path, keys: Keys) -> Iterator[Cluster]:
     entries = [e.model_dump() for e in keys.entries]
     yield from cluster_for(tmp_path, entries)
-
-
-def post_pair(cluster: Cluster, key: str, pair: Pair, **data: str) -> dict[str, Any]:
-    response = httpx.post(
-        f"{cluster.url}/v1/jobs",
-        files=pair.files(),
-        data={"stages": "gareau", **data},
-        headers=Keys.auth(key),
-        timeout=30,
-    )
-    assert response.status_code == 202, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def get_job(cluster: Cluster, key: str, job_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{cluster.url}/v1/jobs/{job_id}", headers=Keys.auth(key), timeout=10)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def poll(
-    cluster: Cluster,
-    key: str,
-    job_id: str,
-    timeout_s: float = 60,
-    states: tuple[str, ...] = FINISHED,
-) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    def done() -> bool:
-        found.update(get_job(cluster, key, job_id))
-        return found["state"] in states
-
-    wait_until(done, timeout_s, f"job {job_id} to reach {states}", interval_s=0.1)
-    return found
 
 
 def download(cluster: Cluster, key: str, job: dict[str, Any], target: Path) -> Path:
@@ -86,7 +49,7 @@ def test_post_poll_download_open_with_openslide(
     cluster.start_worker()
     ready = httpx.get(f"{cluster.url}/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
-    job = poll(cluster, keys.alice, post_pair(cluster, keys.alice, pair)["id"])
+    job = poll(cluster, keys.alice, post_pair(cluster, keys.alice, pair.files())["id"])
     assert job["state"] == "succeeded", job
     path = download(cluster, keys.alice, job, tmp_path / "out.tiff")
     with openslide.OpenSlide(str(path)) as slide:
@@ -102,7 +65,7 @@ def test_worker_sigkill_mid_job_is_redelivered_and_succeeds(
     cluster.start_redis()
     cluster.start_api()
     slow = cluster.start_worker("slow", slow=True, DSCM_TEST_TILE_DELAY_S="0.4")
-    job_id = post_pair(cluster, keys.alice, pair)["id"]
+    job_id = post_pair(cluster, keys.alice, pair.files())["id"]
     running = poll(cluster, keys.alice, job_id, 30, ("running",))
     wait_until(
         lambda: get_job(cluster, keys.alice, job_id)["progress"]["done"] >= 2, 30, "two tiles"
@@ -125,7 +88,7 @@ def test_worker_sigkill_mid_job_is_redelivered_and_succeeds(
 def test_redis_restart_loses_no_accepted_job(cluster: Cluster, keys: Keys, pair: Pair) -> None:
     redis = cluster.start_redis()
     cluster.start_api()
-    ids = [post_pair(cluster, keys.alice, pair)["id"] for _ in range(3)]
+    ids = [post_pair(cluster, keys.alice, pair.files())["id"] for _ in range(3)]
     # No worker yet: all three wait in Redis. Redis restarts without persistence: all are lost.
     redis.stop()
     cluster.start_redis()
@@ -139,7 +102,7 @@ def test_redis_restart_while_a_worker_runs(cluster: Cluster, keys: Keys, pair: P
     redis = cluster.start_redis()
     cluster.start_api()
     cluster.start_worker("slow", slow=True, DSCM_TEST_TILE_DELAY_S="0.2")
-    ids = [post_pair(cluster, keys.alice, pair)["id"] for _ in range(3)]
+    ids = [post_pair(cluster, keys.alice, pair.files())["id"] for _ in range(3)]
     poll(cluster, keys.alice, ids[0], 30, ("running",))
     redis.stop()
     time.sleep(1)
@@ -157,7 +120,7 @@ def test_api_restart_keeps_records(
     cluster.start_redis()
     api = cluster.start_api()
     cluster.start_worker()
-    done = poll(cluster, keys.alice, post_pair(cluster, keys.alice, pair)["id"])
+    done = poll(cluster, keys.alice, post_pair(cluster, keys.alice, pair.files())["id"])
     api.stop()
     queued_while_down = httpx.Client(timeout=1)
     with pytest.raises(httpx.HTTPError):
@@ -169,20 +132,6 @@ def test_api_restart_keeps_records(
     download(cluster, keys.alice, again, tmp_path / "again.tiff")
 
 
-def _mount_tmpfs(target: Path, options: str) -> bool:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    target.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True
-    )
-    return result.returncode == 0
-
-
-def _umount(target: Path) -> None:
-    subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
 @pytest.mark.parametrize("fault", ["unwritable", "full"])
 def test_output_fault_fails_job_with_clear_code_and_no_partial_result(
     cluster: Cluster, keys: Keys, pair: Pair, tmp_path: Path, fault: str
@@ -192,13 +141,13 @@ def test_output_fault_fails_job_with_clear_code_and_no_partial_result(
     if fault == "unwritable":
         results.mkdir()
         if os.geteuid() == 0:
-            mounted = _mount_tmpfs(results, "ro,size=1m")
+            mounted = mount_tmpfs(results, "ro,size=1m")
             if not mounted:
                 pytest.skip("running as root without mount: cannot make a folder unwritable")
         else:
             results.chmod(0o555)
     else:
-        mounted = _mount_tmpfs(results, "size=40k")
+        mounted = mount_tmpfs(results, "size=40k")
         if not mounted:
             pytest.skip("a full disk is simulated with a tiny tmpfs, which needs mount rights")
     try:
@@ -206,7 +155,7 @@ def test_output_fault_fails_job_with_clear_code_and_no_partial_result(
         cluster.start_redis()
         cluster.start_api()
         cluster.start_worker()
-        job = poll(cluster, keys.alice, post_pair(cluster, keys.alice, pair)["id"])
+        job = poll(cluster, keys.alice, post_pair(cluster, keys.alice, pair.files())["id"])
         assert job["state"] == "failed", job
         assert job["error"]["code"] == "output_unwritable", job
         assert job["result"] is None
@@ -219,7 +168,7 @@ def test_output_fault_fails_job_with_clear_code_and_no_partial_result(
     finally:
         cluster.stop_all()
         if mounted:
-            _umount(results)
+            unmount(results)
         elif results.exists():
             results.chmod(0o755)
 
@@ -265,7 +214,7 @@ def test_worker_sigterm_releases_the_job_for_another_worker(
     cluster.start_redis()
     cluster.start_api()
     slow = cluster.start_worker("slow", slow=True, DSCM_TEST_TILE_DELAY_S="0.4")
-    job_id = post_pair(cluster, keys.alice, pair)["id"]
+    job_id = post_pair(cluster, keys.alice, pair.files())["id"]
     poll(cluster, keys.alice, job_id, 30, ("running",))
     slow.signal_group(signal.SIGTERM)
     assert slow.popen is not None
