@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from onnx_factory import make_despeckler, make_generator
+from onnx_factory import make_model_folder
 from support.pairs import confocal_like, write_gray
 
 from service.slide import SlideInputs
@@ -40,16 +40,10 @@ def make_pair(tmp_path: Path):
 @pytest.fixture
 def plain_models(tmp_path: Path) -> Path:
     """A despeckler and a generator without instance norm."""
-    folder = tmp_path / "models-plain"
-    make_despeckler(folder)
-    make_generator(folder, shared_norm=False)
-    return folder
+    return make_model_folder(tmp_path / "models-plain", shared_norm=False)
 
 
 @pytest.fixture
 def shared_models(tmp_path: Path) -> Path:
     """A despeckler and an instance-norm generator with the shared-statistics interface."""
-    folder = tmp_path / "models-shared"
-    make_despeckler(folder)
-    make_generator(folder, shared_norm=True)
-    return folder
+    return make_model_folder(tmp_path / "models-shared", shared_norm=True)

@@ -162,6 +162,14 @@ def make_generator(
     return write_model(folder, "generator", model, card)
 
 
+def make_model_folder(folder: Path, shared_norm: bool) -> Path:
+    """A despeckler and a generator (instance norm with shared statistics, or none) in
+    ``folder``: the two networks of the default chain."""
+    make_despeckler(folder)
+    make_generator(folder, shared_norm=shared_norm)
+    return folder
+
+
 def make_colour_card(
     folder: Path,
     lab_mean=(70.0, 27.0, -8.0),

@@ -99,6 +99,21 @@ def console_errors(browser: Any) -> list[str]:
     return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
 
+def sign_in(browser: Any, server: Server, path: str = "/viewer") -> None:
+    """Open ``path`` and put the API key in the tab's session storage, as the key form does."""
+    browser.get(f"{server.url}{path}")
+    browser.execute_script("sessionStorage.setItem('dscm.apiKey', arguments[0])", server.key)
+
+
+def open_job_list(browser: Any, server: Server) -> None:
+    """The job list as a signed-in user sees it, once it is drawn."""
+    sign_in(browser, server)
+    browser.refresh()
+    wait_until(
+        lambda: browser.execute_script("return document.body.dataset.state") == "ready", 15, "list"
+    )
+
+
 def test_viewer_draws_zooms_and_switches_layers(
     server: Server, browser: Any, finished_job: dict[str, Any], screenshots_dir: Path
 ) -> None:
@@ -196,8 +211,7 @@ def test_running_job_shows_progress_then_tiles(
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    browser.get(f"{server.url}/viewer")
-    browser.execute_script("sessionStorage.setItem('dscm.apiKey', arguments[0])", server.key)
+    sign_in(browser, server)
     # The embedded worker runs one job at a time: the second job waits behind the first.
     first = server.submit(pair, stages="median,gareau", layers="gareau,fcm,rcm")
     second = server.submit(pair, stages="median,gareau")
@@ -233,12 +247,7 @@ def test_job_list_shows_the_tenants_jobs(
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    browser.get(f"{server.url}/viewer")
-    browser.execute_script("sessionStorage.setItem('dscm.apiKey', arguments[0])", server.key)
-    browser.refresh()
-    wait_until(
-        lambda: browser.execute_script("return document.body.dataset.state") == "ready", 15, "list"
-    )
+    open_job_list(browser, server)
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{finished_job["id"]}"]')
     assert "succeeded" in row.text and "rcm.tif + fcm.tif" in row.text
     case = row.find_element(By.CSS_SELECTOR, "td.case").text.splitlines()
@@ -313,8 +322,7 @@ def test_compare_side_by_side_and_swipe(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    browser.get(f"{server.url}/viewer")
-    browser.execute_script("sessionStorage.setItem('dscm.apiKey', arguments[0])", server.key)
+    sign_in(browser, server)
     browser.get(f"{server.url}/viewer/{finished_job['id']}")
     wait_until(lambda: browser.execute_script("return !!window.dscmViewer.viewer"), 15, "viewer")
     wait_drawn(browser)
@@ -406,12 +414,7 @@ def test_job_list_finds_a_case_by_its_accession_number(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    browser.get(f"{server.url}/viewer")
-    browser.execute_script("sessionStorage.setItem('dscm.apiKey', arguments[0])", server.key)
-    browser.refresh()
-    wait_until(
-        lambda: browser.execute_script("return document.body.dataset.state") == "ready", 15, "list"
-    )
+    open_job_list(browser, server)
 
     def rows() -> list[str]:  # in one script: the list may be redrawn between two calls
         ids: list[str] = browser.execute_script(
@@ -445,8 +448,7 @@ def test_a_stain_that_erased_nuclei_is_flagged_for_review(
     assert done["state"] == "succeeded", done
     qc = done["report"]["qc"]
     assert qc["flag"] == "review against FCM" and qc["ratio"] < 0.9
-    browser.get(f"{server.url}/viewer/{job['id']}")
-    browser.execute_script("sessionStorage.setItem('dscm.apiKey', arguments[0])", server.key)
+    sign_in(browser, server, f"/viewer/{job['id']}")
     browser.refresh()
     wait_until(lambda: browser.find_element(By.ID, "job-qc").is_displayed(), 15, "qc flag")
     badge = browser.find_element(By.ID, "job-qc")
