@@ -10,6 +10,8 @@ import numpy as np
 import pyvips
 import tifffile
 
+from support.slides import FIXTURE_MPP_UM
+
 
 def confocal_like(height: int, width: int, seed: int = 0, tissue_fraction: float = 0.6):
     """(fcm, rcm) float arrays in [0, 1]: blobs of tissue with bright nuclei, speckled RCM,
@@ -29,9 +31,6 @@ def confocal_like(height: int, width: int, seed: int = 0, tissue_fraction: float
     speckle = rng.normal(1.0, 0.2, (height, width)).astype(np.float32)
     rcm = np.clip(texture * 0.5 * speckle * tissue, 0, 1)
     return fcm, rcm
-
-
-FIXTURE_MPP_UM = 0.75  # what test pairs say of their pixel size unless told otherwise
 
 
 def write_gray(
