@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.core.chain import round_up
 from service.core.models import OnnxModel, file_sha256
 from training.networks import (
     Despeckler,
@@ -47,10 +48,6 @@ class CardInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     licence: str = ""
     notes: str = ""
-
-
-def round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def _session(path: Path) -> Any:

@@ -24,7 +24,10 @@ DAB_OD = (0.27, 0.57, 0.78)
 
 SPECKLE_MEAN = 1.0
 SPECKLE_STD = 0.2
-# Targets measured on the real 8-bit crops (shared/data/confocal); see ARCHITECTURE.md.
+# Targets measured on the real 8-bit crops (shared/data/confocal): the tissue median and 99th
+# percentile the affine map aims at, the chroma below which the H&E shows glass, and the
+# window and tissue floor of the local-contrast measure. docs/training.md ("Synthetic
+# confocal") lists the measurements.
 TARGET_MEDIAN = 0.25  # over tissue; glass pulls the whole-image median a little lower
 TARGET_P99 = 0.51
 GLASS_CHROMA = 0.04
