@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.common import LOSS_CSV_NAME, OPTIONS_NAME
+from training.common import LOSS_CSV_NAME, OPTIONS_NAME, load_checkpoint
 from training.data import load_manifest, split_summary
 from training.export import CardInfo
 
@@ -37,19 +37,20 @@ def _last_values(checkpoint_dir: Path, columns: list[str]) -> dict[str, float]:
     return found
 
 
-def _checkpoint_step(checkpoint_dir: Path) -> int:
-    import torch
+def _checkpoint(checkpoint_dir: Path) -> dict[str, Any]:
+    state = load_checkpoint(checkpoint_dir)
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
+    return state
 
-    state = torch.load(checkpoint_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    return int(state["step"])
+
+def _checkpoint_step(checkpoint_dir: Path) -> int:
+    return int(_checkpoint(checkpoint_dir)["step"])
 
 
 def _elapsed_s(checkpoint_dir: Path) -> float:
     """Training wall time summed over resumed runs (0 where a checkpoint predates it)."""
-    import torch
-
-    state = torch.load(checkpoint_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    return float(state.get("elapsed_s", 0.0))
+    return float(_checkpoint(checkpoint_dir).get("elapsed_s", 0.0))
 
 
 def _data_section(options: dict[str, Any], used_splits: list[str]) -> tuple[dict[str, Any], ...]:
@@ -63,6 +64,20 @@ def _data_section(options: dict[str, Any], used_splits: list[str]) -> tuple[dict
     }
     splits = {"counts": split_summary(manifest), "cases": manifest["splits"]}
     return training_data, splits
+
+
+def _card_info(
+    name: str, training_data: dict[str, Any], splits: dict[str, Any], validation: dict[str, float]
+) -> CardInfo:
+    """What every card of ours says: its data, splits and validation numbers, under the data's
+    licence."""
+    return CardInfo(
+        name=name,
+        training_data=training_data,
+        splits=splits,
+        metrics={"validation": validation},
+        licence=DATA_LICENCE,
+    )
 
 
 def despeckle_card_info(checkpoint_dir: Path, name: str = "despeckle") -> CardInfo:
@@ -81,13 +96,7 @@ def despeckle_card_info(checkpoint_dir: Path, name: str = "despeckle") -> CardIn
     metrics = _last_values(
         checkpoint_dir, ["val_psnr_noisy", "val_psnr_net", "val_psnr_net_median"]
     )
-    return CardInfo(
-        name=name,
-        training_data=training_data,
-        splits=splits,
-        metrics={"validation": metrics},
-        licence=DATA_LICENCE,
-    )
+    return _card_info(name, training_data, splits, metrics)
 
 
 def generator_card_info(
@@ -134,10 +143,4 @@ def generator_card_info(
         }
     )
     validation = {k: v for k, v in generator_info.items() if k.startswith("val_")}
-    return CardInfo(
-        name=name,
-        training_data=training_data,
-        splits=splits,
-        metrics={"validation": validation},
-        licence=DATA_LICENCE,
-    )
+    return _card_info(name, training_data, splits, validation)

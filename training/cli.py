@@ -11,16 +11,26 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 DEFAULT_DATA = "../shared/data"
 DEFAULT_PREPARED = "build/prepared"
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _choice(flag: str, choices: list[str], help_text: str) -> Callable[[_Command], _Command]:
+    """An option that takes one of ``choices``; the first is the default."""
+    return click.option(
+        flag, type=click.Choice(choices), default=choices[0], show_default=True, help=help_text
+    )
 
 
 @click.group()
@@ -77,19 +87,13 @@ def despeckle(**kwargs: object) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--checkpoint-every", default=250, show_default=True)
 @click.option("--threads", default=0)
-@click.option(
-    "--upsample",
-    type=click.Choice(["resize", "transpose"]),
-    default="resize",
-    show_default=True,
-    help="transpose = the reference layout (checkerboard-prone)",
+@_choice(
+    "--upsample", ["resize", "transpose"], "transpose = the reference layout (checkerboard-prone)"
 )
-@click.option(
+@_choice(
     "--domain",
-    type=click.Choice(["skin", "tcga"]),
-    default="skin",
-    show_default=True,
-    help="skin: train_skin slides, paired; tcga: the paper's unpaired recipe on TCGA tiles",
+    ["skin", "tcga"],
+    "skin: train_skin slides, paired; tcga: the paper's unpaired recipe on TCGA tiles",
 )
 @click.option(
     "--colour-card",
@@ -163,9 +167,9 @@ def export(
     folder = Path(checkpoint_dir)
     out = Path(onnx_path or f"models/{role}.onnx")
     if role == "despeckle":
-        from training.train_despeckle import load_despeckler
+        from training.train_despeckle import load_despeckler_checkpoint
 
-        model = load_despeckler(folder)
+        model = load_despeckler_checkpoint(folder)
         info = despeckle_card_info(folder, name or f"despeckle-w{model.width}-d{model.depth}")
     else:
         from training.train_cyclegan import load_generator

@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,34 @@ class ProgressLine:
         else:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
+
+
+def run_steps(
+    log: LossLog,
+    start: int,
+    total_steps: int,
+    checkpoint_every: int,
+    train_step: Callable[[int], dict[str, float]],
+    checkpoint: Callable[[int, dict[str, float]], dict[str, float]],
+    started: float,
+) -> None:
+    """Steps ``start + 1`` to ``total_steps``, the loop both trainers share.
+
+    ``train_step(step)`` trains one batch and returns its losses. Every ``checkpoint_every``
+    steps and at the last, ``checkpoint(step, losses)`` saves the state and returns the
+    validation numbers, which join the losses in the CSV; the plot beside the CSV is redrawn
+    then. Ends with the wall time since ``started`` (``time.monotonic()``)."""
+    progress = ProgressLine(total_steps, start)
+    for step in range(start + 1, total_steps + 1):
+        values = train_step(step)
+        at_checkpoint = step % checkpoint_every == 0 or step == total_steps
+        if at_checkpoint:
+            values.update(checkpoint(step, values))
+        log.append(step, values)
+        if at_checkpoint:
+            log.plot(log.path.with_name(LOSS_PLOT_NAME))
+        progress.update(step, values, force=at_checkpoint)
+    print(f"done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
 
 def linear_decay(step: int, total: int, decay_from: int) -> float:

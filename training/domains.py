@@ -82,7 +82,9 @@ def he_to_chw(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(to_unit_rgb(rgb).transpose(2, 0, 1))
 
 
-def load_despeckler(path: Path | None) -> OnnxModel | None:
+def load_despeckler_onnx(path: Path | None) -> OnnxModel | None:
+    """The exported despeckler at ``path``, through the engine's loader; None (no despeckling)
+    without a path."""
     if path is None or not str(path):
         return None
     return OnnxModel(path)

@@ -33,17 +33,16 @@ from service.core.quality import HAEMATOXYLIN_FROM_LOG_RGB
 from training.colour_fit import normalise_he
 from training.common import (
     LOSS_CSV_NAME,
-    LOSS_PLOT_NAME,
     LossLog,
-    ProgressLine,
     configure_torch,
     linear_decay,
     load_checkpoint,
+    run_steps,
     save_checkpoint,
     step_rng,
 )
 from training.data import load_split, load_split_with_cases
-from training.domains import build_domain_a, he_to_chw, load_despeckler
+from training.domains import build_domain_a, he_to_chw, load_despeckler_onnx
 from training.metrics import stain_metrics
 from training.networks import PatchDiscriminator, ResnetGenerator, create_model, init_weights
 from training.speckle import random_crop_flip
@@ -367,7 +366,8 @@ def train_cyclegan(options: CycleGanOptions) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_torch(options.seed, options.threads)
     prepared = Path(options.prepared_dir)
-    despeckler = load_despeckler(Path(options.despeckle_onnx) if options.despeckle_onnx else None)
+    despeckle_onnx = Path(options.despeckle_onnx) if options.despeckle_onnx else None
+    despeckler = load_despeckler_onnx(despeckle_onnx)
     started = time.monotonic()
     if options.domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {options.domain!r}")
@@ -409,8 +409,8 @@ def train_cyclegan(options: CycleGanOptions) -> Path:
     best_psnr = -1.0
     if best_path.is_file():
         best_psnr = float(torch.load(best_path, weights_only=False)["val_psnr_db"])
-    progress = ProgressLine(options.total_steps, start)
-    for step in range(start + 1, options.total_steps + 1):
+
+    def train_step(step: int) -> dict[str, float]:
         rng = step_rng(options.seed, step)
         crop = stage_crop_px(options, step)
         paired_b = None
@@ -421,23 +421,23 @@ def train_cyclegan(options: CycleGanOptions) -> Path:
             real_a = crop_batch(domain_a, options.batch_size, crop, rng).float()
         real_b = crop_batch(domain_b, options.batch_size, crop, rng).float()
         pool_rng = random.Random(int(rng.integers(2**31)))
-        values = model.optimize_parameters(real_a, real_b, pool_rng, paired_b)
-        if step % options.checkpoint_every == 0 or step == options.total_steps:
-            values.update(validate(model.g_a, val_pairs))
-            elapsed_s = elapsed_before_s + time.monotonic() - started
-            save_checkpoint(out_dir, model.state(step, elapsed_s), options)
-            if values["val_psnr_db"] > best_psnr:
-                best_psnr = values["val_psnr_db"]
-                torch.save(
-                    {**values, "step": step, "state_dict": model.g_a.state_dict()}, best_path
-                )
-            log.append(step, values)
-            log.plot(out_dir / LOSS_PLOT_NAME)
-            progress.update(step, values, force=True)
-        else:
-            log.append(step, values)
-            progress.update(step, values)
-    print(f"done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
+        return model.optimize_parameters(real_a, real_b, pool_rng, paired_b)
+
+    def checkpoint(step: int, losses: dict[str, float]) -> dict[str, float]:
+        """Validate, save, and keep G_A apart when its validation PSNR is the best yet."""
+        nonlocal best_psnr
+        validation = validate(model.g_a, val_pairs)
+        elapsed_s = elapsed_before_s + time.monotonic() - started
+        save_checkpoint(out_dir, model.state(step, elapsed_s), options)
+        if validation["val_psnr_db"] > best_psnr:
+            best_psnr = validation["val_psnr_db"]
+            best = {**losses, **validation, "step": step, "state_dict": model.g_a.state_dict()}
+            torch.save(best, best_path)
+        return validation
+
+    run_steps(
+        log, start, options.total_steps, options.checkpoint_every, train_step, checkpoint, started
+    )
     return out_dir
 
 

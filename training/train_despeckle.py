@@ -6,6 +6,7 @@ sits beside it; batches depend only on (seed, step), so a resumed run continues 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,13 @@ from torch import nn
 
 from service.core.filters import median3x3
 from training.common import (
+    CHECKPOINT_NAME,
     LOSS_CSV_NAME,
-    LOSS_PLOT_NAME,
+    OPTIONS_NAME,
     LossLog,
-    ProgressLine,
     configure_torch,
     load_checkpoint,
+    run_steps,
     save_checkpoint,
     step_rng,
 )
@@ -107,11 +109,11 @@ def train_despeckle(options: DespeckleOptions) -> Path:
     val_noisy, val_ref = validation_set(
         val_clean or train_clean[:4], options.val_crop_px, options.seed, options.speckle_std
     )
-    progress = ProgressLine(options.steps, start)
     loss_fn = nn.MSELoss()
     model.train()
     started = time.monotonic()
-    for step in range(start + 1, options.steps + 1):
+
+    def train_step(step: int) -> dict[str, float]:
         rng = step_rng(options.seed, step)
         noisy, clean = speckle_batch(
             train_clean, options.batch_size, options.crop_px, rng, options.speckle_std
@@ -120,27 +122,21 @@ def train_despeckle(options: DespeckleOptions) -> Path:
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        values = {"mse": float(loss.detach())}
-        last = step == options.steps
-        if step % options.checkpoint_every == 0 or last:
-            values.update(evaluate_psnr(model, val_noisy, val_ref))
-            state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step}
-            save_checkpoint(out_dir, state, options)
-            log.append(step, values)
-            log.plot(out_dir / LOSS_PLOT_NAME)
-            progress.update(step, values, force=True)
-        else:
-            log.append(step, values)
-            progress.update(step, values)
-    print(f"done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
-    return out_dir / "checkpoint.pt"
+        return {"mse": float(loss.detach())}
+
+    def checkpoint(step: int, losses: dict[str, float]) -> dict[str, float]:
+        validation = evaluate_psnr(model, val_noisy, val_ref)
+        saved = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step}
+        save_checkpoint(out_dir, saved, options)
+        return validation
+
+    run_steps(log, start, options.steps, options.checkpoint_every, train_step, checkpoint, started)
+    return out_dir / CHECKPOINT_NAME
 
 
-def load_despeckler(checkpoint_dir: Path) -> Despeckler:
+def load_despeckler_checkpoint(checkpoint_dir: Path) -> Despeckler:
     """The trained despeckler of a checkpoint folder (its options say the size)."""
-    import json
-
-    options = json.loads((checkpoint_dir / "options.json").read_text())
+    options = json.loads((checkpoint_dir / OPTIONS_NAME).read_text())
     model = create_model("despeckle", width=options["width"], depth=options["depth"])
     assert isinstance(model, Despeckler)
     state = load_checkpoint(checkpoint_dir)

@@ -10,7 +10,7 @@ import torch
 
 from training.common import load_checkpoint
 from training.train_cyclegan import BEST_NAME, CycleGanOptions, load_generator, train_cyclegan
-from training.train_despeckle import DespeckleOptions, load_despeckler, train_despeckle
+from training.train_despeckle import DespeckleOptions, load_despeckler_checkpoint, train_despeckle
 
 
 def despeckle_options(prepared: Path, out: Path, steps: int) -> DespeckleOptions:
@@ -36,7 +36,7 @@ def test_despeckle_trains_and_resumes_identically(prepared_dir: Path, tmp_path: 
     assert logged_steps(resumed / "losses.csv") == [1, 2, 3, 4, 5, 6]
     assert (resumed / "losses.png").is_file()
     assert json.loads((resumed / "options.json").read_text())["steps"] == 6
-    assert load_despeckler(resumed).width == 4
+    assert load_despeckler_checkpoint(resumed).width == 4
 
 
 def cyclegan_options(prepared: Path, out: Path, steps: list[int]) -> CycleGanOptions:
