@@ -1,15 +1,23 @@
-"""The `dscm` command: stain (pair and scan folder), --json, info, models."""
+"""The `dscm` command: stain (pair and scan folder, onto a full disk), --json, info, models."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from engine_fixtures import SAMPLE_SCAN
+from support.tmpfs import run_on_small_disk
 
 from service.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CANVAS_HEADER_BYTES = 64 * 1024  # more than the working canvas's TIFF header and strip tables
+PROGRESS_LINE = re.compile(r"^\s*\d+ % ")
 
 
 def invoke(*args: str):
@@ -95,3 +103,39 @@ def test_tampered_model_is_refused(make_pair, shared_models: Path, tmp_path: Pat
 def test_usage_errors(tmp_path: Path) -> None:
     result = invoke("stain", "-o", str(tmp_path / "x.tif"))
     assert result.exit_code != 0 and "SCAN_DIR" in result.stderr
+
+
+@pytest.mark.parametrize("room", ["nothing", "canvas"])
+def test_stain_onto_a_full_disk_fails_cleanly(make_pair, tmp_path: Path, room: str) -> None:
+    """A disk that really fills up (ENOSPC from a small tmpfs): one line on stderr that says so,
+    the exit code of output errors, no traceback, nothing left on the disk. ``nothing``: not
+    even the working canvas fits; ``canvas``: it fits, the pyramid saved beside it does not."""
+    size_px = 512
+    inputs = make_pair(size_px, size_px, tissue_fraction=1.0)
+    stain = ["stain", "--rcm", str(inputs.rcm), "--fcm", str(inputs.fcm)]
+    stain += ["--stages", "median,gareau", "--mpp", "0.75"]
+    roomy = tmp_path / "roomy.tif"
+    assert invoke(*stain, "-o", str(roomy)).exit_code == 0  # with room, the same stain succeeds
+    assert roomy.stat().st_size > CANVAS_HEADER_BYTES  # so the pyramid cannot fit beside the canvas
+    # The canvas is uncompressed RGB plus its header: the "canvas" disk holds it and less spare
+    # room than the pyramid needs.
+    disk_bytes = {"nothing": 64 * 1024, "canvas": size_px * size_px * 3 + CANVAS_HEADER_BYTES}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSCM_")}
+    env["PYTHONPATH"] = str(REPO)
+    disk = tmp_path / "small-disk"
+    run = run_on_small_disk(
+        [sys.executable, "-m", "service.cli", *stain, "-o", str(disk / "o.tif")],
+        disk,
+        disk_bytes[room],
+        env,
+        cwd=tmp_path,
+    )
+    lines = run.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("dscm: error:")]
+    progress = [line for line in lines if PROGRESS_LINE.match(line)]
+    assert run.returncode == 5, run.stderr  # the CLI's code for output errors (HTTP 507)
+    assert len(errors) == 1 and "no space" in errors[0].lower(), run.stderr
+    assert lines[-1] == errors[0] and len(progress) == len(lines) - 1, run.stderr  # nothing else
+    if room == "canvas":
+        assert progress, "the canvas fitted, so staining ran before the disk filled"
+    assert run.left_on_disk == []
