@@ -59,7 +59,7 @@ FAST_SWEEPS: dict[str, Any] = {
 @pytest.fixture
 def make_settings(tmp_path: Path, keys: Keys) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
-        return settings_in(tmp_path, keys.entries, **{**FAST_SWEEPS, **overrides})
+        return settings_in(tmp_path, **{"api_keys": keys.entries, **FAST_SWEEPS, **overrides})
 
     return make
 
