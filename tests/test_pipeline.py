@@ -237,8 +237,9 @@ def test_unwritable_output_directory(make_pair, tmp_path: Path) -> None:
     assert list(locked.iterdir()) == []
 
 
-def test_full_disk_fails_cleanly(make_pair, tmp_path: Path) -> None:
-    """A path the kernel refuses to create (as root too): a clean OutputError, no file."""
+def test_an_uncreatable_output_path_fails_cleanly(make_pair, tmp_path: Path) -> None:
+    """A path the kernel refuses to create (as root too): a clean OutputError, no file (a
+    really full disk: tests/test_cli.py)."""
     inputs = make_pair(256, 256)
     with pytest.raises(OutputError):
         stain_slide(

@@ -8,8 +8,8 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from support.slides import write_slide_pair as write_pair
 
-from bench.synthetic import write_pair
 from service.options import JobOptions
 from service.pipeline import StainSpec, stain_slide
 

@@ -101,6 +101,21 @@ def assert_problem(response: Any, status: int, code: str | None = None) -> dict[
     return body
 
 
+def stained(
+    client: TestClient,
+    key: str,
+    pair: Pair,
+    data: dict[str, str] | None = None,
+    timeout_s: float = 30,
+) -> dict[str, Any]:
+    """Submit ``pair``, wait for the job and require that it succeeded; the finished job."""
+    accepted = submit(client, key, pair, data)
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for(client, key, accepted.json()["id"], timeout_s=timeout_s)
+    assert job["state"] == "succeeded", job
+    return job
+
+
 class SlowStainer:
     """A fake stainer: ``tiles`` tiles of ``tile_s`` each, then a tiny file (for cancel/timeout)."""
 

@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from engine_fixtures import huge_header_tiff
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, assert_problem, make_app, submit, wait_for
+from service_helpers import Keys, Pair, assert_problem, make_app, stained
 from support.settings import settings_in
 
 from service.api.limits import MAX_JSON_BODY_BYTES
@@ -31,9 +31,7 @@ def lclient(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Te
 
 @pytest.fixture(scope="module")
 def done(lclient: TestClient, keys: Keys, pair: Pair) -> dict[str, Any]:
-    job = wait_for(lclient, keys.alice, submit(lclient, keys.alice, pair).json()["id"])
-    assert job["state"] == "succeeded", job
-    return job
+    return stained(lclient, keys.alice, pair)
 
 
 class CountingBody:

@@ -18,6 +18,7 @@ from service_helpers import (
     SlowStainer,
     assert_problem,
     make_app,
+    stained,
     submit,
     wait_for,
 )
@@ -56,19 +57,13 @@ def wide_pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
 @pytest.fixture(scope="module")
 def layered(vclient: TestClient, keys: Keys, wide_pair: Pair) -> dict[str, Any]:
     """A finished job that kept every extra layer."""
-    accepted = submit(vclient, keys.alice, wide_pair, {"layers": "gareau,fcm,rcm"})
-    assert accepted.status_code == 202, accepted.text
-    job = wait_for(vclient, keys.alice, accepted.json()["id"], timeout_s=120)
-    assert job["state"] == "succeeded", job
-    return job
+    return stained(vclient, keys.alice, wide_pair, {"layers": "gareau,fcm,rcm"}, timeout_s=120)
 
 
 @pytest.fixture(scope="module")
 def plain(vclient: TestClient, keys: Keys, wide_pair: Pair) -> dict[str, Any]:
     """A finished job without extra layers (the default)."""
-    job = wait_for(vclient, keys.alice, submit(vclient, keys.alice, wide_pair).json()["id"])
-    assert job["state"] == "succeeded", job
-    return job
+    return stained(vclient, keys.alice, wide_pair)
 
 
 def tile_url(job: dict[str, Any], level: int, column: int, row: int, layer: str = "stain") -> str:
