@@ -19,6 +19,7 @@ import numpy as np
 from service.core.colour import find_colour_card, load_colour_target
 from service.core.filters import median3x3
 from service.core.models import OnnxModel
+from service.core.quality import box_blur
 from training.data import load_split_with_cases
 from training.domains import chain_view, normalise_mode
 from training.metrics import gray_metrics
@@ -31,13 +32,13 @@ from training.stain_eval import (
     reference_fits,
     reference_spread,
 )
-from training.synthetic import SPECKLE_STD, box_mean, read_gray_unit, synthesize_confocal
+from training.synthetic import SPECKLE_STD, read_gray_unit, synthesize_confocal
 
 
 def lee_filter(noisy: np.ndarray, window_px: int = 7, noise_cv: float = SPECKLE_STD) -> np.ndarray:
     """Lee's filter for multiplicative noise with a known coefficient of variation."""
-    mean = box_mean(noisy, window_px)
-    var = np.maximum(box_mean(noisy * noisy, window_px) - mean * mean, 0.0)
+    mean = box_blur(noisy, window_px)
+    var = np.maximum(box_blur(noisy * noisy, window_px) - mean * mean, 0.0)
     signal_var = np.maximum((var - (mean * noise_cv) ** 2) / (1.0 + noise_cv**2), 0.0)
     gain = signal_var / np.maximum(var, 1e-12)
     return (mean + gain * (noisy - mean)).astype(np.float32)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.core.quality import box_blur
+
 # Ruifrok & Johnston (2001) stain vectors (optical density per RGB channel), as in scikit-image.
 HEMATOXYLIN_OD = (0.65, 0.70, 0.29)
 EOSIN_OD = (0.07, 0.99, 0.11)
@@ -66,22 +68,6 @@ def deconvolve_he(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(conc[..., 0]), np.ascontiguousarray(conc[..., 1])
 
 
-def box_mean(image: np.ndarray, size_px: int) -> np.ndarray:
-    """Mean over ``size_px`` x ``size_px`` windows (edge-padded), via an integral image."""
-    radius = size_px // 2
-    padded = np.pad(image.astype(np.float64), radius + 1, mode="edge")
-    integral = padded.cumsum(0).cumsum(1)
-    height, width = image.shape
-    lo_y, lo_x, hi_y, hi_x = 0, 0, size_px, size_px
-    total = (
-        integral[hi_y : hi_y + height, hi_x : hi_x + width]
-        - integral[lo_y : lo_y + height, hi_x : hi_x + width]
-        - integral[hi_y : hi_y + height, lo_x : lo_x + width]
-        + integral[lo_y : lo_y + height, lo_x : lo_x + width]
-    )
-    return (total / (size_px * size_px)).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class ConfocalStats:
     """Intensity statistics of one confocal mode in [0, 1] (what we match synthetic data to)."""
@@ -97,8 +83,8 @@ class ConfocalStats:
 def confocal_stats(image: np.ndarray) -> ConfocalStats:
     """Median, 99th percentile and local contrast of a ``(H, W)`` image in [0, 1]."""
     values = image.astype(np.float32)
-    mean = box_mean(values, LOCAL_WINDOW_PX)
-    square = box_mean(values * values, LOCAL_WINDOW_PX)
+    mean = box_blur(values, LOCAL_WINDOW_PX)
+    square = box_blur(values * values, LOCAL_WINDOW_PX)
     std = np.sqrt(np.maximum(square - mean * mean, 0.0))
     tissue = mean > TISSUE_LOCAL_MEAN
     contrast = float(np.median(std[tissue] / mean[tissue])) if tissue.any() else 0.0
