@@ -157,8 +157,19 @@ def fit_colour(data_root: str, slide: str, card_path: str) -> None:
 @click.option("--name", default=None, help="card name (default: role and size)")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--notes", default="", help="free text for the card (e.g. training caveats)")
+@click.option(
+    "--off-by-default",
+    is_flag=True,
+    help='card says "default": false: installed, but it runs only when --stages names it',
+)
 def export(
-    role: str, checkpoint_dir: str, onnx_path: str | None, name: str | None, which: str, notes: str
+    role: str,
+    checkpoint_dir: str,
+    onnx_path: str | None,
+    name: str | None,
+    which: str,
+    notes: str,
+    off_by_default: bool,
 ) -> None:
     """Export a checkpoint to ONNX (checked against torch) + its model card."""
     from training.cards import despeckle_card_info, generator_card_info
@@ -180,6 +191,7 @@ def export(
             folder, details, name or f"generator-ngf{generator.ngf}-b{generator.n_blocks}"
         )
     info.notes = notes
+    info.default = not off_by_default
     card = export_model(model, out, info)
     click.echo(f"wrote {out} ({card['parameters']} parameters, halo {card['halo_px']} px)")
 

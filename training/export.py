@@ -48,6 +48,7 @@ class CardInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     licence: str = ""
     notes: str = ""
+    default: bool = True  # False: installed but out of the default chain (one --stages away)
 
 
 def _session(path: Path) -> Any:
@@ -169,6 +170,8 @@ def build_card(model: nn.Module, onnx_path: Path, info: CardInfo) -> dict[str, A
     }
     if info.notes:
         card["notes"] = info.notes
+    if not info.default:
+        card["default"] = False
     return card
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from service.core.models import discover_stage_models
+from service.core.models import discover_stage_models, stages_off_by_default
 from training.cli import main
 
 
@@ -35,8 +35,13 @@ def test_prepare_train_export_evaluate(fake_data_root: Path, tmp_path: Path) -> 
         "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--stage-crops", "32,48",
         "--stage-steps", "1,1", "--checkpoint-every", "1", "--threads", "1",
     ])  # fmt: skip
-    run(["export", "generator", str(tmp_path / "c"), "--out", str(models / "generator.onnx")])
-    assert set(discover_stage_models(models)) == {"despeckle", "generator", "colour"}
+    run([
+        "export", "generator", str(tmp_path / "c"), "--out", str(models / "generator.onnx"),
+        "--off-by-default",
+    ])  # fmt: skip
+    found = discover_stage_models(models)
+    assert set(found) == {"despeckle", "generator", "colour"}
+    assert stages_off_by_default(found) == ("generator",)  # installed, one flag away
     card = json.loads((models / "generator.json").read_text())
     assert card["architecture"].endswith("upsample=resize)")  # no transposed convolutions
     assert card["splits"]["counts"]["train_skin"]["cases"] == 2 and card["licence"]
