@@ -148,14 +148,13 @@ class ColourTarget:
         try:
             if data["role"] != COLOUR_ROLE:
                 raise ModelError(f"not a colour card: role {data['role']!r}")
+            # shapes and positive stds: the schema (service.core.cards); definiteness: here
             mean = tuple(float(v) for v in data["lab_mean"])
             std = tuple(float(v) for v in data["lab_std"])
-            if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-                raise ModelError(f"colour card needs 3 means and 3 positive stds: {mean} {std}")
             cov = None
             if "lab_cov" in data:
                 matrix = np.asarray(data["lab_cov"], np.float64)
-                if matrix.shape != (3, 3) or np.linalg.eigvalsh((matrix + matrix.T) / 2).min() <= 0:
+                if np.linalg.eigvalsh((matrix + matrix.T) / 2).min() <= 0:
                     raise ModelError("colour card lab_cov must be a positive definite 3 x 3")
                 cov = tuple(tuple(float(v) for v in row) for row in matrix)
             known = {"name", "version", "role", "lab_mean", "lab_std", "lab_cov"}

@@ -201,8 +201,13 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
             except OSError as exc:
                 raise OutputError(f"cannot write the thumbnail: {exc.strerror}") from exc
         public = report.public(files.result_dir(job.id))
-        size_bytes = result.stat().st_size
-        published = (result_name, report.output_sha256, size_bytes, thumb_name, report.tiles.total)
+        published = (
+            result_name,
+            report.output_sha256,
+            report.output_bytes,
+            thumb_name,
+            report.tiles.total,
+        )
         # The extra layers were published (under this attempt's names) before the stain; they
         # become the job's in this same transaction, named in its report.
         if not store.succeed(job.id, lease, public, *published):
