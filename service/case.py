@@ -11,7 +11,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-CASE_FIELDS = ("label", "external_id")
+PATIENT_FIELDS = ("patient_id", "patient_name", "study_instance_uid", "accession_number")
+CASE_FIELDS = ("label", "external_id", *PATIENT_FIELDS)
 LABEL_MAX_CHARS = 200
 EXTERNAL_ID_MAX_CHARS = 64
 # Accession numbers as hospital systems print them ("S24-01234", "HP 2024/0193"): ASCII letters
@@ -49,12 +50,79 @@ def check_external_id(value: str | None) -> str | None:
     return value
 
 
+# DICOM value representations of the patient and study fields (PS3.5 6.2): LO and SH are one
+# line without a backslash, PN is up to five ^-separated name components, UI is dotted digits.
+_UID = re.compile(r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+$")
+_VR_MAX_CHARS = {"patient_id": 64, "patient_name": 64, "accession_number": 16}
+
+
+def _check_dicom_text(field: str, value: str | None) -> str | None:
+    """A DICOM string (LO, PN or SH): stripped, within its length, printable, no backslash."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    limit = _VR_MAX_CHARS[field]
+    if len(value) > limit:
+        raise ValueError(f"{field} has at most {limit} characters (its DICOM VR)")
+    if "\\" in value or any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in value):
+        raise ValueError(f"{field} is one line of printable text without a backslash")
+    if field == "patient_name" and ("=" in value or value.count("^") > 4):
+        raise ValueError("patient_name is Family^Given^Middle^Prefix^Suffix (at most 4 ^, no =)")
+    return value
+
+
+def check_study_uid(value: str | None) -> str | None:
+    """A DICOM UID: digits in dot-separated components without leading zeros, <= 64 chars."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if len(value) > 64 or not _UID.fullmatch(value):
+        raise ValueError(
+            "study_instance_uid is a DICOM UID: at most 64 characters, digits in "
+            "dot-separated components without leading zeros"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Patient:
+    """The patient and study a DICOM output is filed under in the archive (all optional; they
+    identify a patient: stored with the job, written into DICOM, never logged, purged)."""
+
+    patient_id: str | None = None
+    patient_name: str | None = None
+    study_instance_uid: str | None = None
+    accession_number: str | None = None
+
+    @classmethod
+    def checked(cls, **fields: str | None) -> Patient:
+        """Each field through its DICOM VR check; ValueError naming the field, not the value."""
+        unknown = set(fields) - set(PATIENT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown patient field(s) {', '.join(sorted(unknown))}")
+        return cls(
+            patient_id=_check_dicom_text("patient_id", fields.get("patient_id")),
+            patient_name=_check_dicom_text("patient_name", fields.get("patient_name")),
+            study_instance_uid=check_study_uid(fields.get("study_instance_uid")),
+            accession_number=_check_dicom_text("accession_number", fields.get("accession_number")),
+        )
+
+    def to_json(self) -> dict[str, str] | None:
+        """The stored form: only the stated fields; None when none is."""
+        stated = {k: v for k, v in vars(self).items() if v is not None}
+        return stated or None
+
+
+NO_PATIENT = Patient()
+
+
 @dataclass(frozen=True)
 class Case:
-    """The case one slide belongs to, as its submitter named it (both optional)."""
+    """The case one slide belongs to, as its submitter named it (all optional)."""
 
     label: str | None = None
     external_id: str | None = None
+    patient: Patient = NO_PATIENT
 
     @classmethod
     def checked(cls, label: str | None, external_id: str | None) -> Case:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn, cast
 
@@ -17,7 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from service.case import Case
+from service.case import Case, Patient
 from service.config import get_settings
 from service.errors import DscmError, InputError, OutputError
 from service.options import (
@@ -29,6 +30,7 @@ from service.options import (
     RCM_DETECTOR,
     STAGES,
     JobOptions,
+    OutputFormat,
     StageName,
 )
 from service.progress import overall_progress
@@ -60,7 +62,13 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
 @click.argument("scan_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--rcm", type=click.Path(path_type=Path), help="Reflectance image (with --fcm).")
 @click.option("--fcm", type=click.Path(path_type=Path), help="Fluorescence image (with --rcm).")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output TIFF.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output TIFF (a folder with --format dicom).",
+)
 @click.option(
     "--stages",
     help=f"Comma-separated subset of {','.join(STAGES)} "
@@ -95,6 +103,10 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
     "--label", help="The case's label (one line, at most 200 characters), in the TIFF description."
 )
 @click.option("--external-id", help="The hospital's accession number, in the TIFF description.")
+@click.option("--patient-id", help="DICOM output: Patient ID (at most 64 characters).")
+@click.option("--patient-name", help="DICOM output: Patient's Name (Family^Given).")
+@click.option("--study-uid", help="DICOM output: the Study Instance UID to file the series under.")
+@click.option("--accession-number", help="DICOM output: Accession Number (at most 16 characters).")
 @click.option("--rcm-detector", default=RCM_DETECTOR, show_default=True)
 @click.option("--fcm-detector", default=FCM_DETECTOR, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
@@ -112,21 +124,31 @@ def stain(
     threads: int | None,
     compression: Literal["jpeg", "lossless"],
     quality: int,
-    output_format: Literal["tiff", "ome-tiff"],
+    output_format: OutputFormat,
     label: str | None,
     external_id: str | None,
+    patient_id: str | None,
+    patient_name: str | None,
+    study_uid: str | None,
+    accession_number: str | None,
     rcm_detector: str,
     fcm_detector: str,
     as_json: bool,
 ) -> None:
-    """Stain an RCM/FCM pair (--rcm/--fcm) or a Vivascope SCAN_DIR into a pyramidal TIFF."""
+    """Stain an RCM/FCM pair (--rcm/--fcm) or a Vivascope SCAN_DIR into a pyramidal TIFF (or
+    a DICOM whole-slide series, with its TIFF pyramid beside it)."""
     from service.pipeline import StainSpec, stain_slide
 
     try:
         inputs = stain_inputs(scan_dir, rcm, fcm, rcm_detector, fcm_detector)
-        check_output_path(output, overwrite)
         try:
-            case = Case.checked(label, external_id)
+            patient = Patient.checked(
+                patient_id=patient_id,
+                patient_name=patient_name,
+                study_instance_uid=study_uid,
+                accession_number=accession_number,
+            )
+            case = replace(Case.checked(label, external_id), patient=patient)
         except ValueError as exc:  # the message names the rule, never the value
             raise InputError(f"{exc}") from exc
         options = JobOptions(
@@ -136,6 +158,7 @@ def stain(
             jpeg_quality=quality,
             mpp_um=mpp_um,
         )
+        check_output_path(output, overwrite, options)
         spec = StainSpec.from_settings(
             get_settings(),
             options,
@@ -166,8 +189,12 @@ def print_stain_result(report: StainReport, output: Path, as_json: bool) -> None
         return
     seconds, tiles = report.timings_s["total"], report.tiles
     flag = f"; {report.qc['flag']}" if report.qc.get("flag") else ""
+    written = f"{output}"
+    if report.dicom is not None:
+        instances = len(report.dicom["instances"])
+        written = f"{output}/ (DICOM series, {instances} instances) and {report.output}"
     click.echo(
-        f"wrote {output} ({len(report.levels)} levels, stages {','.join(report.stages)}, "
+        f"wrote {written} ({len(report.levels)} levels, stages {','.join(report.stages)}, "
         f"{tiles.computed}/{tiles.total} tiles computed, {seconds:.1f} s{flag})",
         err=True,
     )
@@ -195,14 +222,24 @@ def stain_inputs(
 OUTPUT_SUFFIXES = (".tif", ".tiff")
 
 
-def check_output_path(output: Path, overwrite: bool) -> None:
-    """The output is a TIFF by name, and an existing file is replaced only when asked."""
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+def check_output_path(output: Path, overwrite: bool, options: JobOptions) -> None:
+    """The output is a TIFF by name (a DICOM series: a folder, not named .tif), and an
+    existing output is replaced only when asked."""
+    is_tiff_name = output.suffix.lower() in OUTPUT_SUFFIXES
+    if options.output_format == "dicom" and is_tiff_name:
+        raise InputError(
+            f"{output.name}: a DICOM series is a folder of instances; name it without .tif "
+            "(its TIFF pyramid is written beside it)"
+        )
+    if options.output_format != "dicom" and not is_tiff_name:
         raise InputError(
             f"{output.name}: the output is a pyramidal TIFF; name it .tif or .tiff (or .ome.tif)"
         )
-    if output.exists() and not overwrite:
-        raise OutputError(f"{output} exists; pass --overwrite to replace it")
+    if output.is_file() and options.output_format == "dicom":
+        raise OutputError(f"{output} is a file; a DICOM series needs a folder")
+    for path in {output, options.pyramid_path(output)}:
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path} exists; pass --overwrite to replace it")
 
 
 class ProgressBar:

@@ -9,7 +9,14 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.options import MPP_RANGE_UM
+from service.integrations import (
+    NO_INTEGRATION,
+    Destination,
+    IpNetwork,
+    TenantIntegration,
+    check_destinations,
+)
+from service.options import DEFAULT_UID_ROOT, MPP_RANGE_UM
 
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
@@ -137,6 +144,44 @@ class Settings(BaseSettings):
         default=1.0, gt=0, le=10, description="How long /readyz waits for Celery workers' pongs"
     )
 
+    # ---- delivery to PACS destinations and webhooks (service.delivery; docs/operations.md) ----
+    destinations: list[Destination] = Field(
+        default_factory=list, description="DICOMweb STOW-RS destinations, as JSON"
+    )
+    tenants: dict[str, TenantIntegration] = Field(
+        default_factory=dict,
+        description="Per tenant, as JSON: allowed destinations, default, webhook, callback hosts",
+    )
+    dispatch_interval_s: float = Field(
+        default=2.0, gt=0, le=300, description="How often a dispatcher looks for due work"
+    )
+    delivery_max_attempts: int = Field(default=8, ge=1, le=100)
+    delivery_retry_base_s: float = Field(
+        default=30.0, gt=0, description="First retry delay of a delivery; doubles each time"
+    )
+    delivery_retry_max_s: float = Field(default=3600.0, gt=0, description="Cap on that delay")
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    webhook_retry_base_s: float = Field(
+        default=10.0, gt=0, description="First retry delay of a webhook event; doubles each time"
+    )
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0, description="Cap on that delay")
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="A receiver must answer within this"
+    )
+    webhook_allowed_networks: list[IpNetwork] = Field(
+        default_factory=list,
+        description="Private, loopback or link-local networks webhooks may still reach "
+        "(everything else in those ranges is refused)",
+    )
+
+    dicom_uid_root: str = Field(
+        default=DEFAULT_UID_ROOT,
+        max_length=40,
+        pattern=r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*\.$",
+        description="The organisation's UID root for DICOM output (ends with a dot); the "
+        "default is pydicom's, for trials: a site registers its own",
+    )
+
     @model_validator(mode="after")
     def _check_service_timing(self) -> Settings:
         if self.visibility_timeout_s is not None and (
@@ -147,6 +192,7 @@ class Settings(BaseSettings):
             raise ValueError("stale_after_s must be more than twice heartbeat_interval_s")
         if self.orphan_grace_s <= self.upload_idle_timeout_s:
             raise ValueError("orphan_grace_s must be above upload_idle_timeout_s")
+        check_destinations(self.destinations, self.tenants)
         return self
 
     @property
@@ -160,6 +206,13 @@ class Settings(BaseSettings):
     @property
     def effective_api_keys_file(self) -> Path:
         return self.api_keys_file or self.storage_dir / "api-keys.json"
+
+    def integration(self, tenant: str) -> TenantIntegration:
+        """The tenant's destinations and webhooks (none configured: nothing allowed)."""
+        return self.tenants.get(tenant, NO_INTEGRATION)
+
+    def destination(self, name: str) -> Destination | None:
+        return next((d for d in self.destinations if d.name == name), None)
 
 
 @lru_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from service.errors import InputError
@@ -15,7 +16,7 @@ from service.errors import InputError
 StageName = Literal["despeckle", "median", "gareau", "colour", "generator"]
 ExtraLayer = Literal["gareau", "fcm", "rcm"]  # kept beside the stain when asked (viewer layers)
 ViewLayer = Literal["stain", ExtraLayer]
-OutputFormat = Literal["tiff", "ome-tiff"]
+OutputFormat = Literal["tiff", "ome-tiff", "dicom"]
 Compression = Literal["jpeg", "lossless"]
 
 STAGES: tuple[StageName, ...] = get_args(StageName)  # in the order the chain runs them
@@ -23,14 +24,20 @@ EXTRA_LAYERS: tuple[ExtraLayer, ...] = get_args(ExtraLayer)
 VIEW_LAYERS: tuple[ViewLayer, ...] = get_args(ViewLayer)
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 COMPRESSIONS: tuple[Compression, ...] = get_args(Compression)
-RESULT_SUFFIX: dict[OutputFormat, str] = {"tiff": ".tiff", "ome-tiff": ".ome.tiff"}
-RESULT_MEDIA_TYPE = "image/tiff"  # both formats are TIFF files
-MPP_RANGE_UM = (0.05, 50.0)  # a pixel size anyone may state
+# A dicom result is a folder of instances (one per level); the TIFF pyramid it is made from is
+# kept beside it (pyramid_path) for dscm's viewer and QuPath.
+RESULT_SUFFIX: dict[OutputFormat, str] = {"tiff": ".tiff", "ome-tiff": ".ome.tiff", "dicom": ".dcm"}
+RESULT_MEDIA_TYPE = "image/tiff"  # the media type of every pyramid (the TIFF formats' result)
+# The pixel sizes a confocal microscope makes, from a high-NA objective sampled at Nyquist
+# (0.1 um/px) to a low-magnification mosaic (5 um/px; the Vivascope 2500 scans at 0.75):
+# a stated pixel size or resolution tag outside is refused, never resampled into the pixel limit.
+MPP_RANGE_UM = (0.1, 5.0)
 # A Vivascope scan folder holds one image per detector: <scan>/<detector>/highres_raw.tif.
 # Public code of the instrument's users disagrees on which is which, so callers may swap them.
 RCM_DETECTOR = "DET#1"
 FCM_DETECTOR = "DET#2"
 JPEG_QUALITY_RANGE = (1, 100)
+DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; sites set DSCM_DICOM_UID_ROOT
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,11 @@ class JobOptions:
         check_names("layer", self.layers, EXTRA_LAYERS)
         check_names("output format", (self.output_format,), OUTPUT_FORMATS)
         check_names("compression", (self.compression,), COMPRESSIONS)
+        if self.output_format == "dicom" and self.compression != "jpeg":
+            raise InputError(
+                "output_format dicom is JPEG baseline (the archive's whole-slide viewers read "
+                "it); lossless compression is for tiff and ome-tiff"
+            )
         low, high = JPEG_QUALITY_RANGE
         if not low <= self.jpeg_quality <= high:
             raise InputError(f"jpeg_quality must be {low}-{high}, got {self.jpeg_quality}")
@@ -76,18 +88,36 @@ class JobOptions:
 
     @property
     def result_suffix(self) -> str:
-        """The suffix of the published result (``.tiff`` or ``.ome.tiff``)."""
+        """The suffix of the published result (``.tiff``, ``.ome.tiff``, ``.dcm`` folder)."""
         return RESULT_SUFFIX[self.output_format]
+
+    @property
+    def pyramid_suffix(self) -> str:
+        """The suffix of the stain's TIFF pyramid (``.tiff`` beside a DICOM series)."""
+        return RESULT_SUFFIX[self.layer_format]
+
+    @property
+    def layer_format(self) -> OutputFormat:
+        """The format of the extra (gray and Gareau) layers: TIFF beside a DICOM series."""
+        return "tiff" if self.output_format == "dicom" else self.output_format
+
+    def pyramid_path(self, output: Path) -> Path:
+        """Where the stained TIFF pyramid of ``output`` is: ``output`` itself for the TIFF
+        formats; beside a DICOM series folder ``out`` as ``out.tiff`` (the series is made
+        from it, the viewer and QuPath read it)."""
+        if self.output_format == "dicom":
+            return output.with_name(f"{output.name}.tiff")
+        return output
 
 
 _FIELDS = frozenset(JobOptions.__dataclass_fields__)
 
 
-def check_mpp_um(name: str, value: float | None) -> None:
-    """A stated pixel size must be one a microscope could have."""
+def check_mpp_um(name: str, value: float | None, hint: str = "") -> None:
+    """A stated pixel size must be one a confocal microscope makes (MPP_RANGE_UM)."""
     low, high = MPP_RANGE_UM
     if value is not None and not low <= value <= high:
-        raise InputError(f"{name} must be {low}-{high} um/px, got {value}")
+        raise InputError(f"{name} must be {low}-{high} um/px, got {value:g}{hint}")
 
 
 def check_names(what: str, given: Iterable[str], known: tuple[str, ...]) -> None:

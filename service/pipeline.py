@@ -16,7 +16,15 @@ from service.config import Settings
 from service.core.backends import choose_backend
 from service.core.chain import StainChain, resolve_stages, round_up
 from service.core.colour import ColourTarget, load_colour_target
-from service.core.grid import Tile, tile_grid, tissue_mask, tissue_tiles
+from service.core.grid import (
+    RESAMPLE_TOLERANCE,
+    Tile,
+    check_work_pixels,
+    tile_grid,
+    tissue_mask,
+    tissue_tiles,
+    work_size_px,
+)
 from service.core.models import (
     ModelRole,
     OnnxModel,
@@ -27,7 +35,7 @@ from service.core.models import (
 from service.core.normalize import IntensityRange, estimate_range, normalize
 from service.core.quality import faithfulness_qc
 from service.errors import InputError, PixelSizeUnknown
-from service.options import DEFAULT_OPTIONS, JobOptions, check_mpp_um
+from service.options import DEFAULT_OPTIONS, DEFAULT_UID_ROOT, JobOptions, check_mpp_um
 from service.report import StainReport, TileCounts
 from service.slide import (
     OpenedMode,
@@ -42,7 +50,6 @@ from service.tile_reader import TileReader
 ProgressCallback = Callable[[str, int, int], None]
 
 THUMBNAIL_MAX_SIDE_PX = 2048
-RESAMPLE_TOLERANCE = 0.10  # resample when the slide's pixel size differs more than this
 
 
 @dataclass(frozen=True)
@@ -90,10 +97,10 @@ def resolve_pixel_size(info: PairInfo, spec: StainSpec, model_mpp_um: float | No
             "the images carry no pixel size (resolution tags): state it with --mpp "
             "(the API's mpp_um field), or set DSCM_DEFAULT_MPP_UM for this site's scanner"
         )
-    width, height = info.width_px, info.height_px
-    if model_mpp_um is not None and abs(mpp / model_mpp_um - 1.0) > RESAMPLE_TOLERANCE:
-        scale = mpp / model_mpp_um
-        width, height = max(16, round(width * scale)), max(16, round(height * scale))
+    if source == "file":
+        check_mpp_um("the files' resolution tags", mpp, "; state the pixel size with --mpp")
+    width, height = work_size_px(info.width_px, info.height_px, mpp, model_mpp_um)
+    check_work_pixels((info.width_px, info.height_px), (width, height), mpp, spec.max_pixels)
     return PixelSize(mpp, source, model_mpp_um, width, height)  # type: ignore[arg-type]
 
 
@@ -115,6 +122,8 @@ class StainSpec:
     inference: str = "auto"  # service.core.backends: auto, cpu, openvino, cuda
     inference_precision: str = "auto"
     default_mpp_um: float | None = None  # the operator's fallback (DSCM_DEFAULT_MPP_UM)
+    dicom_uid_root: str = DEFAULT_UID_ROOT  # the organisation's UID prefix (DSCM_DICOM_UID_ROOT)
+    uid_seed: str | None = None  # the job id: a DICOM series' UIDs are the same every attempt
 
     def __post_init__(self) -> None:
         if self.tile_px < 64 or self.tile_px % 16:
@@ -142,6 +151,7 @@ class StainSpec:
             "inference": settings.inference,
             "inference_precision": settings.inference_precision,
             "default_mpp_um": settings.default_mpp_um,
+            "dicom_uid_root": settings.dicom_uid_root,
         }
         stated = {key: value for key, value in overrides.items() if value is not None}
         return cls(options=options, case=case, **(machine | stated))
@@ -192,7 +202,8 @@ def stain_slide(
     progress: ProgressCallback | None = None,
     models: ModelSet | None = None,
 ) -> StainReport:
-    """Stain one RCM/FCM pair into a pyramidal TIFF at ``output`` (atomically).
+    """Stain one RCM/FCM pair into a pyramid at ``output`` (atomically): a TIFF or OME-TIFF
+    file, or a DICOM series folder with its TIFF pyramid beside it (JobOptions.pyramid_path).
 
     ``progress(stage, done, total)`` is called between tiles; raising JobCancelled (or any
     error) from it stops the stain and leaves nothing at ``output``.
@@ -349,17 +360,28 @@ class SlideRun:
             info.height_px,
             pixel.mpp_um,
             work_size_px=work_size,
-            description=self.spec.case.description(),
+            case=self.spec.case,
+            uid_root=self.spec.dicom_uid_root,
+            uid_seed=self.spec.uid_seed,
         )
         for layer in self.spec.options.layers:
             self.writers[layer] = PyramidWriter(
-                layer_output_path(output, layer),
+                self.layer_path(layer),
                 info.width_px,
                 info.height_px,
                 pixel.mpp_um,
                 bands=1 if layer in ("fcm", "rcm") else 3,
                 work_size_px=work_size,
             )
+
+    @property
+    def pyramid(self) -> Path:
+        """The stain's TIFF pyramid (the output itself, or beside a DICOM series)."""
+        return self.spec.options.pyramid_path(self.output)
+
+    def layer_path(self, layer: str) -> Path:
+        """An extra layer's pyramid, named after the stain's (``out.gareau.tiff``)."""
+        return layer_output_path(self.pyramid, layer)
 
     def fill_background(self) -> None:
         """Phase 3, background: glass tiles are filled with the glass colour, not computed."""
@@ -396,8 +418,9 @@ class SlideRun:
         options = self.spec.options
         with self._timed("pyramid"):
             self.progress("pyramid", 0, 1)
-            for writer in self.writers.values():
-                writer.save(options.compression, options.jpeg_quality, options.output_format)
+            for name, writer in self.writers.items():
+                output_format = options.output_format if name == "stain" else options.layer_format
+                writer.save(options.compression, options.jpeg_quality, output_format)
             for layer in options.layers:
                 self.writers[layer].publish()
             self.levels = self.writers["stain"].publish()
@@ -408,14 +431,14 @@ class SlideRun:
         for writer in self.writers.values():
             writer.abort()
         for layer in self.spec.options.layers:
-            layer_output_path(self.output, layer).unlink(missing_ok=True)
+            self.layer_path(layer).unlink(missing_ok=True)
 
     def check_faithfulness(self) -> None:
         """Finish: the published stain's overview against Gareau's stain of the same input
         (a stain may recolour but must not invent or erase nuclei)."""
         with self._timed("qc"):
             fcm_unit, rcm_unit = self.thumbs["fcm"], self.thumbs["rcm"]
-            overview = read_overview(self.output, fcm_unit.shape[1], fcm_unit.shape[0])
+            overview = read_overview(self.pyramid, fcm_unit.shape[1], fcm_unit.shape[0])
             self.qc = faithfulness_qc(overview, fcm_unit, rcm_unit)
         self.progress("pyramid", 1, 1)
 
@@ -423,14 +446,15 @@ class SlideRun:
         """Finish: the report of what was done, with the chain's per-stage timings."""
         self.timings.update(self.chain.timer.seconds)
         self.timings["total"] = time.perf_counter() - started
-        output, options, chain = self.output, self.spec.options, self.chain
+        options, chain = self.spec.options, self.chain
         networks = [m for m in (chain.despeckle, chain.generator) if m is not None]
         computed = len(self.todo)
+        series = self.writers["stain"].series
         return StainReport(
             input=self.info.to_dict(),
-            output=str(output),
-            output_sha256=file_sha256(output),
-            output_bytes=output.stat().st_size,
+            output=str(self.pyramid),
+            output_sha256=file_sha256(self.pyramid),
+            output_bytes=self.pyramid.stat().st_size,
             output_format=options.output_format,
             compression=options.compression,
             jpeg_quality=options.jpeg_quality if options.compression == "jpeg" else None,
@@ -454,9 +478,8 @@ class SlideRun:
             timings_s={k: round(v, 4) for k, v in self.timings.items()},
             background_rgb=[int(v) for v in self.background["stain"]],
             qc=self.qc,
-            extra_outputs={
-                layer: str(layer_output_path(output, layer)) for layer in options.layers
-            },
+            extra_outputs={layer: str(self.layer_path(layer)) for layer in options.layers},
+            dicom=series.to_dict() if series is not None else None,
         )
 
 

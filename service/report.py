@@ -51,6 +51,7 @@ class StainReport:
     background_rgb: list[int]
     qc: dict[str, Any]  # the faithfulness check (service.core.quality.faithfulness_qc)
     extra_outputs: dict[str, str]  # layer -> path (the public view: file name)
+    dicom: dict[str, Any] | None = None  # the DICOM series (service.slide.dicom.DicomSeries)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,10 +71,17 @@ class StainReport:
                 raise OutputError(f"the stainer wrote layer {layer!r} outside the job's folder")
             if not path.is_file():
                 raise OutputError(f"the stainer did not publish layer {layer!r}")
+        dicom = self.dicom
+        if dicom is not None:
+            series = Path(dicom["series"])
+            if series.parent.resolve() != result_dir.resolve() or not series.is_dir():
+                raise OutputError("the stainer wrote the DICOM series outside the job's folder")
+            dicom = dicom | {"series": series.name}
         named = replace(
             self,
             output=Path(self.output).name,
             extra_outputs={layer: Path(p).name for layer, p in self.extra_outputs.items()},
+            dicom=dicom,
         )
         return dict(without_server_paths(named.to_dict()))
 
@@ -92,6 +100,13 @@ def without_server_paths(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("/"):
         return PurePosixPath(value).name
     return value
+
+
+def stored_dicom_series(stored: dict[str, Any] | None) -> str | None:
+    """The DICOM series folder a stored (public) report names, if the job wrote one."""
+    dicom = (stored or {}).get("dicom")
+    series = dicom.get("series") if isinstance(dicom, dict) else None
+    return series if isinstance(series, str) else None
 
 
 def stored_layer_files(stored: dict[str, Any] | None) -> dict[str, str]:

@@ -24,8 +24,11 @@ def require_succeeded(job: Job, what: str) -> None:
         raise ApiError(410, "purged", f"the {what} was deleted")
 
 
-def published_path(files: JobFiles, job: Job, name: str | None, what: str) -> Path:
-    """The path of a file the job published, or the API error that says why there is none."""
+def published_path(
+    files: JobFiles, job: Job, name: str | None, what: str, folder: bool = False
+) -> Path:
+    """The path of a file (or, with ``folder``, a DICOM series folder) the job published, or
+    the API error that says why there is none."""
     require_succeeded(job, what)
     if name is None:
         raise ApiError(410, "purged", f"the {what} was deleted")
@@ -33,6 +36,6 @@ def published_path(files: JobFiles, job: Job, name: str | None, what: str) -> Pa
         path = files.published_file(job.id, name)
     except ValueError as exc:  # a record naming something outside the job's folder
         raise ApiError(410, "purged", f"the {what} is not stored") from exc
-    if not path.is_file():
+    if not (path.is_dir() if folder else path.is_file()):
         raise ApiError(410, "purged", f"the {what} is no longer stored")
     return path

@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from service.case import (
     EXTERNAL_ID_MAX_CHARS,
     EXTERNAL_ID_PATTERN,
     LABEL_MAX_CHARS,
+    Patient,
     check_external_id,
     check_label,
 )
+from service.integrations import NAME_PATTERN
 from service.jobs.job import JobState
 from service.options import (
     DEFAULT_OPTIONS,
@@ -52,6 +54,17 @@ class JobCreate(BaseModel):
         description="Pixel size in um; overrides the files' resolution tags (required when "
         "they have none and the operator set no DSCM_DEFAULT_MPP_UM)",
     )
+    deliver_to: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="DICOM jobs: the destination (PACS) to deliver the series to, one the "
+        "operator allows the tenant; default: the tenant's default destination",
+    )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Also send this job's signed events here (a host the operator allows)",
+    )
 
     @field_validator("stages", "layers", mode="before")
     @classmethod
@@ -68,7 +81,15 @@ class JobCreate(BaseModel):
     def _unique_layers(cls, value: list[ExtraLayer] | None) -> list[ExtraLayer] | None:
         return list(dict.fromkeys(value)) if value else None
 
-    @field_validator("output_format", "compression", "jpeg_quality", "mpp_um", mode="before")
+    @field_validator(
+        "output_format",
+        "compression",
+        "jpeg_quality",
+        "mpp_um",
+        "deliver_to",
+        "callback_url",
+        mode="before",
+    )
     @classmethod
     def _single(cls, value: Any) -> Any:
         if isinstance(value, list):
@@ -95,6 +116,39 @@ class CaseIdentity(BaseModel):
         pattern=EXTERNAL_ID_PATTERN,
         description="The hospital's accession number; GET /v1/jobs?external_id= finds the job",
     )
+
+    patient_id: str | None = Field(
+        default=None, description="DICOM output: Patient ID (LO, at most 64 characters)"
+    )
+    patient_name: str | None = Field(
+        default=None,
+        description="DICOM output: Patient's Name (PN: Family^Given^Middle^Prefix^Suffix)",
+    )
+    study_instance_uid: str | None = Field(
+        default=None,
+        description="DICOM output: the study to file the series under (a UID); default a new one",
+    )
+    accession_number: str | None = Field(
+        default=None, description="DICOM output: Accession Number (SH, at most 16 characters)"
+    )
+
+    @field_validator(
+        "patient_id", "patient_name", "study_instance_uid", "accession_number", mode="before"
+    )
+    @classmethod
+    def _patient(cls, value: Any, info: ValidationInfo) -> Any:
+        value = _one(value)
+        if not isinstance(value, str):
+            return value
+        stated = Patient.checked(**{str(info.field_name): value})
+        return getattr(stated, str(info.field_name))
+
+    @property
+    def patient(self) -> Patient:
+        """The DICOM patient and study fields as the job stores them."""
+        return Patient(
+            self.patient_id, self.patient_name, self.study_instance_uid, self.accession_number
+        )
 
     @field_validator("label", mode="before")
     @classmethod
@@ -149,6 +203,18 @@ class JobResultPublic(BaseModel):
     media_type: str
 
 
+class DeliveryPublic(BaseModel):
+    """The job's delivery to a PACS (service.delivery); it never changes the stain result."""
+
+    destination: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="When a pending delivery tries next")
+    instances: int | None = Field(description="Instances stored by the last delivery")
+
+
 class JobLinks(BaseModel):
     self: str
     result: str
@@ -178,6 +244,9 @@ class JobPublic(BaseModel):
     error: JobError | None
     layers: list[ViewLayer] = Field(
         description="Layers the viewer can show (Deep Zoom), once the job succeeded"
+    )
+    delivery: DeliveryPublic | None = Field(
+        default=None, description="Delivery of the DICOM series to a PACS, if the job has one"
     )
     links: JobLinks
 

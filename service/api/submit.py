@@ -16,13 +16,16 @@ from starlette.requests import Request
 
 from service.api.auth import Principal
 from service.api.metrics import UPLOAD_BYTES
+from service.api.outbound import Outbound, check_outbound
 from service.api.problems import ApiError
 from service.api.schemas import CaseIdentity, JobCreate
 from service.api.services import Services
 from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
 from service.case import CASE_FIELDS
+from service.core.grid import check_work_pixels, work_size_px
 from service.errors import DscmError, InputError, ModelError, PixelSizeUnknown
 from service.jobs.job import Job, NewJob, new_job_id
+from service.options import check_mpp_um
 
 if TYPE_CHECKING:
     from service.slide import PairInfo
@@ -72,16 +75,19 @@ def fingerprint(form: ReceivedForm, options: JobCreate, case: CaseIdentity) -> s
         "fcm": form.files["fcm"].sha256,
         "options": _fingerprinted_options(options),
     }
-    if case.label is not None or case.external_id is not None:  # old keys still replay
-        request["case"] = case.model_dump(mode="json")
+    stated = case.model_dump(mode="json", exclude_none=True)
+    if stated:  # keys recorded before the case (or the patient) fields existed still replay
+        request["case"] = {"label": case.label, "external_id": case.external_id, **stated}
     canonical = json.dumps(request, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _fingerprinted_options(options: JobCreate) -> dict[str, Any]:
     dumped = options.model_dump(mode="json")
-    if dumped.get("layers") is None:  # as before the option existed: old keys still replay
-        dumped.pop("layers", None)
+    # As before these options existed, so that old keys still replay.
+    for name in ("layers", "deliver_to", "callback_url"):
+        if dumped.get(name) is None:
+            dumped.pop(name, None)
     return dumped
 
 
@@ -127,10 +133,13 @@ async def accept_job(
             if earlier is not None:
                 return earlier, True
         check_stages(submission.options, services)
+        outbound = await run_in_threadpool(
+            check_outbound, submission.options, principal.tenant, services.settings
+        )
         info = await probe_upload(submission.form, services)
-        check_pixel_size(info, submission.options, services)
+        await check_pixel_size(info, submission.options, services)
         job, replayed = await record_job(
-            services, temp, submission, info, principal.tenant, idempotency_key
+            services, temp, submission, info, principal.tenant, idempotency_key, outbound
         )
         if not replayed:
             log.info(
@@ -183,12 +192,22 @@ async def probe_upload(form: ReceivedForm, services: Services) -> PairInfo:
         raise
 
 
-def check_pixel_size(info: PairInfo, options: JobCreate, services: Services) -> None:
-    """Refuse, at submit time, a pair whose pixel size nobody states (the worker would fail)."""
-    if info.mpp_um is None and options.mpp_um is None and services.settings.default_mpp_um is None:
+async def check_pixel_size(info: PairInfo, options: JobCreate, services: Services) -> None:
+    """Refuse, at submit time, what the worker would refuse: a pair whose pixel size nobody
+    states or no confocal microscope makes, and one whose resampled size exceeds the limit."""
+    settings = services.settings
+    mpp_um = options.mpp_um or info.mpp_um or settings.default_mpp_um
+    if mpp_um is None:
         raise PixelSizeUnknown(
             "the images carry no pixel size (resolution tags): send the mpp_um field"
         )
+    if options.mpp_um is None and info.mpp_um is not None:
+        check_mpp_um("the files' resolution tags", mpp_um, "; send the mpp_um field")
+    model_mpp_um = await run_in_threadpool(
+        services.stainer.trained_mpp_um, options.stages, settings.models_dir
+    )
+    work_px = work_size_px(info.width_px, info.height_px, mpp_um, model_mpp_um)
+    check_work_pixels((info.width_px, info.height_px), work_px, mpp_um, settings.max_pixels)
 
 
 async def record_job(
@@ -198,9 +217,11 @@ async def record_job(
     info: PairInfo,
     tenant: str,
     idempotency_key: str | None,
+    outbound: Outbound | None = None,
 ) -> tuple[Job, bool]:
-    """Move the upload under a new job id and record the job durably: ``(job, replayed)``,
-    replayed when a concurrent request with the same Idempotency-Key recorded it first."""
+    """Move the upload under a new job id and record the job durably, with its delivery and
+    webhook records (``outbound``): ``(job, replayed)``, replayed when a concurrent request
+    with the same Idempotency-Key recorded it first."""
     job_id = new_job_id()
     upload_dir = services.files.adopt_upload(temp, job_id)
     new = NewJob(
@@ -212,9 +233,11 @@ async def record_job(
         idempotency_key=idempotency_key,
         label=submission.case.label,
         external_id=submission.case.external_id,
+        patient=submission.case.patient.to_json(),
     )
     try:
-        job, created = await run_in_threadpool(services.store.create, new)
+        related = outbound.rows(job_id, tenant) if outbound else []
+        job, created = await run_in_threadpool(services.store.create, new, related)
     except BaseException:
         shutil.rmtree(upload_dir, ignore_errors=True)
         raise

@@ -81,6 +81,8 @@ class JobRow(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # DICOM patient and study fields (service.case.Patient): never logged, cleared on purge.
+    patient: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_detail: Mapped[str | None] = mapped_column(Text, default=None)
     result_name: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -3,6 +3,7 @@
     <storage_dir>/uploads/<job id>/{rcm,fcm}<suffix>   inputs, written by the API
     <results_dir>/<job id>/<lease>.tiff|.jpg           outputs, one private name per attempt
     <results_dir>/<job id>/<lease>.<layer>.tiff        extra layers (gareau, fcm, rcm), if asked
+    <results_dir>/<job id>/<lease>.dcm/level-<n>.dcm   a DICOM series; its pyramid <lease>.dcm.tiff
     <storage_dir>/tmp/upload-<uuid>/                    uploads still being received
 
 Paths are built only from validated job ids and names this module makes, never from client text.
@@ -86,7 +87,10 @@ class JobFiles:
             raise ValueError(f"bad lease {lease!r}")
         folder = self.result_dir(job_id)
         for path in folder.glob(f"{lease}.*"):
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():  # a DICOM series
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: another attempt's or published files
             folder.rmdir()
 
@@ -142,6 +146,11 @@ class JobFiles:
                 probe.unlink(missing_ok=True)
         free_bytes = shutil.disk_usage(self.tmp).free
         return f"{free_bytes / 2**30:.1f} GiB free for uploads"
+
+
+def series_files(folder: Path) -> list[Path]:
+    """The instances of a published DICOM series, level 0 first (``level-<n>.dcm``)."""
+    return sorted(folder.glob("*.dcm"), key=lambda p: (len(p.name), p.name))
 
 
 def last_write_s(folder: Path) -> float:

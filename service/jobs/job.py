@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from service.case import Case
+from service.case import Case, Patient
 from service.options import JobOptions
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -56,6 +56,7 @@ class Job:
     options: dict[str, Any]
     inputs: dict[str, Any]
     report: dict[str, Any] | None
+    patient: dict[str, Any] | None
     error_code: str | None
     error_detail: str | None
     result_name: str | None
@@ -82,7 +83,7 @@ class Job:
     @property
     def case(self) -> Case:
         """The case it belongs to (written into the output's description; service.case)."""
-        return Case(self.label, self.external_id)
+        return Case(self.label, self.external_id, Patient(**(self.patient or {})))
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,4 @@ class NewJob:
     idempotency_key: str | None = None
     label: str | None = None
     external_id: str | None = None
+    patient: dict[str, Any] | None = None  # service.case.Patient.to_json()

@@ -45,6 +45,7 @@ class StainRequest:
     output: Path
     options: JobOptions
     case: Case
+    uid_seed: str | None = None  # the job id: a DICOM series keeps its UIDs across attempts
 
 
 class Stainer(Protocol):
@@ -67,6 +68,9 @@ class Stainer(Protocol):
 
     def check_stages(self, stages: Sequence[str] | None, models_dir: Path) -> None:
         """Raise InputError for an impossible stage list, ModelError for a missing model."""
+
+    def trained_mpp_um(self, stages: Sequence[str] | None, models_dir: Path) -> float | None:
+        """The pixel size the chain for ``stages`` runs at (None: Gareau alone, any size)."""
 
 
 @dataclass
@@ -184,6 +188,7 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
             except OSError as exc:
                 raise OutputError(f"cannot create the result folder: {exc.strerror}") from exc
             result = files.result_path(job.id, result_name)
+            pyramid = options.pyramid_path(result)  # the result itself, or beside a series
             thumb = files.result_path(job.id, thumb_name)
             request = StainRequest(
                 rcm=files.input_path(job.id, job.inputs["rcm"]["stored_name"]),
@@ -191,18 +196,19 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
                 output=result,
                 options=options,
                 case=job.case,
+                uid_seed=job.id,
             )
             attempt.progress("load_models", 0, 1)
             models = ctx.models_for(options)
             report = ctx.stainer.stain(request, ctx.settings, attempt.progress, models)
             attempt.progress("thumbnail", 0, 1)
             try:
-                ctx.stainer.thumbnail(result, thumb, ctx.settings.thumbnail_px)
+                ctx.stainer.thumbnail(pyramid, thumb, ctx.settings.thumbnail_px)
             except OSError as exc:
                 raise OutputError(f"cannot write the thumbnail: {exc.strerror}") from exc
         public = report.public(files.result_dir(job.id))
         published = (
-            result_name,
+            pyramid.name,  # what the viewer reads; a DICOM series is named in the report
             report.output_sha256,
             report.output_bytes,
             thumb_name,

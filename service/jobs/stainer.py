@@ -37,7 +37,9 @@ class PipelineStainer:
         from service.pipeline import StainSpec, stain_slide
         from service.slide import SlideInputs
 
-        spec = StainSpec.from_settings(settings, request.options, request.case)
+        spec = StainSpec.from_settings(
+            settings, request.options, request.case, uid_seed=request.uid_seed
+        )
         inputs = SlideInputs(request.rcm, request.fcm)
         return stain_slide(inputs, request.output, spec, progress, models)
 
@@ -80,3 +82,14 @@ class PipelineStainer:
 
         found = discover_stage_models(models_dir)
         resolve_stages(stages, found.keys(), stages_off_by_default(found))
+
+    def trained_mpp_um(self, stages: Sequence[str] | None, models_dir: Path) -> float | None:
+        """From the stage cards, without loading a network (the API sizes the work with it)."""
+        from service.core.cards import read_card_json
+        from service.core.chain import common_mpp_um, resolve_stages
+        from service.core.models import discover_stage_models, stages_off_by_default
+
+        found = discover_stage_models(models_dir)
+        chain = resolve_stages(stages, found.keys(), stages_off_by_default(found))
+        cards = [read_card_json(found[s].with_suffix(".json")) for s in chain if s in found]
+        return common_mpp_um(cards)

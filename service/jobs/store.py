@@ -6,6 +6,7 @@ any number of workers and the sweeper can race without locks: the loser's UPDATE
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -68,8 +69,10 @@ class JobStore:
 
     # ---- API side ----
 
-    def create(self, new: NewJob) -> tuple[Job, bool]:
-        """Insert a queued job; with a known idempotency key return the earlier job instead.
+    def create(self, new: NewJob, related: Sequence[object] = ()) -> tuple[Job, bool]:
+        """Insert a queued job, and ``related`` rows of other tables in the same transaction
+        (its delivery and webhook records); with a known idempotency key return the earlier
+        job instead (and insert nothing).
 
         Returns ``(job, created)``.
         """
@@ -82,6 +85,7 @@ class JobStore:
             idempotency_key=new.idempotency_key,
             label=new.label,
             external_id=new.external_id,
+            patient=new.patient,
             options=new.options,
             inputs=new.inputs,
             progress_done=0,
@@ -94,6 +98,7 @@ class JobStore:
         try:
             with self._sessions.begin() as session:
                 session.add(row)
+                session.add_all(related)
                 session.flush()
                 return to_job(row), True
         except IntegrityError:
@@ -170,7 +175,7 @@ class JobStore:
 
     def mark_purged(self, job_id: str) -> None:
         with self._sessions.begin() as session:
-            self._update(session, job_id, purged_at=utc_now())
+            self._update(session, job_id, purged_at=utc_now(), patient=None)
 
     def counts_by_state(self) -> dict[str, int]:
         with self._sessions() as session:

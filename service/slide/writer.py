@@ -1,10 +1,12 @@
-"""Write the stained slide as a pyramidal tiled BigTIFF, atomically, in bounded memory.
+"""Write the stained slide as a pyramid (TIFF, OME-TIFF or a DICOM series), atomically, in
+bounded memory.
 
 Tiles land in an uncompressed TIFF on disk (RGB for the stain, one band for an FCM or RCM
 layer) (``DiskCanvas``: preallocated, written with
 pwrite, so memory does not grow with the slide); libvips then streams that file into a
 page-per-level pyramid (the generic tiled TIFF layout OpenSlide and QuPath open; SubIFD
-pyramids are only used for OME-TIFF, which OpenSlide does not read anyway).
+pyramids are only used for OME-TIFF, which OpenSlide does not read anyway). Each output format
+is one encoder in ENCODERS; a DICOM series is made from the TIFF pyramid (service.slide.dicom).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
@@ -21,9 +25,11 @@ from xml.sax.saxutils import escape as xml_escape
 import numpy as np
 import pyvips
 
+from service.case import NO_CASE, Case
 from service.errors import OutputError
-from service.options import Compression, OutputFormat
+from service.options import DEFAULT_UID_ROOT, Compression, JobOptions, OutputFormat
 from service.slide.canvas import DiskCanvas
+from service.slide.dicom import DicomSeries, write_series
 from service.slide.reader import pyramid_pages
 from service.slide.tiff_header import scale_level_resolutions
 
@@ -49,19 +55,26 @@ class PyramidWriter:
         mpp_um: float,
         bands: int = 3,
         work_size_px: tuple[int, int] | None = None,
-        description: str | None = None,
+        case: Case = NO_CASE,
+        uid_root: str = DEFAULT_UID_ROOT,
+        uid_seed: str | None = None,
     ) -> None:
         """``work_size_px`` (width, height): the grid tiles are written on when the slide is
         stained at another resolution; the pyramid is resized back to ``width x height``.
-        ``description``: the ImageDescription of a tiff (every level), the OME Image's
-        Description of an ome-tiff (service.case.Case.description)."""
-        self.output, self.bands, self.description = output, bands, description
+        ``case``: in the ImageDescription of a tiff (every level), the OME Image's Description
+        of an ome-tiff, the patient, study and specimen of a DICOM series. ``uid_root`` and
+        ``uid_seed`` make a series' UIDs (service.slide.dicom.SeriesIds)."""
+        self.output, self.bands, self.case = output, bands, case
+        self.description = case.description()
+        self.uid_root, self.uid_seed = uid_root, uid_seed
         self.output_format: OutputFormat = "tiff"
+        self.series: DicomSeries | None = None
         self.width_px, self.height_px, self.mpp_um = width_px, height_px, mpp_um
         self.work_width_px, self.work_height_px = work_size_px or (width_px, height_px)
         stem = f".{output.name}.{uuid.uuid4().hex[:8]}"
         self.canvas_path = output.parent / f"{stem}.canvas.tif"
         self.tmp_path = output.parent / f"{stem}.partial.tif"
+        self.tmp_series = output.parent / f"{stem}.partial.dcm"
         self.canvas: DiskCanvas | None = None
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -92,64 +105,103 @@ class PyramidWriter:
         try:
             assert self.canvas is not None, "save called twice"
             self.canvas.close()
-            resize = (self.work_width_px, self.work_height_px) != (self.width_px, self.height_px)
-            # an enlarging resize reads out of order: the uncompressed canvas allows that
-            access = "random" if resize else "sequential"
-            image = pyvips.Image.tiffload(str(self.canvas_path), access=access)
-            if resize:
-                image = image.resize(
-                    self.width_px / image.width,
-                    vscale=self.height_px / image.height,
-                    kernel="lanczos3",
-                )
-                if (image.width, image.height) != (self.width_px, self.height_px):
-                    image = image.embed(0, 0, self.width_px, self.height_px, extend="copy")
-                image = image.cast("uchar")
-            if self.bands == 3:
-                image = image.copy(interpretation="srgb")
-            px_per_mm = 1000.0 / self.mpp_um
-            options: dict[str, object] = {
-                "tile": True,
-                "tile_width": TIFF_TILE_PX,
-                "tile_height": TIFF_TILE_PX,
-                "pyramid": True,
-                "bigtiff": True,
-                "xres": px_per_mm,
-                "yres": px_per_mm,
-                "resunit": "cm",
-            }
-            if compression == "jpeg":
-                options.update(compression="jpeg", Q=jpeg_quality)
-            else:
-                options.update(compression="deflate", predictor="horizontal")
-            if output_format == "ome-tiff":
-                image = image.copy()
-                image.set_type(pyvips.GValue.gstr_type, "image-description", self._ome_xml())
-                options["subifd"] = True
-            elif self.description is not None:
-                image = image.copy()
-                image.set_type(pyvips.GValue.gstr_type, "image-description", self.description)
-            image.tiffsave(str(self.tmp_path), **options)
-            del image
-            if output_format == "tiff":
-                scale_level_resolutions(self.tmp_path)
+            ENCODERS[output_format](self, self._full_size(), compression, jpeg_quality)
             with self.tmp_path.open("rb+") as handle:
                 os.fsync(handle.fileno())
         except (OSError, pyvips.Error) as exc:
             self.abort()
             raise output_error(exc, self.output) from exc
+        except OutputError:
+            self.abort()
+            raise
         finally:
             with contextlib.suppress(OSError):
                 self.canvas_path.unlink()
 
+    def _full_size(self) -> pyvips.Image:
+        """The canvas at the slide's own size (resized back when it was stained at another)."""
+        resize = (self.work_width_px, self.work_height_px) != (self.width_px, self.height_px)
+        # an enlarging resize reads out of order: the uncompressed canvas allows that
+        access = "random" if resize else "sequential"
+        image = pyvips.Image.tiffload(str(self.canvas_path), access=access)
+        if resize:
+            image = image.resize(
+                self.width_px / image.width,
+                vscale=self.height_px / image.height,
+                kernel="lanczos3",
+            )
+            if (image.width, image.height) != (self.width_px, self.height_px):
+                image = image.embed(0, 0, self.width_px, self.height_px, extend="copy")
+            image = image.cast("uchar")
+        if self.bands == 3:
+            image = image.copy(interpretation="srgb")
+        return image
+
+    def _tiff_options(self, compression: Compression, jpeg_quality: int) -> dict[str, object]:
+        px_per_mm = 1000.0 / self.mpp_um
+        options: dict[str, object] = {
+            "tile": True,
+            "tile_width": TIFF_TILE_PX,
+            "tile_height": TIFF_TILE_PX,
+            "pyramid": True,
+            "bigtiff": True,
+            "xres": px_per_mm,
+            "yres": px_per_mm,
+            "resunit": "cm",
+        }
+        if compression == "jpeg":
+            options.update(compression="jpeg", Q=jpeg_quality)
+        else:
+            options.update(compression="deflate", predictor="horizontal")
+        return options
+
+    def encode_tiff(self, image: pyvips.Image, compression: Compression, quality: int) -> None:
+        """A page-per-level pyramid (OpenSlide's generic tiled TIFF), levels' resolutions
+        scaled, the case in every level's ImageDescription."""
+        if self.description is not None:
+            image = image.copy()
+            image.set_type(pyvips.GValue.gstr_type, "image-description", self.description)
+        image.tiffsave(str(self.tmp_path), **self._tiff_options(compression, quality))
+        scale_level_resolutions(self.tmp_path)
+
+    def encode_ome_tiff(self, image: pyvips.Image, compression: Compression, quality: int) -> None:
+        """A SubIFD pyramid with OME-XML (Bio-Formats, QuPath)."""
+        image = image.copy()
+        image.set_type(pyvips.GValue.gstr_type, "image-description", self._ome_xml())
+        options = self._tiff_options(compression, quality) | {"subifd": True}
+        image.tiffsave(str(self.tmp_path), **options)
+
+    def encode_dicom(self, image: pyvips.Image, compression: Compression, quality: int) -> None:
+        """The TIFF pyramid, then a VL WSI series made of its very tiles (no re-encoding)."""
+        self.encode_tiff(image, compression, quality)
+        shutil.rmtree(self.tmp_series, ignore_errors=True)
+        self.series = write_series(
+            self.tmp_path, self.tmp_series, self.mpp_um, self.case, self.uid_root, self.uid_seed
+        )
+
+    @property
+    def pyramid(self) -> Path:
+        """The published TIFF pyramid: the output, or the file beside a DICOM series."""
+        return JobOptions(output_format=self.output_format).pyramid_path(self.output)
+
     def publish(self) -> list[PyramidLevel]:
-        """Atomically rename the saved pyramid to its final name; returns its levels."""
+        """Atomically rename the saved pyramid (and series) to its final name; returns the
+        pyramid's levels. A series folder is renamed last: its presence means it is whole."""
         try:
-            os.replace(self.tmp_path, self.output)
+            os.replace(self.tmp_path, self.pyramid)
+            if self.series is not None:
+                shutil.rmtree(self.output, ignore_errors=True)  # --overwrite was checked
+                os.replace(self.tmp_series, self.output)
+                self.series = DicomSeries(
+                    self.output,
+                    self.series.study_instance_uid,
+                    self.series.series_instance_uid,
+                    self.series.instances,
+                )
         except OSError as exc:
             self.abort()
             raise output_error(exc, self.output) from exc
-        return read_levels(self.output)
+        return read_levels(self.pyramid)
 
     def abort(self) -> None:
         """Remove every temporary; the final name is never touched."""
@@ -161,6 +213,7 @@ class PyramidWriter:
         for path in (self.canvas_path, self.tmp_path):
             with contextlib.suppress(OSError):
                 path.unlink()
+        shutil.rmtree(self.tmp_series, ignore_errors=True)
 
     def _ome_xml(self) -> str:
         mpp = f"{self.mpp_um:.6g}"
@@ -181,6 +234,14 @@ class PyramidWriter:
             f'<Channel ID="Channel:0:0" SamplesPerPixel="{self.bands}"><LightPath/></Channel>'
             '<TiffData IFD="0" PlaneCount="1"/></Pixels></Image></OME>'
         )
+
+
+Encoder = Callable[[PyramidWriter, pyvips.Image, Compression, int], None]
+ENCODERS: dict[OutputFormat, Encoder] = {
+    "tiff": PyramidWriter.encode_tiff,
+    "ome-tiff": PyramidWriter.encode_ome_tiff,
+    "dicom": PyramidWriter.encode_dicom,
+}
 
 
 def read_levels(path: Path) -> list[PyramidLevel]:

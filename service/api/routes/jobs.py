@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ReaderDep, ServicesDep, SubmitterDep, ViewableJobDep, find_job
+from service.api.dicom_result import series_response
 from service.api.disk import require_room_for, storage_error
 from service.api.downloads import file_response
 from service.api.metrics import ACCEPT_SECONDS, SUBMISSIONS
@@ -34,6 +35,7 @@ from service.options import (
     RESULT_MEDIA_TYPE,
     STAGES,
 )
+from service.report import stored_dicom_series
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
 
@@ -72,6 +74,17 @@ _MULTIPART_BODY: dict[str, Any] = {
                             "minimum": MPP_RANGE_UM[0],
                             "maximum": MPP_RANGE_UM[1],
                             "description": "pixel size in um, when the files carry none",
+                        },
+                        "deliver_to": {
+                            "type": "string",
+                            "description": "output_format=dicom: the destination (PACS) to "
+                            "deliver the series to; default: the tenant's default destination",
+                        },
+                        "callback_url": {
+                            "type": "string",
+                            "format": "uri",
+                            "description": "also send the job's signed events here (a host "
+                            "the operator allows the tenant)",
                         },
                         "label": {
                             "type": "string",
@@ -123,7 +136,7 @@ async def create_job(
     response.headers["Location"] = job_url(job.id)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return to_public(job)
+    return to_public(job, services.outbox.delivery(job.id))
 
 
 @router.get(
@@ -158,7 +171,8 @@ def list_jobs(
         if external_id is not None:
             query += f"&{urlencode({'external_id': external_id})}"
         next_url = f"{API_PREFIX}/jobs?{query}"
-    return JobList(items=[to_public(job) for job in page], next=next_url)
+    deliveries = services.outbox.deliveries(job.id for job in page)
+    return JobList(items=[to_public(job, deliveries.get(job.id)) for job in page], next=next_url)
 
 
 @router.get(
@@ -167,30 +181,43 @@ def list_jobs(
     responses=problems(401, 403, 404),
     summary="State, progress, report or error of one job",
 )
-def get_job(job: ViewableJobDep) -> JobPublic:
-    return to_public(job)
+def get_job(job: ViewableJobDep, services: ServicesDep) -> JobPublic:
+    return to_public(job, services.outbox.delivery(job.id))
 
 
 @router.get(
     "/{job_id}/result",
     response_class=FileResponse,
     responses={
-        200: {"content": {"image/tiff": {}}, "description": "The pyramidal TIFF"},
-        206: {"content": {"image/tiff": {}}, "description": "A byte range of it"},
+        200: {
+            "content": {
+                "image/tiff": {},
+                "application/zip": {},
+                'multipart/related; type="application/dicom"': {},
+            },
+            "description": "The pyramidal TIFF; for output_format=dicom the DICOM series, as a "
+            "zip of its instances or (Accept: multipart/related; type=\"application/dicom\") "
+            "as DICOMweb multipart; Accept: image/tiff gives a dicom job's TIFF pyramid",
+        },
+        206: {"content": {"image/tiff": {}}, "description": "A byte range of the TIFF"},
         **problems(400, 401, 403, 404, 409, 410, 416),
     },
-    summary="Download the stained pyramidal TIFF (HTTP Range supported)",
+    summary="Download the stained pyramid: a TIFF (HTTP Range supported) or a DICOM series",
 )
 def get_result(
     request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
-) -> FileResponse:
+) -> Response:
     job = find_job(services, principal, job_id)
+    series = stored_dicom_series(job.report)
+    if series is not None and "image/tiff" not in request.headers.get("accept", "").lower():
+        folder = published_path(services.files, job, series, "DICOM series", folder=True)
+        return series_response(request, folder, job.id)
     path = published_path(services.files, job, job.result_name, "result")
     headers = {}
     if job.result_sha256:
         digest = base64.b64encode(bytes.fromhex(job.result_sha256)).decode()
         headers = {"Repr-Digest": f"sha-256=:{digest}:", "ETag": f'"{job.result_sha256}"'}
-    download_name = f"{job.id}{job.stain_options.result_suffix}"
+    download_name = f"{job.id}{job.stain_options.pyramid_suffix}"
     return file_response(request, path, RESULT_MEDIA_TYPE, download_name, headers)
 
 
@@ -223,4 +250,4 @@ async def delete_job(job_id: str, principal: SubmitterDep, services: ServicesDep
     refreshed = services.store.get(job.id)
     if refreshed is None:
         raise ApiError(404, "job_not_found", "no such job")
-    return to_public(refreshed)
+    return to_public(refreshed, services.outbox.delivery(job.id))
