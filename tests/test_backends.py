@@ -12,6 +12,7 @@ import pytest
 import tifffile
 from engine_fixtures import SAMPLE_SCAN
 from onnx_factory import make_despeckler, make_generator
+from support.inference import MIN_PSNR_DB, REFERENCE, bf16_emulated, psnr_db
 from support.pairs import write_gray
 
 from service.core.backends import (
@@ -31,7 +32,6 @@ from service.slide import SlideInputs, open_pair, resolve_scan_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models"
-MIN_PSNR_DB = 40.0
 CPU = ("CPUExecutionProvider", "AzureExecutionProvider")
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
 AMX = AVX2 | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
@@ -87,6 +87,23 @@ def test_impossible_choices_are_errors_not_fallbacks(
 ) -> None:
     with pytest.raises(ModelError, match=message):
         choose_backend(requested, precision, host)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO not installed")
+def test_a_model_loaded_without_a_backend_runs_the_one_the_environment_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI tools, the trainer and the tests load models without a backend: they honour
+    DSCM_INFERENCE and DSCM_INFERENCE_PRECISION like the service does."""
+    path = make_despeckler(tmp_path)
+    monkeypatch.setenv("DSCM_INFERENCE", "openvino")
+    monkeypatch.setenv("DSCM_INFERENCE_PRECISION", "fp32")
+    model = OnnxModel(path, 1)
+    assert model.backend == Backend("openvino", "fp32", model.backend.reason)
+    assert model.provider == "OpenVINO CPU fp32" and model.precision == "fp32"
+    monkeypatch.setenv("DSCM_INFERENCE", "cpu")
+    monkeypatch.delenv("DSCM_INFERENCE_PRECISION")
+    assert OnnxModel(path, 1).provider == "CPUExecutionProvider fp32"
 
 
 def test_cpu_flags_and_class(tmp_path: Path) -> None:
@@ -149,11 +166,6 @@ def available_backends() -> list[Backend]:
 OTHER_BACKENDS = [b for b in available_backends() if b != Backend("cpu", "fp32")]
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray, peak: float) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
-
-
 @pytest.fixture(scope="module")
 def real_tile() -> tuple[np.ndarray, np.ndarray]:
     """A 320 px tile (plus a 96 px halo) of the bundled skin scan, normalised like a slide."""
@@ -180,7 +192,7 @@ def test_each_backend_matches_fp32_on_a_real_tile(
     fcm, rcm = real_tile
     gareau_like = np.stack([fcm, rcm, 0.5 * (fcm + rcm)])[None]
     for role, path in shipped_model_paths().items():
-        reference, other = OnnxModel(path, 2), OnnxModel(path, 2, backend)
+        reference, other = OnnxModel(path, 2, REFERENCE), OnnxModel(path, 2, backend)
         block = rcm[None, None] if role == "despeckle" else gareau_like
         stats = None
         if reference.card.norm == "instance_shared":
@@ -191,6 +203,23 @@ def test_each_backend_matches_fp32_on_a_real_tile(
         assert psnr_db(got, want, 1.0) >= MIN_PSNR_DB, (role, other.provider)
 
 
+def test_shipped_models_in_emulated_bf16_pass_the_guard(
+    real_tile: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """bf16 on any CPU (support.inference): the guard a bf16 machine's auto choice is held to."""
+    fcm, rcm = real_tile
+    for role, path in shipped_model_paths().items():
+        reference, half = OnnxModel(path, 2, REFERENCE), bf16_emulated(path)
+        block = rcm[None, None] if role == "despeckle" else np.stack([fcm, rcm, fcm])[None]
+        stats = None
+        if reference.card.norm == "instance_shared":
+            _, stats = reference.run(block, norm_stats=None)
+        want, _ = reference.run(block, norm_stats=stats)
+        got, _ = half.run(block, norm_stats=stats)
+        assert half.precision == "bf16" and not np.array_equal(got, want)
+        assert psnr_db(got, want, 1.0) >= MIN_PSNR_DB, role
+
+
 def test_fp16_graph_keeps_the_interface_and_the_accuracy(
     real_tile: tuple[np.ndarray, np.ndarray],
 ) -> None:
@@ -198,7 +227,7 @@ def test_fp16_graph_keeps_the_interface_and_the_accuracy(
     (on the CPU this checks fp16 weights and the graph; bench/gpu.sh measures fp16 on a GPU)."""
     fcm, rcm = real_tile
     for role, path in shipped_model_paths().items():
-        reference = OnnxModel(path, 2)
+        reference = OnnxModel(path, 2, REFERENCE)
         half = open_runner(path, Backend("cpu", "fp16"), 2)
         assert half.input_names == reference.input_names
         block = rcm[None, None] if role == "despeckle" else np.stack([fcm, rcm, fcm])[None]
@@ -296,6 +325,7 @@ def test_dscm_models_says_which_backend_runs(monkeypatch: pytest.MonkeyPatch) ->
     from service.config import get_settings
 
     lines = {}
+    monkeypatch.setenv("DSCM_INFERENCE_PRECISION", "auto")  # the backend's own precision
     for requested in ("cpu", "cuda"):
         monkeypatch.setenv("DSCM_INFERENCE", requested)
         get_settings.cache_clear()

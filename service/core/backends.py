@@ -156,6 +156,16 @@ def choose_backend(
     return Backend(name, chosen, reason)
 
 
+def backend_from_env(environ: Mapping[str, str] | None = None) -> Backend:
+    """The backend ``DSCM_INFERENCE`` and ``DSCM_INFERENCE_PRECISION`` name (``auto`` when
+    unset): what a model loaded without an explicit backend runs on, so the variables the
+    service's settings read also hold for the command line tools, the trainer and the tests."""
+    env = os.environ if environ is None else environ
+    return choose_backend(
+        env.get("DSCM_INFERENCE") or "auto", env.get("DSCM_INFERENCE_PRECISION") or "auto"
+    )
+
+
 def _auto_backend(machine: Machine) -> tuple[BackendName, str]:
     if machine.cuda:
         return "cuda", "auto: onnxruntime has the CUDA provider"
@@ -178,6 +188,7 @@ class Runner(Protocol):
     """One loaded model on one backend: named float32 arrays in, float32 arrays out."""
 
     label: str
+    precision: RunPrecision  # what it computes in (OpenVINO may fall back from the hint)
     input_names: list[str]
     output_names: list[str]
 
@@ -222,6 +233,7 @@ class OrtRunner:
             )
         # Outputs land on the device, then come back in one copy per output.
         self.bind_device: str | None = "cuda" if backend.name == "cuda" else None
+        self.precision: RunPrecision = backend.precision
         self.label = f"{used} {backend.precision}"
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -283,6 +295,7 @@ class OpenVinoRunner:
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         # OpenVINO falls back to f32 where the CPU has no unit for the hint: report what runs.
         actual = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision: RunPrecision = OPENVINO_TYPES.get(actual, backend.precision)
         self.label = f"OpenVINO CPU {OPENVINO_TYPES.get(actual, actual)}"
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]

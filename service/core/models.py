@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.core.backends import Backend, choose_backend, open_runner
+from service.core.backends import Backend, backend_from_env, open_runner
 from service.core.cards import read_card_json
 from service.core.colour import COLOUR_ROLE, find_colour_card
 from service.errors import ModelError
@@ -152,7 +152,8 @@ def stages_off_by_default(found: dict[str, Path]) -> tuple[str, ...]:
 
 class OnnxModel:
     """One ONNX model with its card, checked against its sha256, ready to run batches on an
-    inference backend (service.core.backends; default: ``auto``)."""
+    inference backend (service.core.backends; default: the one ``DSCM_INFERENCE`` and
+    ``DSCM_INFERENCE_PRECISION`` name, ``auto`` when unset)."""
 
     def __init__(
         self, onnx_path: Path, threads: int | None = None, backend: Backend | None = None
@@ -165,7 +166,7 @@ class OnnxModel:
                 f"{onnx_path.name}: sha256 {actual[:12]}... does not match its card "
                 f"({self.card.sha256[:12]}...); the file or the card was changed"
             )
-        self.backend = backend or choose_backend()
+        self.backend = backend or backend_from_env()
         self.runner = open_runner(onnx_path, self.backend, threads)
         self.input_names = self.runner.input_names
         expected = 3 if self.card.norm == NORM_SHARED else 1
@@ -179,6 +180,12 @@ class OnnxModel:
     def provider(self) -> str:
         """What ran it: the runtime's provider or device, and the precision it computed in."""
         return self.runner.label
+
+    @property
+    def precision(self) -> str:
+        """The precision it computes in: the backend's, or fp32 where OpenVINO fell back to it
+        (a bf16 hint on a CPU without bf16 units)."""
+        return self.runner.precision
 
     def to_model_range(self, unit: np.ndarray) -> np.ndarray:
         """Map [0, 1] values to the card's input range."""

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from support.inference import assert_matches_at_precision, models_under_test
 
-from service.core.models import OnnxModel
 from training.import_reference import import_reference, load_reference_generator
 from training.networks import ResnetGenerator, init_weights
 
@@ -30,9 +30,9 @@ def test_import_reference_checkpoint(tmp_path: Path) -> None:
     assert (loaded.ngf, loaded.n_blocks) == (8, 3)
     card = import_reference(tmp_path / "latest_net_G_A.pth", tmp_path / "generator.onnx")
     assert card["architecture"] == "resnet_generator(ngf=8,n_blocks=3)"
-    engine = OnnxModel(tmp_path / "generator.onnx")
     rgb = np.random.default_rng(0).random((1, 3, 40, 44), dtype=np.float32)
-    out, _ = engine.run(rgb, norm_stats=None)
     with torch.no_grad():
         expected = (original(torch.from_numpy(rgb * 2 - 1)).numpy() + 1) / 2
-    np.testing.assert_allclose(out, expected, atol=1e-4)
+    for engine in models_under_test(tmp_path / "generator.onnx"):
+        out, _ = engine.run(rgb, norm_stats=None)
+        assert_matches_at_precision(out, expected, engine.precision)
