@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from service import __version__
 from service.api.limits import RequestLimits
 from service.api.problems import install_problem_handlers
-from service.api.routes import health, jobs, pages, viewer
+from service.api.routes import deliveries, health, jobs, pages, viewer
 from service.api.services import Services
 from service.config import Settings, get_settings
 from service.jobs.runner import Stainer
@@ -48,6 +48,7 @@ def create_app(stainer: Stainer, settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(RequestLimits, max_upload_bytes=settings.max_upload_bytes)
     app.include_router(jobs.router)
+    app.include_router(deliveries.router)
     app.include_router(viewer.router)
     app.include_router(health.router)
     app.include_router(pages.router)

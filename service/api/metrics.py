@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.api.services import Services
+from service.delivery.records import DELIVERY_STATES, EVENT_STATES
 from service.jobs.job import JobState
 from service.jobs.telemetry import WORKER_REGISTRY
 
@@ -68,6 +69,27 @@ class JobsCollector(Collector):
         if live is not None:
             workers.add_metric([], len(live))
         yield workers
+        yield from self._outbox()
+
+    def _outbox(self) -> Iterator[GaugeMetricFamily]:
+        deliveries = GaugeMetricFamily(
+            "dscm_deliveries", "Deliveries to PACS destinations by state", labels=["state"]
+        )
+        events = GaugeMetricFamily(
+            "dscm_webhook_events", "Webhook events by state", labels=["state"]
+        )
+        counts: tuple[dict[str, int], dict[str, int]] | None
+        try:
+            counts = self.services.outbox.counts()
+        except Exception:  # a scrape must not fail because the database blinked
+            counts = None
+        if counts is not None:
+            for state in DELIVERY_STATES:
+                deliveries.add_metric([state], counts[0].get(state, 0))
+            for state in EVENT_STATES:
+                events.add_metric([state], counts[1].get(state, 0))
+        yield deliveries
+        yield events
 
 
 def render_metrics(services: Services) -> bytes:

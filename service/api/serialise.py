@@ -9,6 +9,7 @@ from datetime import datetime
 from service.api.layers import job_layers
 from service.api.problems import ApiError
 from service.api.schemas import (
+    DeliveryPublic,
     InputFilePublic,
     JobCreate,
     JobError,
@@ -18,6 +19,7 @@ from service.api.schemas import (
     JobResultPublic,
     Progress,
 )
+from service.delivery.records import Delivery
 from service.jobs.job import Job, JobState
 from service.options import RESULT_MEDIA_TYPE
 from service.report import without_server_paths
@@ -34,7 +36,7 @@ def viewer_url(job_id: str) -> str:
     return f"{VIEWER_PREFIX}/{job_id}"
 
 
-def to_public(job: Job) -> JobPublic:
+def to_public(job: Job, delivery: Delivery | None = None) -> JobPublic:
     total, done = job.progress_total, job.progress_done
     if job.state == JobState.SUCCEEDED:
         percent = 100.0
@@ -77,6 +79,7 @@ def to_public(job: Job) -> JobPublic:
         report=without_server_paths(job.report),
         error=error,
         layers=job_layers(job),
+        delivery=_delivery(delivery),
         links=JobLinks(
             self=job_url(job.id),
             result=job_url(job.id, "/result"),
@@ -85,6 +88,12 @@ def to_public(job: Job) -> JobPublic:
             dzi=job_url(job.id, "/dzi"),
         ),
     )
+
+
+def _delivery(delivery: Delivery | None) -> DeliveryPublic | None:
+    if delivery is None:
+        return None
+    return DeliveryPublic.model_validate(delivery, from_attributes=True)
 
 
 def _input(data: dict[str, object]) -> InputFilePublic:

@@ -1,7 +1,7 @@
 """What the API process holds while it runs.
 
-Store, files, queue, keys, sweeper, viewer-link signer, Deep Zoom tile cache, and in embedded
-mode the in-process worker.
+Store, files, queue, keys, sweeper, viewer-link signer, Deep Zoom tile cache, the delivery and
+webhook records, and in embedded mode the in-process worker and its dispatcher.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from service.api.auth import Keyring
 from service.api.tile_service import TileService
 from service.api.viewer_links import ViewerLinks
 from service.config import Settings
+from service.delivery.dispatcher import Dispatcher
+from service.delivery.outbox import OutboxStore
 from service.jobs.db import utc_now
 from service.jobs.files import JobFiles
 from service.jobs.queues import CeleryQueue, InProcessQueue, JobQueue
@@ -35,7 +37,9 @@ class Services:
     stainer: Stainer
     links: ViewerLinks
     tiles: TileService
+    outbox: OutboxStore
     worker: WorkerContext | None = None
+    dispatcher: Dispatcher | None = None
 
     @classmethod
     def start(cls, settings: Settings, stainer: Stainer) -> Services:
@@ -50,6 +54,7 @@ class Services:
                 settings.effective_api_keys_file,
             )
         store = JobStore(settings.effective_database_url)
+        outbox = OutboxStore(store)
         worker: WorkerContext | None = None
         queue: JobQueue
         if settings.broker_url:
@@ -64,7 +69,7 @@ class Services:
         sweeper = Sweeper(settings, store, files, queue, after_sweep=tiles.prune)
         links = ViewerLinks.from_settings(settings)
         services = cls(
-            settings, store, files, queue, keyring, sweeper, stainer, links, tiles, worker
+            settings, store, files, queue, keyring, sweeper, stainer, links, tiles, outbox, worker
         )
         if worker is not None:
             # Nothing survives in an in-process queue: hand it every queued job now.
@@ -76,11 +81,18 @@ class Services:
             except Exception as exc:  # the broker may come up later; the sweeper retries
                 log.warning("first sweep failed: %s", exc)
         sweeper.start()
+        if worker is not None:
+            # The embedded worker also delivers results and sends webhooks (dscm worker does
+            # the same in each Celery worker process).
+            services.dispatcher = Dispatcher(settings, store, files)
+            services.dispatcher.start()
         return services
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stopping.set()
         self.sweeper.close()
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         self.queue.close()
         self.store.close()

@@ -13,9 +13,10 @@ import os
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 
 from service.config import Settings
+from service.delivery.dispatcher import Dispatcher
 from service.jobs.files import JobFiles
 from service.jobs.queues import TASK_NAME, make_celery, task_id_for
 from service.jobs.runner import Stainer, WorkerContext, run_job
@@ -70,8 +71,21 @@ def create_worker_app(settings: Settings, stainer: Stainer | None = None) -> Cel
             )
         return outcome
 
+    # Deliveries and webhooks run on the dispatcher's own threads in the worker's main
+    # process, started once the pool is up (never inherited by a forked child).
+    dispatchers: list[Dispatcher] = []
+
+    def on_ready(**_: Any) -> None:
+        files = JobFiles(settings.storage_dir, settings.results_dir)
+        dispatcher = Dispatcher(settings, JobStore(settings.effective_database_url), files)
+        dispatcher.start()
+        dispatchers.append(dispatcher)
+
     def on_shutdown(**_: Any) -> None:
         holder.stop()
+        for dispatcher in dispatchers:
+            dispatcher.close()
 
+    worker_ready.connect(on_ready, weak=False)
     worker_shutting_down.connect(on_shutdown, weak=False)
     return app

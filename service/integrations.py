@@ -1,0 +1,141 @@
+"""What the operator configures for hospital integration: PACS destinations (DICOMweb STOW-RS)
+and each tenant's share of them, its webhook receiver and the hosts its jobs may call back.
+
+Secrets (a destination's password or token, a tenant's webhook keys) live in files named here
+and are read when they are used, so rotating one is writing the file; they are never logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_HOST_PATTERN = re.compile(r"^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
+
+
+class Destination(BaseModel):
+    """One archive that takes DICOM over DICOMweb STOW-RS (``POST {url}/studies``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, description="What jobs name in deliver_to")
+    url: str = Field(description="The DICOMweb root, e.g. https://pacs.example.org/dicom-web")
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = Field(default=None, description="For basic auth")
+    secret_file: Path | None = Field(
+        default=None, description="File holding the basic password or the bearer token"
+    )
+    verify_tls: bool = Field(default=True, description="Check the server's certificate")
+    ca_file: Path | None = Field(default=None, description="CA bundle for a private PKI")
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Per request")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http or https URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Destination:
+        if self.auth == "basic" and (self.username is None or self.secret_file is None):
+            raise ValueError(f"destination {self.name}: basic auth needs username and secret_file")
+        if self.auth == "bearer" and self.secret_file is None:
+            raise ValueError(f"destination {self.name}: bearer auth needs secret_file")
+        for path in (self.secret_file, self.ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"destination {self.name}: {path} is not a readable file")
+        return self
+
+
+class TenantIntegration(BaseModel):
+    """One tenant's destinations and webhooks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    destinations: list[str] = Field(
+        default_factory=list, description="Destinations its jobs may name in deliver_to"
+    )
+    default_destination: str | None = Field(
+        default=None, description="Where its DICOM jobs go when they name none"
+    )
+    webhook_url: str | None = Field(default=None, description="Receives every job's events")
+    webhook_secret_files: list[Path] = Field(
+        default_factory=list,
+        max_length=2,
+        description="HMAC keys, one per file; two while rotating (both sign every event)",
+    )
+    callback_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts a job's callback_url may name (exact, or *.example.org)",
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http or https URL")
+        return value
+
+    @field_validator("callback_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not _HOST_PATTERN.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name (or *.domain)")
+        return [host.lower() for host in value]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TenantIntegration:
+        if self.default_destination and self.default_destination not in self.destinations:
+            raise ValueError("default_destination must be one of destinations")
+        if (self.webhook_url or self.callback_hosts) and not self.webhook_secret_files:
+            raise ValueError("webhooks need webhook_secret_files (the signing keys)")
+        for path in self.webhook_secret_files:
+            if not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        return self
+
+    def allows_callback_host(self, host: str) -> bool:
+        """Whether a job's callback_url may name ``host`` (listed, or under a *.domain)."""
+        host = host.lower().rstrip(".")
+        for allowed in self.callback_hosts:
+            if allowed.startswith("*."):
+                if host.endswith(allowed[1:]):
+                    return True
+            elif host == allowed:
+                return True
+        return False
+
+
+NO_INTEGRATION = TenantIntegration()
+
+
+def check_destinations(
+    destinations: list[Destination], tenants: dict[str, TenantIntegration]
+) -> None:
+    """ValueError for two destinations of one name or a tenant naming an unknown one."""
+    names = [d.name for d in destinations]
+    if len(set(names)) != len(names):
+        raise ValueError("destination names must be unique")
+    for tenant, integration in tenants.items():
+        unknown = set(integration.destinations) - set(names)
+        if unknown:
+            raise ValueError(
+                f"tenant {tenant}: unknown destination(s) {', '.join(sorted(unknown))}"
+            )
+
+
+def read_secret(path: Path) -> str:
+    """A secret file's content without the trailing newline an editor adds."""
+    return path.read_text().strip()
