@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from service.case import (
     EXTERNAL_ID_MAX_CHARS,
@@ -15,6 +22,7 @@ from service.case import (
     check_external_id,
     check_label,
 )
+from service.errors import InputError
 from service.integrations import NAME_PATTERN
 from service.jobs.job import JobState
 from service.options import (
@@ -23,6 +31,7 @@ from service.options import (
     MPP_RANGE_UM,
     Compression,
     ExtraLayer,
+    JobOptions,
     OutputFormat,
     StageName,
     ViewLayer,
@@ -65,6 +74,15 @@ class JobCreate(BaseModel):
         max_length=1000,
         description="Also send this job's signed events here (a host the operator allows)",
     )
+
+    @model_validator(mode="after")
+    def _check_as_job_options(self) -> JobCreate:
+        """The rules between fields (a DICOM series is JPEG) are JobOptions', checked once."""
+        try:
+            JobOptions.from_json(self.model_dump(mode="json"))
+        except InputError as exc:
+            raise ValueError(exc.detail) from exc
+        return self
 
     @field_validator("stages", "layers", mode="before")
     @classmethod
