@@ -11,7 +11,7 @@ import pyvips
 from onnx_factory import make_colour_card
 from support.pairs import confocal_like, write_gray
 
-from service.errors import PixelSizeUnknown
+from service.errors import InputError, PixelLimitExceeded, PixelSizeUnknown
 from service.options import JobOptions
 from service.pipeline import StainSpec, stain_slide
 from service.slide import SlideInputs
@@ -83,3 +83,43 @@ def test_operator_default_applies_only_without_tags(tmp_path: Path, models: Path
     tagged = write_pair_at(tmp_path / "tagged", 0.5)
     report = stain_slide(tagged, tmp_path / "c.tif", spec).to_dict()
     assert report["pixel_size"]["source"] == "file" and report["mpp_um"] == pytest.approx(0.5)
+
+
+def test_the_pixel_limit_bounds_the_resampled_work_not_the_upload(
+    tmp_path: Path, models: Path
+) -> None:
+    """A 256 x 256 px slide at 5 um/px is 1707 x 1707 px at the models' 0.75: the limit holds
+    for that (issue 17: 512 x 512 px at 50 um/px ran for half an hour)."""
+    fcm_unit, rcm_unit = confocal_like(256, 256)
+    inputs = SlideInputs(
+        write_gray(tmp_path / "r.tif", rcm_unit, mpp_um=5.0),
+        write_gray(tmp_path / "f.tif", fcm_unit, mpp_um=5.0),
+    )
+    spec = StainSpec(models_dir=models, max_pixels=1_000_000)
+    with pytest.raises(PixelLimitExceeded, match=r"256 x 256 px at 5 um/px.* 1707 x 1707 px"):
+        stain_slide(inputs, tmp_path / "out.tif", spec)
+    assert not (tmp_path / "out.tif").exists()
+    gareau = StainSpec(
+        models_dir=models, max_pixels=1_000_000, options=JobOptions(stages=("gareau",))
+    )
+    assert (
+        stain_slide(inputs, tmp_path / "g.tif", gareau).to_dict()["pixel_size"]["resampled"]
+        is False
+    )
+
+
+@pytest.mark.parametrize("mpp_um", [0.05, 50.0])
+def test_pixel_sizes_no_confocal_makes_are_refused(
+    tmp_path: Path, models: Path, mpp_um: float
+) -> None:
+    fcm_unit, rcm_unit = confocal_like(64, 64)
+    inputs = SlideInputs(
+        write_gray(tmp_path / "r.tif", rcm_unit, mpp_um=mpp_um),
+        write_gray(tmp_path / "f.tif", fcm_unit, mpp_um=mpp_um),
+    )
+    with pytest.raises(InputError, match=r"resolution tags must be 0.1-5.0 um/px.*--mpp"):
+        stain_slide(inputs, tmp_path / "out.tif", StainSpec(models_dir=models))
+    with pytest.raises(InputError, match=r"mpp_um must be 0.1-5.0 um/px"):
+        JobOptions(mpp_um=mpp_um)
+    stated = StainSpec(models_dir=models, options=JobOptions(stages=("gareau",), mpp_um=0.75))
+    assert stain_slide(inputs, tmp_path / "ok.tif", stated).to_dict()["mpp_um"] == 0.75

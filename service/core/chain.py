@@ -7,8 +7,9 @@ context it has used up, so the result equals a whole-image pass (see docs/models
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,23 @@ def resolve_stages(
         if role in wanted and role not in available:
             raise ModelError(f"stage {role!r} was requested but no {role} model is installed")
     return tuple(s for s in STAGES if s in wanted)
+
+
+def card_mpp_um(card: Mapping[str, Any]) -> float | None:
+    """The pixel size a stage card says its model was trained at: a network's
+    ``training_data.um_per_px``, the colour target's ``um_per_px``; None when it does not say."""
+    value = card.get("um_per_px") or card.get("training_data", {}).get("um_per_px")
+    return float(value) if value else None
+
+
+def common_mpp_um(cards: Iterable[Mapping[str, Any]]) -> float | None:
+    """The one pixel size a chain's stage cards agree on (within 10 %), None when none says."""
+    values = [v for v in (card_mpp_um(card) for card in cards) if v is not None]
+    if not values:
+        return None
+    if max(values) > min(values) * 1.1:
+        raise ModelError(f"the chain's models were trained at different pixel sizes {values}")
+    return values[0]
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -90,19 +108,10 @@ class StainChain:
     def trained_mpp_um(self) -> float | None:
         """The pixel size the chain's models were trained at (their cards say; None when the
         chain has no model whose card states one: Gareau alone is resolution-free)."""
-        values = []
-        for model in (self.despeckle, self.generator):
-            if model is not None:
-                value = model.card.extra.get("training_data", {}).get("um_per_px")
-                if value:
-                    values.append(float(value))
-        if self.colour is not None and self.colour.extra.get("um_per_px"):
-            values.append(float(self.colour.extra["um_per_px"]))
-        if not values:
-            return None
-        if max(values) > min(values) * 1.1:
-            raise ModelError(f"the chain's models were trained at different pixel sizes {values}")
-        return values[0]
+        cards = [model.card.extra for model in (self.despeckle, self.generator) if model]
+        if self.colour is not None:
+            cards.append(self.colour.extra)
+        return common_mpp_um(cards)
 
     @property
     def halo_px(self) -> int:

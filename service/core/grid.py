@@ -8,10 +8,43 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.core.filters import otsu_threshold
+from service.errors import PixelLimitExceeded
 
 # Normalised FCM + RCM below this is background whatever Otsu says: a slide full of tissue has
 # no background class, and Otsu would otherwise split the tissue in two.
 MAX_BACKGROUND_LEVEL = 0.1
+
+
+RESAMPLE_TOLERANCE = 0.10  # resample when the slide's pixel size differs more than this
+MIN_WORK_SIDE_PX = 16
+
+
+def work_size_px(
+    width_px: int, height_px: int, mpp_um: float, model_mpp_um: float | None
+) -> tuple[int, int]:
+    """The size the chain computes: the slide resampled to the models' pixel size when it is
+    more than RESAMPLE_TOLERANCE off (the networks see what they were trained on), else its own."""
+    if model_mpp_um is None or abs(mpp_um / model_mpp_um - 1.0) <= RESAMPLE_TOLERANCE:
+        return width_px, height_px
+    scale = mpp_um / model_mpp_um
+    return (
+        max(MIN_WORK_SIDE_PX, round(width_px * scale)),
+        max(MIN_WORK_SIDE_PX, round(height_px * scale)),
+    )
+
+
+def check_work_pixels(
+    size_px: tuple[int, int], work_px: tuple[int, int], mpp_um: float, max_pixels: int
+) -> None:
+    """Refuse a slide whose resampled size exceeds the pixel limit (the work, not the upload,
+    is what the limit bounds: 512 x 512 px at 50 um/px is 34133 x 34133 px at 0.75 um/px)."""
+    if work_px[0] * work_px[1] <= max_pixels:
+        return
+    raise PixelLimitExceeded(
+        f"the slide is {size_px[0]} x {size_px[1]} px at {mpp_um:g} um/px; resampled to the "
+        f"models' pixel size it is {work_px[0]} x {work_px[1]} px "
+        f"({work_px[0] * work_px[1]} px), over the limit of {max_pixels} px"
+    )
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,9 @@ class SlowStainer:
     def check_stages(self, stages: Sequence[str] | None, models_dir: Path) -> None:
         return None
 
+    def trained_mpp_um(self, stages: Sequence[str] | None, models_dir: Path) -> float | None:
+        return None
+
 
 def fake_report(request: StainRequest, tiles: int) -> StainReport:
     """The report of a stain that computed ``tiles`` tiles into ``request.output``."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 from fastapi.testclient import TestClient
+from onnx_factory import make_colour_card
 from service_helpers import Keys, Pair, assert_problem, make_app, submit, wait_for
 from starlette.requests import Request
 from support.pairs import write_gray_tiff
@@ -174,6 +175,28 @@ def test_rgb_input_is_422(client: TestClient, keys: Keys, pair: Pair, tmp_path: 
 def test_pixel_limit_is_422(make_settings: Callable[..., Settings], keys: Keys, pair: Pair) -> None:
     with TestClient(make_app(make_settings(max_pixels=10_000))) as client:
         assert_problem(submit(client, keys.alice, pair), 422, "pixel_limit_exceeded")
+
+
+def test_the_pixel_limit_bounds_the_resampled_size_at_upload(
+    make_settings: Callable[..., Settings], keys: Keys, pair: Pair, tmp_path: Path
+) -> None:
+    """256 x 256 px at 5 um/px is 1707 x 1707 px at the colour card's 0.75 um/px: refused
+    before a job exists, naming both sizes; Gareau alone is not resampled and is accepted."""
+    models = tmp_path / "models"
+    make_colour_card(models, um_per_px=0.75)
+    settings = make_settings(max_pixels=1_000_000, models_dir=models)
+    with TestClient(make_app(settings)) as client:
+        chain = {"stages": "gareau,colour", "mpp_um": "5"}
+        answer = assert_problem(
+            submit(client, keys.alice, pair, chain), 422, "pixel_limit_exceeded"
+        )
+        assert "256 x 256 px at 5 um/px" in answer["detail"]
+        assert "1707 x 1707 px" in answer["detail"]
+        assert client.get("/v1/jobs", headers=Keys.auth(keys.alice)).json()["items"] == []
+        assert submit(client, keys.alice, pair, {"mpp_um": "5"}).status_code == 202
+        for mpp_um in ("50", "0.05"):
+            refused = submit(client, keys.alice, pair, {"mpp_um": mpp_um})
+            assert_problem(refused, 422, "invalid_option")
 
 
 @pytest.mark.parametrize(
