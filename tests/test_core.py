@@ -48,6 +48,17 @@ def test_normalisation_of_a_flat_image_does_not_divide_by_zero() -> None:
     assert np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("level", [3e38, -3e38, 2.0**60, np.finfo(np.float32).max])
+def test_normalisation_of_a_flat_image_at_float_extremes(level: float) -> None:
+    """Above 2**53 a unit-wide range is lost to rounding (issue 17: ZeroDivisionError)."""
+    flat = np.full((20, 20), level, np.float32)
+    flat[0, 0] = -level  # one outlier below the 1st percentile
+    intensity = estimate_range(flat)
+    assert intensity.high > intensity.low
+    out = normalize(flat, intensity)
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
 def test_median_matches_scipy_with_mirrored_borders() -> None:
     image = np.random.default_rng(2).random((2, 33, 41)).astype(np.float32)
     expected = np.stack([ndimage.median_filter(i, size=3, mode="mirror") for i in image])

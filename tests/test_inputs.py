@@ -85,6 +85,21 @@ def test_16_bit_and_float_inputs_work(tmp_path: Path, dtype: str) -> None:
     assert (tmp_path / "out.tif").stat().st_size > 0
 
 
+def test_a_float_tiff_at_the_float32_extremes_stains(tmp_path: Path) -> None:
+    """3e38 everywhere, one pixel of -3e38: accepted, so it must stain (it failed
+    internal_error, ZeroDivisionError in estimate_range)."""
+    extreme = np.full((64, 64), 3e38, np.float32)
+    extreme[5, 5] = -3e38
+    rcm, fcm = tmp_path / "rcm.tif", tmp_path / "fcm.tif"
+    for path in (rcm, fcm):
+        tifffile.imwrite(
+            path, extreme, resolution=(1 / 0.75e-4, 1 / 0.75e-4), resolutionunit="CENTIMETER"
+        )
+    result = run_stain(rcm, fcm, tmp_path / "out.tif", "--stages", "median,gareau")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.tif").stat().st_size > 0
+
+
 def test_truncated_tiff(tmp_path: Path) -> None:
     fcm_unit, rcm_unit = confocal_like(512, 512)
     full = write_gray(tmp_path / "full.tif", rcm_unit, tile=True)

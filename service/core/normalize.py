@@ -30,8 +30,9 @@ class IntensityRange:
 def estimate_range(thumbnail: np.ndarray) -> IntensityRange:
     """Percentile range of a low-resolution view of one mode.
 
-    A flat image (high == low) gets a unit-wide range so that it maps to a constant instead of
-    dividing by zero.
+    A flat image (high == low) gets a range one unit wide, or one part in a million of its
+    level where a unit is lost to rounding (floats near 3e38), so that it maps to a constant
+    instead of dividing by zero.
     """
     values = np.asarray(thumbnail, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
@@ -39,14 +40,17 @@ def estimate_range(thumbnail: np.ndarray) -> IntensityRange:
         return IntensityRange(0.0, 1.0)
     low, high = np.percentile(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
     if high <= low:
-        high = low + 1.0
+        high = low + max(1.0, abs(float(low)) * 1e-6)
     return IntensityRange(float(low), float(high))
 
 
 def normalize(pixels: np.ndarray, intensity: IntensityRange) -> np.ndarray:
     """Map raw pixels to float32 in [0, 1] with the slide-wide range."""
     scale = np.float32(1.0 / (intensity.high - intensity.low))
-    out = np.subtract(np.asarray(pixels, np.float32), np.float32(intensity.low), dtype=np.float32)
+    with np.errstate(over="ignore"):  # float extremes overflow to inf, clipped to 1 below
+        out = np.subtract(
+            np.asarray(pixels, np.float32), np.float32(intensity.low), dtype=np.float32
+        )
     out *= scale
     np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(out, 0.0, 1.0, out=out)

@@ -8,6 +8,7 @@ upload or deleted file stays open once the jobs are done, and memory ends near i
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import pytest
+import tifffile
 from hostile_inputs import gray_tiff_bytes, mutate
+from onnx_factory import make_colour_card
 from processes import Cluster, cluster_for
 from service_helpers import FINISHED, Keys
 from support.polling import wait_until
@@ -27,6 +30,11 @@ from support.polling import wait_until
 pytestmark = pytest.mark.integration
 SEED = 20261126
 TIFF_CASES, MULTIPART_CASES, OTHER_CASES = 200, 150, 150
+RESAMPLE_CASES, FLOAT_CASES = 40, 30
+MAX_PIXELS = 1_000_000  # the server's DSCM_MAX_PIXELS: 512 x 512 px at 5 um/px is 11.6 MP of work
+# Pixel sizes in and out of the 0.1-5 um/px a confocal microscope makes, stated or in the tags.
+PIXEL_SIZES_UM = [0.05, 0.0999, 0.1, 0.75, 0.8, 2.0, 5.0, 5.0001, 50.0, 1e-300, 1e300, -1.0]
+FLOAT_LEVELS = [3e38, -3e38, float(np.finfo(np.float32).max), 2.0**60, 1e-45, 0.0, -1.0]
 MEMORY_SLACK_MIB = 48  # above the RSS after the warm-up jobs
 
 
@@ -188,6 +196,49 @@ def hostile_request(
     return str(rng.choice(["GET", "DELETE"])), path, {"headers": auth}
 
 
+def tiff_at(height_px: int, width_px: int, mpp_um: float, seed: int) -> bytes:
+    """A gray TIFF whose resolution tags say ``mpp_um`` (whatever that is)."""
+    values = np.random.default_rng(seed).integers(20, 200, (height_px, width_px), dtype=np.uint8)
+    buffer = io.BytesIO()
+    px_per_cm = 1e4 / mpp_um if mpp_um > 0 else 1.0
+    top = 2**32 - 1  # a TIFF rational's numerator and denominator are 32-bit
+    if px_per_cm >= 1:
+        ratio = (min(top, round(px_per_cm * 1000)), 1000)
+    else:
+        ratio = (1, min(top, round(1 / px_per_cm)))
+    tifffile.imwrite(buffer, values, resolution=(ratio, ratio), resolutionunit="CENTIMETER")
+    return buffer.getvalue()
+
+
+def resample_form(rng: np.random.Generator) -> tuple[list[tuple[str, str | None, bytes]], str]:
+    """A pair the colour stage resamples to its 0.75 um/px: a pixel size from the tags or the
+    mpp_um field, in range or not, on a pair whose work fits the limit or does not."""
+    side = int(rng.choice([32, 64, 512]))
+    tagged = float(rng.choice(PIXEL_SIZES_UM))
+    stated = rng.choice([None, *PIXEL_SIZES_UM])
+    parts: list[tuple[str, str | None, bytes]] = [
+        ("stages", None, b"gareau,colour"),
+        ("rcm", "r.tif", tiff_at(side, side, tagged, 1)),
+        ("fcm", "f.tif", tiff_at(side, side, tagged, 2)),
+    ]
+    if stated is not None:
+        parts.append(("mpp_um", None, repr(float(stated)).encode()))
+    return parts, f"{side} px, tags {tagged:g}, stated {stated}"
+
+
+def float_form(rng: np.random.Generator) -> list[tuple[str, str | None, bytes]]:
+    """A float32 pair at the extremes: a level, and a few outliers at another."""
+    parts: list[tuple[str, str | None, bytes]] = [("stages", None, b"median,gareau")]
+    for name in ("rcm", "fcm"):
+        values = np.full((32, 48), rng.choice(FLOAT_LEVELS), np.float32)
+        at = rng.integers(0, values.size, int(rng.integers(0, 4)))
+        values.flat[at] = rng.choice(FLOAT_LEVELS, at.size)
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, values, resolution=(1e4 / 0.75,) * 2, resolutionunit="CENTIMETER")
+        parts.append((name, f"{name}.tif", buffer.getvalue()))
+    return parts
+
+
 def open_files(pid: int) -> list[str]:
     found = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -208,7 +259,14 @@ def rss_mib(pid: int) -> float:
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
 def test_fuzz_uploads_and_requests(cluster: Cluster, keys: Keys) -> None:
     started_s = time.monotonic()
-    api = cluster.start_api(DSCM_BROKER_URL="", DSCM_TILE_PX="64", DSCM_THUMBNAIL_PX="64")
+    models = make_colour_card(cluster.root / "models", um_per_px=0.75).parent
+    api = cluster.start_api(
+        DSCM_BROKER_URL="",
+        DSCM_TILE_PX="64",
+        DSCM_THUMBNAIL_PX="64",
+        DSCM_MODELS_DIR=str(models),
+        DSCM_MAX_PIXELS=str(MAX_PIXELS),
+    )
     storage = cluster.root / "storage"
     rng = np.random.default_rng(SEED)
     rcm, fcm = gray_tiff_bytes(32, 48, 1), gray_tiff_bytes(32, 48, 2)
@@ -248,6 +306,7 @@ def test_fuzz_uploads_and_requests(cluster: Cluster, keys: Keys) -> None:
         assert client.get(f"/v1/jobs/{job['id']}/dzi_files/5/0_0.jpeg", headers=auth).is_success
         baseline_mib = rss_mib(api.pid)
         tally.accepted.clear()
+        resampled: dict[str, str] = {}
 
         for i in range(TIFF_CASES):  # mutated TIFF headers
             base = tiled if i % 4 == 0 else rcm
@@ -261,6 +320,17 @@ def test_fuzz_uploads_and_requests(cluster: Cluster, keys: Keys) -> None:
         for i in range(OTHER_CASES):
             method, url, kwargs = hostile_request(rng, job, keys.alice)
             tally.send(client, f"{method} {url[:80]} #{i}", method, url, **kwargs)
+        for i in range(RESAMPLE_CASES):
+            parts, what = resample_form(rng)
+            submit(
+                f"resample {i} ({what})", multipart(parts, "b0"), "multipart/form-data; boundary=b0"
+            )
+            if tally.accepted and tally.accepted[-1] not in resampled:
+                resampled[tally.accepted[-1]] = what
+        for i in range(FLOAT_CASES):
+            submit(
+                f"float {i}", multipart(float_form(rng), "b0"), "multipart/form-data; boundary=b0"
+            )
         jobs = finish(tally.accepted)
 
     codes = sorted({(j["state"], (j["error"] or {}).get("code")) for j in jobs})
@@ -275,6 +345,11 @@ def test_fuzz_uploads_and_requests(cluster: Cluster, keys: Keys) -> None:
     assert tally.server_errors == [], tally.server_errors[:10]
     assert tally.not_problems == [], tally.not_problems[:10]
     assert all(j["error"] is None or j["error"]["code"] != "internal_error" for j in jobs), codes
+    for j in jobs:  # an accepted resampling job computed no more than the limit
+        if j["id"] in resampled and j["state"] == "succeeded":
+            width_px, height_px = j["report"]["pixel_size"]["work_px"]
+            assert width_px * height_px <= MAX_PIXELS, resampled[j["id"]]
+    assert resampled, "no resampling case was accepted"
     log = api.output()
     assert "Traceback" not in log and "unhandled error" not in log, log[-3000:]
 
