@@ -9,7 +9,6 @@ docs/dicom-conformance.md.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import pydicom
 import pyvips
 import tifffile
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate_buffer
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
@@ -150,12 +149,17 @@ def _read_level(tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> _Level:
         raise OutputError("DICOM output needs a JPEG-tiled RGB pyramid (compression jpeg)")
     tables = bytes(page.jpegtables or b"")
     head = tables[:-2] if tables.endswith(b"\xff\xd9") else b"\xff\xd8"
-    frames = []
+    # libvips writes a level's tiles one after another: one read, then slices
+    start = min(page.dataoffsets)
+    end = max(o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=True))
     handle = tiff.filehandle
+    handle.seek(start)
+    data = memoryview(handle.read(end - start))
+    frames = []
     for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-        handle.seek(offset)
-        stream = handle.read(count)
-        frames.append(head + stream[2:] if tables else stream)
+        stream = data[offset - start + 2 : offset - start + count]  # without its SOI
+        frames.append(head + stream if tables else b"\xff\xd8" + stream)
+    del data
     return _Level(page.imagewidth, page.imagelength, page.tilewidth, page.tilelength, frames)
 
 
@@ -288,14 +292,17 @@ def _identify(ds: Dataset, ids: SeriesIds, index: int, now: datetime) -> None:
 
 
 def _save(ds: Dataset, level: _Level, path: Path) -> None:
-    """Write the instance durably (encapsulated frames streamed from memory buffers)."""
+    """Write the instance durably. The frames are encapsulated in one bytes value (pydicom's
+    buffered variant is quadratic in the frame count); a Basic Offset Table is kept where its
+    32-bit offsets reach (levels under 4 GiB)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = JPEGBaseline8Bit
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
-    ds.PixelData = encapsulate_buffer([io.BytesIO(frame) for frame in level.frames])
+    has_bot = sum(len(frame) + 8 for frame in level.frames) < 2**32
+    ds.PixelData = encapsulate(level.frames, has_bot=has_bot)
     ds["PixelData"].VR = "OB"
     with path.open("wb") as handle:
         ds.save_as(handle, enforce_file_format=True)
