@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
+from urllib.parse import unquote_plus
 
 from service.case import CASE_FIELDS
 
@@ -35,8 +36,9 @@ _TENANT: ContextVar[str | None] = ContextVar("dscm_tenant", default=None)
 _HOST = socket.gethostname()
 _CHATTY_LOGGERS = ("pyvips",)
 # A case's label or accession number in a query string (GET /v1/jobs?external_id=...), as
-# uvicorn's access log would print it: they may identify a patient.
-_CASE_QUERY = re.compile(rf"([?&](?:{'|'.join(CASE_FIELDS)})=)[^&#\s\"]*")
+# uvicorn's access log would print it: they may identify a patient. Names are compared
+# percent-decoded, as the API reads them (``external%5Fid=`` is the same filter).
+_QUERY_PARAM = re.compile(r"([?&])([^=&#\s\"]*)=([^&#\s\"]*)")
 _REDACTED = "[redacted]"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -91,7 +93,15 @@ class RedactCaseFilter(logging.Filter):
 
 
 def redact_case(text: str) -> str:
-    return _CASE_QUERY.sub(rf"\g<1>{_REDACTED}", text) if "=" in text else text
+    """``text`` with the value of every case query parameter replaced, however it is spelled."""
+    return _QUERY_PARAM.sub(_redact_param, text) if "=" in text else text
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    separator, name, _ = match.groups()
+    if unquote_plus(name) not in CASE_FIELDS:
+        return match.group(0)
+    return f"{separator}{name}={_REDACTED}"
 
 
 class JsonFormatter(logging.Formatter):

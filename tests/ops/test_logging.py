@@ -17,6 +17,7 @@ from service.logs import (
     configure_logging,
     install_celery_logging,
     job_context,
+    redact_case,
 )
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
@@ -176,3 +177,24 @@ def test_libvips_operation_chatter_is_never_logged() -> None:
         root.handlers[:] = before
         root.setLevel(level)
         logging.getLogger("pyvips").setLevel(logging.WARNING)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "external_id=S24-01234",
+        "external%5Fid=S24-01234",
+        "%65xternal_id=S24-01234",
+        "external%5fi%64=S24-01234",
+        "state=failed&label=Left%20cheek",
+        "l%61bel=Left+cheek&limit=5",
+    ],
+)
+def test_case_values_are_redacted_however_the_name_is_spelled(query: str) -> None:
+    """The API percent-decodes query names, so every spelling of a case field is the filter
+    (issue 17: ``external%5Fid=`` reached the access log)."""
+    line = f'127.0.0.1:5 - "GET /v1/jobs?{query} HTTP/1.1" 200'
+    redacted = redact_case(line)
+    assert "S24-01234" not in redacted and "cheek" not in redacted, redacted
+    assert "=[redacted]" in redacted and redacted.endswith(' HTTP/1.1" 200')
+    assert redact_case("GET /v1/jobs?state=failed&limit=5") == "GET /v1/jobs?state=failed&limit=5"

@@ -150,6 +150,9 @@ def test_case_identity_never_reaches_the_logs(cluster: Cluster, keys: Keys, pair
     wait_until(finished, 60, "the job", interval_s=0.2)
     found = httpx.get(f"{cluster.url}/v1/jobs", params={"external_id": EXTERNAL_ID}, headers=auth)
     assert [job["id"] for job in found.json()["items"]] == [job_id]
+    for spelling in ("external%5Fid", "%65xternal_id", "external%5fi%64"):  # the same filter
+        url = f"{cluster.url}/v1/jobs?{spelling}={EXTERNAL_ID}"
+        assert [job["id"] for job in httpx.get(url, headers=auth).json()["items"]] == [job_id]
     assert httpx.get(f"{cluster.url}/viewer/{job_id}", timeout=10).status_code == 200
     cluster.stop_all()  # flushes every log
 
