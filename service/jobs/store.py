@@ -174,8 +174,10 @@ class JobStore:
             )
 
     def mark_purged(self, job_id: str) -> None:
+        """Record when the job's files were first deleted; a second DELETE keeps that time."""
         with self._sessions.begin() as session:
-            self._update(session, job_id, purged_at=utc_now(), patient=None)
+            self._update(session, job_id, JobRow.purged_at.is_(None), purged_at=utc_now())
+            self._update(session, job_id, patient=None)
 
     def counts_by_state(self) -> dict[str, int]:
         with self._sessions() as session:

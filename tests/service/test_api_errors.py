@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import pytest
 import tifffile
 from fastapi.testclient import TestClient
 from onnx_factory import make_colour_card
-from service_helpers import Keys, Pair, assert_problem, make_app, submit, wait_for
+from service_helpers import Keys, Pair, assert_problem, make_app, stained, submit, wait_for
 from starlette.requests import Request
 from support.pairs import write_gray_tiff
+from support.tmpfs import mount_tmpfs, unmount
 
 from service.api.problems import ApiError
 from service.api.uploads import receive_form
@@ -197,6 +199,58 @@ def test_the_pixel_limit_bounds_the_resampled_size_at_upload(
         for mpp_um in ("50", "0.05"):
             refused = submit(client, keys.alice, pair, {"mpp_um": mpp_um})
             assert_problem(refused, 422, "invalid_option")
+
+
+def test_a_second_delete_keeps_the_first_purge_time(
+    client: TestClient, keys: Keys, pair: Pair
+) -> None:
+    job = stained(client, keys.alice, pair)
+    url, auth = f"/v1/jobs/{job['id']}", Keys.auth(keys.alice)
+    first = client.delete(url, headers=auth)
+    assert first.status_code == 200 and first.json()["purged_at"]
+    time.sleep(0.01)
+    again = client.delete(url, headers=auth)
+    assert again.status_code == 200
+    assert again.json()["purged_at"] == first.json()["purged_at"]
+
+
+def test_delete_on_a_full_disk_is_507_not_500(
+    make_settings: Callable[..., Settings], keys: Keys, pair: Pair, tmp_path: Path
+) -> None:
+    """The job database on a full disk (issue 17: 500 internal_error, sqlite3 'database or
+    disk is full' in mark_purged): a problem body the client can retry on; then it purges."""
+    disk = tmp_path / "small-disk"
+    if not mount_tmpfs(disk, "size=2m"):
+        pytest.skip("a full disk is a small tmpfs, which needs mount rights (root)")
+    try:
+        database = f"sqlite:///{disk / 'jobs.sqlite3'}"
+        settings = make_settings(database_url=database)  # deleting files frees no room there
+        with TestClient(make_app(settings), raise_server_exceptions=False) as client:
+            job = stained(client, keys.alice, pair)
+            filler = fill(disk)
+            url, auth = f"/v1/jobs/{job['id']}", Keys.auth(keys.alice)
+            refused = client.delete(url, headers=auth)
+            assert refused.status_code in (503, 507), refused.text
+            assert_problem(refused, refused.status_code)
+            assert refused.json()["code"] in ("storage_full", "database_unavailable")
+            filler.unlink()
+            purged = client.delete(url, headers=auth)
+            assert purged.status_code == 200 and purged.json()["purged_at"], purged.text
+    finally:
+        unmount(disk)
+
+
+def fill(folder: Path) -> Path:
+    """Write zeros until the file system is full."""
+    filler = folder / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
 
 
 @pytest.mark.parametrize(

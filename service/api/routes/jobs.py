@@ -243,10 +243,13 @@ def get_thumbnail(
 )
 async def delete_job(job_id: str, principal: SubmitterDep, services: ServicesDep) -> JobPublic:
     job = find_job(services, principal, job_id)
-    await run_in_threadpool(services.store.cancel, job.id)
-    services.tiles.forget(job)
-    await run_in_threadpool(services.files.purge, job.id)
-    await run_in_threadpool(services.store.mark_purged, job.id)
+    try:  # a full disk or database is 507/503 (docs/api.md), the client may retry the DELETE
+        await run_in_threadpool(services.store.cancel, job.id)
+        services.tiles.forget(job)
+        await run_in_threadpool(services.files.purge, job.id)
+        await run_in_threadpool(services.store.mark_purged, job.id)
+    except (OSError, SQLAlchemyError) as exc:
+        raise storage_error(exc) from exc
     refreshed = services.store.get(job.id)
     if refreshed is None:
         raise ApiError(404, "job_not_found", "no such job")
