@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.integrations import (
@@ -15,6 +15,7 @@ from service.integrations import (
     IpNetwork,
     TenantIntegration,
     check_destinations,
+    read_integrations,
 )
 from service.options import DEFAULT_UID_ROOT, MPP_RANGE_UM
 
@@ -152,6 +153,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Per tenant, as JSON: allowed destinations, default, webhook, callback hosts",
     )
+    integrations_file: Path | None = Field(
+        default=None,
+        description="JSON file {destinations, tenants} read at start-up, added to the two "
+        "settings above; secret files named in it are relative to its folder",
+    )
     dispatch_interval_s: float = Field(
         default=2.0, gt=0, le=300, description="How often a dispatcher looks for due work"
     )
@@ -182,6 +188,11 @@ class Settings(BaseSettings):
         "default is pydicom's, for trials: a site registers its own",
     )
 
+    @field_validator("integrations_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value  # compose passes unset variables as ""
+
     @model_validator(mode="after")
     def _check_service_timing(self) -> Settings:
         if self.visibility_timeout_s is not None and (
@@ -192,6 +203,10 @@ class Settings(BaseSettings):
             raise ValueError("stale_after_s must be more than twice heartbeat_interval_s")
         if self.orphan_grace_s <= self.upload_idle_timeout_s:
             raise ValueError("orphan_grace_s must be above upload_idle_timeout_s")
+        if self.integrations_file is not None:
+            loaded = read_integrations(self.integrations_file)
+            self.destinations = [*self.destinations, *loaded.destinations]
+            self.tenants = {**loaded.tenants, **self.tenants}
         check_destinations(self.destinations, self.tenants)
         return self
 

@@ -8,6 +8,7 @@ and are read when they are used, so rotating one is writing the file; they are n
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -134,6 +135,40 @@ def check_destinations(
             raise ValueError(
                 f"tenant {tenant}: unknown destination(s) {', '.join(sorted(unknown))}"
             )
+
+
+class Integrations(BaseModel):
+    """The content of DSCM_INTEGRATIONS_FILE."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    destinations: list[Destination] = Field(default_factory=list)
+    tenants: dict[str, TenantIntegration] = Field(default_factory=dict)
+
+
+def read_integrations(path: Path) -> Integrations:
+    """Destinations and tenants from a JSON file; relative secret and CA files are taken
+    from the file's folder. ValueError (naming the file) for one that is unreadable or wrong."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"DSCM_INTEGRATIONS_FILE {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"DSCM_INTEGRATIONS_FILE {path}: not a JSON object")
+    folder = path.parent
+
+    def rebase(value: object) -> object:
+        return str(folder / value) if isinstance(value, str) and value else value
+
+    for destination in data.get("destinations") or []:
+        if isinstance(destination, dict):
+            for key in ("secret_file", "ca_file"):
+                if key in destination:
+                    destination[key] = rebase(destination[key])
+    for tenant in (data.get("tenants") or {}).values():
+        if isinstance(tenant, dict) and isinstance(tenant.get("webhook_secret_files"), list):
+            tenant["webhook_secret_files"] = [rebase(v) for v in tenant["webhook_secret_files"]]
+    return Integrations.model_validate(data)
 
 
 def read_secret(path: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +31,8 @@ from service.jobs.store import JobStore
 log = logging.getLogger(__name__)
 # A delivery's lease outlives one instance's request by this much; renewed after each one.
 _LEASE_MARGIN_S = 60.0
+# How often a dispatcher deletes the rows of jobs the retention purge deleted.
+_CLEANUP_INTERVAL_S = 600.0
 
 
 class NothingToDeliver(Exception):
@@ -56,6 +59,7 @@ class DispatchContext:
     store: JobStore
     outbox: OutboxStore
     files: JobFiles
+    cleaned_at_s: float = 0.0  # time.monotonic() of the last remove_orphans
 
     def receivers(self, tenant: str, callback_url: str | None) -> list[tuple[str, str]]:
         """Who gets a job's events: the tenant's receiver, and the job's callback_url."""
@@ -68,7 +72,8 @@ class DispatchContext:
         return targets
 
     def event_data(self, event_type: str, job_id: str) -> dict[str, Any] | None:
-        """What an event says about its job: id, state, external id, error, delivery, links."""
+        """What an event says about its job: id, state, external id, error, links, and for
+        job.delivered the study and series delivered."""
         job = self.store.get(job_id)
         if job is None:
             return None
@@ -86,20 +91,12 @@ class DispatchContext:
                 "links": {"self": f"/v1/jobs/{job.id}", "result": f"/v1/jobs/{job.id}/result"},
             }
         }
-        delivery = self.outbox.delivery(job_id)
-        if event_type == "job.delivered" and delivery is not None:
+        if event_type == "job.delivered":
+            # Destination, instances and time come from the delivery's own transaction.
+            dicom = (job.report or {}).get("dicom") or {}
             data["delivery"] = {
-                "destination": delivery.destination,
-                "instances": delivery.instances,
-                "delivered_at": delivery.delivered_at.isoformat()
-                if delivery.delivered_at
-                else None,
-                "study_instance_uid": ((job.report or {}).get("dicom") or {}).get(
-                    "study_instance_uid"
-                ),
-                "series_instance_uid": ((job.report or {}).get("dicom") or {}).get(
-                    "series_instance_uid"
-                ),
+                "study_instance_uid": dicom.get("study_instance_uid"),
+                "series_instance_uid": dicom.get("series_instance_uid"),
             }
         return data
 
@@ -107,6 +104,9 @@ class DispatchContext:
 def deliver_once(ctx: DispatchContext) -> str | None:
     """Make one delivery attempt if one is due; returns its outcome (None: nothing was due)."""
     settings, outbox = ctx.settings, ctx.outbox
+    if time.monotonic() - ctx.cleaned_at_s > _CLEANUP_INTERVAL_S:
+        outbox.remove_orphans()
+        ctx.cleaned_at_s = time.monotonic()
     outbox.settle_unsent()
     lease_s = _delivery_lease_s(ctx)
     claimed = outbox.claim_delivery(lease_s)

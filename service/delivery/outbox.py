@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.delivery.records import (
@@ -211,7 +210,17 @@ class OutboxStore:
                 lease_expires_at=None,
             )
             if done:
-                self._write_events(session, job_id, "job.delivered", receivers, event_data)
+                row = session.get(DeliveryRow, job_id)
+                assert row is not None
+                session.refresh(row)
+                delivery = {
+                    "destination": row.destination,
+                    "instances": instances,
+                    "delivered_at": now.isoformat().replace("+00:00", "Z"),
+                }
+                self._write_events(
+                    session, job_id, "job.delivered", receivers, event_data, {"delivery": delivery}
+                )
             return done
 
     def delivery_failed(
@@ -256,8 +265,8 @@ class OutboxStore:
 
     def emit_finished(self, receivers: Receivers, event_data: EventData) -> int:
         """Write job.succeeded / job.failed events for finished jobs with a hook; returns how
-        many jobs were done. The hook is marked in the same transaction, so each job's finish
-        is written once whatever crashes, and a unique key keeps racing dispatchers to one."""
+        many jobs were done. The hook is marked by a conditional UPDATE in the same
+        transaction, so each job's finish is written once, whatever crashes or races."""
         finished = {JobState.SUCCEEDED.value: "job.succeeded", JobState.FAILED.value: "job.failed"}
         open_hooks = (
             select(JobHookRow.job_id, JobRow.state)
@@ -270,18 +279,15 @@ class OutboxStore:
             candidates = list(session.execute(open_hooks))
         for job_id, state in candidates:
             event = finished[state]
-            try:
-                with self._sessions.begin() as session:
-                    marked = session.execute(
-                        update(JobHookRow)
-                        .where(JobHookRow.job_id == job_id, JobHookRow.finished_event.is_(None))
-                        .values(finished_event=event)
-                    )
-                    if getattr(marked, "rowcount", 0):
-                        self._write_events(session, job_id, event, receivers, event_data)
-                        done += 1
-            except IntegrityError:  # another dispatcher wrote them first
-                continue
+            with self._sessions.begin() as session:
+                marked = session.execute(
+                    update(JobHookRow)
+                    .where(JobHookRow.job_id == job_id, JobHookRow.finished_event.is_(None))
+                    .values(finished_event=event)
+                )
+                if getattr(marked, "rowcount", 0):  # else another dispatcher wrote them
+                    self._write_events(session, job_id, event, receivers, event_data)
+                    done += 1
         # Cancelled jobs send nothing; their hooks are closed so they are not scanned again.
         cancelled = select(JobRow.id).where(JobRow.state == JobState.CANCELLED.value)
         with self._sessions.begin() as session:
@@ -299,7 +305,10 @@ class OutboxStore:
         event_type: str,
         receivers: Receivers,
         event_data: EventData,
+        extra: dict[str, dict[str, Any]] | None = None,
     ) -> None:
+        """Add one event per receiver; ``extra`` parts are merged into the job's data (what
+        this transaction knows and other sessions cannot see yet)."""
         hook = session.get(JobHookRow, job_id)
         if hook is None:
             return
@@ -309,6 +318,8 @@ class OutboxStore:
         data = event_data(event_type, job_id)
         if data is None:
             return
+        for key, part in (extra or {}).items():
+            data[key] = {**data.get(key, {}), **part}
         now = utc_now()
         for target, url in targets:
             event_id = uuid.uuid4().hex

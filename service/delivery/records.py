@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.jobs.db import JOB_ID_LENGTH, Base, UTCDateTime
@@ -60,12 +60,13 @@ class JobHookRow(Base):
 
 class WebhookEventRow(Base):
     """One event for one receiver (the outbox); its body is fixed when written, so every
-    retry sends the same bytes (re-signed with a fresh timestamp)."""
+    retry sends the same bytes (re-signed with a fresh timestamp). A job's finish events are
+    written once (JobHookRow.finished_event); each delivery writes its own job.delivered."""
 
     __tablename__ = "dscm_webhook_events"
     __table_args__ = (
-        UniqueConstraint("job_id", "type", "target", name="uq_dscm_webhook_events_once"),
         Index("ix_dscm_webhook_events_due", "state", "next_attempt_at"),
+        Index("ix_dscm_webhook_events_job", "job_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -43,6 +43,7 @@ OPERATIONS = [
     "GET /v1/jobs/{job_id}/dzi",
     "GET /v1/jobs/{job_id}/dzi_files/{level}/{column}_{row}.jpeg",
     "POST /v1/jobs/{job_id}/viewer-link",
+    "POST /v1/jobs/{job_id}/deliveries",
     "GET /livez",
     "GET /readyz",
     "GET /metrics",

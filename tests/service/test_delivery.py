@@ -329,3 +329,33 @@ def test_two_dispatchers_deliver_a_series_once(tmp_path: Path, orthanc: Orthanc)
     for one in series:
         delivery = ctx.outbox.delivery(job_id_of(one))
         assert delivery is not None and (delivery.state, delivery.attempts) == ("delivered", 1)
+
+
+def test_an_integrations_file_with_secrets_beside_it(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "pacs.token").write_text("tkn\n")
+    (folder / "hook.key").write_text("k\n")
+    config = {
+        "destinations": [
+            {"name": "vna", "url": "https://vna.example.org/dicomweb/", "auth": "bearer",
+             "secret_file": "pacs.token"}
+        ],
+        "tenants": {TENANT: {"destinations": ["vna"], "webhook_url": "https://h.example.org/x",
+                             "webhook_secret_files": ["hook.key"]}},
+    }  # fmt: skip
+    (folder / "integrations.json").write_text(json.dumps(config))
+    settings = settings_in(tmp_path, [], integrations_file=str(folder / "integrations.json"))
+    vna = settings.destination("vna")
+    assert vna is not None and vna.secret_file == folder / "pacs.token"
+    assert vna.url == "https://vna.example.org/dicomweb" and vna.verify_tls
+    assert settings.integration(TENANT).webhook_secret_files == [folder / "hook.key"]
+    assert settings.integration("another").destinations == []
+
+    config["tenants"][TENANT]["destinations"] = ["nowhere"]  # type: ignore[index]
+    (folder / "integrations.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unknown destination"):
+        settings_in(tmp_path, [], integrations_file=str(folder / "integrations.json"))
+    (folder / "pacs.token").unlink()
+    with pytest.raises(ValueError, match="not a readable file"):
+        settings_in(tmp_path, [], integrations_file=str(folder / "integrations.json"))
