@@ -278,7 +278,9 @@ class ViewerLinkCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ttl_s: float | None = Field(
-        default=None, gt=0, description="Life of the link; default and cap: DSCM_VIEWER_LINK_TTL_S"
+        default=None,
+        ge=60,  # a link that expires before anyone can open it is a mistake, not a request
+        description="Life of the link, at least 60 s; default and cap: DSCM_VIEWER_LINK_TTL_S",
     )
 
 

@@ -250,10 +250,18 @@ def test_link_lifetime_is_capped(vclient: TestClient, keys: Keys, layered: dict[
     ).json()
     left_s = datetime.fromisoformat(made["expires_at"]).timestamp() - time.time()
     assert 590 < left_s <= 600
-    bad = vclient.post(
-        f"/v1/jobs/{layered['id']}/viewer-link", json={"ttl_s": -1}, headers=keys.auth(keys.alice)
+    for ttl_s in (-1, 1e-300, 59.9):  # 1e-300 was a 201 with a link already expired
+        bad = vclient.post(
+            f"/v1/jobs/{layered['id']}/viewer-link",
+            json={"ttl_s": ttl_s},
+            headers=keys.auth(keys.alice),
+        )
+        assert_problem(bad, 422, "invalid_request")
+    shortest = vclient.post(
+        f"/v1/jobs/{layered['id']}/viewer-link", json={"ttl_s": 60}, headers=keys.auth(keys.alice)
     )
-    assert_problem(bad, 422, "invalid_request")
+    assert shortest.status_code == 201
+    assert datetime.fromisoformat(shortest.json()["expires_at"]).timestamp() > time.time() + 58
 
 
 def test_pages_and_vendored_assets(vclient: TestClient, layered: dict[str, Any]) -> None:
