@@ -216,11 +216,13 @@ def test_an_internal_address_is_refused_when_sending_too(tmp_path: Path, host: s
     assert event.state == "failed" and "loopback, link-local or private" in event.last_error
 
 
-def test_a_delivery_sends_job_delivered(tmp_path: Path) -> None:
+def test_a_delivery_sends_job_delivered(tmp_path: Path, database_url: str) -> None:
+    """On SQLite and PostgreSQL: the outbox's leases, marks and events."""
     receiver, archive = Receiver(always(200)), Receiver(always(200))
     try:
         secrets = [secret_file(tmp_path, "hook.key", "k")]
-        settings = hook_settings(tmp_path, f"{receiver.url}/hooks", secrets)
+        url = f"{receiver.url}/hooks"
+        settings = hook_settings(tmp_path, url, secrets, database_url=database_url)
         settings = settings.model_copy(
             update={
                 "destinations": settings.model_validate(
