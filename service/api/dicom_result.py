@@ -56,8 +56,7 @@ def series_response(request: Request, folder: Path, download_stem: str) -> Respo
 def _part_head(boundary: str, path: Path) -> bytes:
     size = path.stat().st_size
     return (
-        f"\r\n--{boundary}\r\nContent-Type: {DICOM_MEDIA_TYPE}\r\n"
-        f"Content-Length: {size}\r\n\r\n"
+        f"\r\n--{boundary}\r\nContent-Type: {DICOM_MEDIA_TYPE}\r\nContent-Length: {size}\r\n\r\n"
     ).encode()
 
 

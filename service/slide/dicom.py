@@ -9,8 +9,10 @@ docs/dicom-conformance.md.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,12 +116,16 @@ def write_series(
     """Write ``pyramid`` (a JPEG-tiled pyramidal TIFF made by the TIFF writer) as a VL WSI
     series into the new folder ``folder``, one ``level-<n>.dcm`` per level. Memory holds one
     level's compressed tiles at a time. OutputError when the TIFF is not JPEG-tiled RGB."""
-    with tifffile.TiffFile(pyramid) as tiff:
+    # Each written instance is fsynced on a second thread while the next level is prepared.
+    with (
+        tifffile.TiffFile(pyramid) as tiff,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-fsync") as syncer,
+    ):
         pages = [page for page in tiff.pages if isinstance(page, tifffile.TiffPage)]
         ids = SeriesIds.make(uid_root, len(pages), uid_seed, case.patient.study_instance_uid)
         now = datetime.now(UTC)
         folder.mkdir(parents=True)
-        written = []
+        written, synced = [], []
         base_width_px = pages[0].imagewidth
         for index, page in enumerate(pages):
             level = _read_level(tiff, page)
@@ -128,6 +134,7 @@ def write_series(
             _identify(dataset, ids, index, now)
             path = folder / f"level-{index}.dcm"
             _save(dataset, level, path)
+            synced.append(syncer.submit(_fsync, path))
             written.append(
                 DicomInstance(
                     file=path.name,
@@ -139,6 +146,8 @@ def write_series(
                     bytes=path.stat().st_size,
                 )
             )
+        for done in synced:
+            done.result()  # an fsync's OSError (no space, I/O error) surfaces here
     return DicomSeries(folder, ids.study, ids.series, written)
 
 
@@ -292,9 +301,9 @@ def _identify(ds: Dataset, ids: SeriesIds, index: int, now: datetime) -> None:
 
 
 def _save(ds: Dataset, level: _Level, path: Path) -> None:
-    """Write the instance durably. The frames are encapsulated in one bytes value (pydicom's
-    buffered variant is quadratic in the frame count); a Basic Offset Table is kept where its
-    32-bit offsets reach (levels under 4 GiB)."""
+    """Write the instance (``_fsync`` makes it durable). The frames are encapsulated in one
+    value (pydicom's buffered encapsulation is quadratic in the frame count); a Basic Offset
+    Table is kept where its 32-bit offsets reach (levels under 4 GiB)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -302,11 +311,15 @@ def _save(ds: Dataset, level: _Level, path: Path) -> None:
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
     has_bot = sum(len(frame) + 8 for frame in level.frames) < 2**32
-    ds.PixelData = encapsulate(level.frames, has_bot=has_bot)
+    # A buffered value is written straight to the file (a bytes value is copied once more)
+    ds.PixelData = io.BytesIO(encapsulate(level.frames, has_bot=has_bot))
     ds["PixelData"].VR = "OB"
     with path.open("wb") as handle:
         ds.save_as(handle, enforce_file_format=True)
-        handle.flush()
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
         os.fsync(handle.fileno())
 
 

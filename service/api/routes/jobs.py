@@ -196,7 +196,7 @@ def get_job(job: ViewableJobDep, services: ServicesDep) -> JobPublic:
                 'multipart/related; type="application/dicom"': {},
             },
             "description": "The pyramidal TIFF; for output_format=dicom the DICOM series, as a "
-            "zip of its instances or (Accept: multipart/related; type=\"application/dicom\") "
+            'zip of its instances or (Accept: multipart/related; type="application/dicom") '
             "as DICOMweb multipart; Accept: image/tiff gives a dicom job's TIFF pyramid",
         },
         206: {"content": {"image/tiff": {}}, "description": "A byte range of the TIFF"},
