@@ -312,10 +312,23 @@ def _save(ds: Dataset, level: _Level, path: Path) -> None:
     ds.file_meta = meta
     has_bot = sum(len(frame) + 8 for frame in level.frames) < 2**32
     # A buffered value is written straight to the file (a bytes value is copied once more)
-    ds.PixelData = io.BytesIO(encapsulate(level.frames, has_bot=has_bot))
+    ds.PixelData = _LargeReads(encapsulate(level.frames, has_bot=has_bot))
     ds["PixelData"].VR = "OB"
     with path.open("wb") as handle:
         ds.save_as(handle, enforce_file_format=True)
+
+
+class _LargeReads(io.BytesIO):
+    """The pixel data as pydicom's writer reads a buffered value: in chunks of at least 4 MiB
+    (its default is 8 KiB: 15 000 writes for a 15000 x 10000 level instead of 30)."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is not None and 0 <= size < _WRITE_CHUNK_BYTES:
+            size = _WRITE_CHUNK_BYTES
+        return super().read(size)
+
+
+_WRITE_CHUNK_BYTES = 4 << 20
 
 
 def _fsync(path: Path) -> None:

@@ -18,6 +18,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
@@ -106,8 +107,7 @@ class PyramidWriter:
             assert self.canvas is not None, "save called twice"
             self.canvas.close()
             ENCODERS[output_format](self, self._full_size(), compression, jpeg_quality)
-            with self.tmp_path.open("rb+") as handle:
-                os.fsync(handle.fileno())
+            fsync_file(self.tmp_path)
         except (OSError, pyvips.Error) as exc:
             self.abort()
             raise output_error(exc, self.output) from exc
@@ -172,12 +172,16 @@ class PyramidWriter:
         image.tiffsave(str(self.tmp_path), **options)
 
     def encode_dicom(self, image: pyvips.Image, compression: Compression, quality: int) -> None:
-        """The TIFF pyramid, then a VL WSI series made of its very tiles (no re-encoding)."""
+        """The TIFF pyramid, then a VL WSI series made of its very tiles (no re-encoding).
+        The TIFF goes to disk (fsync) while the series is being made from the page cache."""
         self.encode_tiff(image, compression, quality)
         shutil.rmtree(self.tmp_series, ignore_errors=True)
-        self.series = write_series(
-            self.tmp_path, self.tmp_series, self.mpp_um, self.case, self.uid_root, self.uid_seed
-        )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiff-fsync") as syncer:
+            synced = syncer.submit(fsync_file, self.tmp_path)
+            self.series = write_series(
+                self.tmp_path, self.tmp_series, self.mpp_um, self.case, self.uid_root, self.uid_seed
+            )
+            synced.result()
 
     @property
     def pyramid(self) -> Path:
@@ -242,6 +246,12 @@ ENCODERS: dict[OutputFormat, Encoder] = {
     "ome-tiff": PyramidWriter.encode_ome_tiff,
     "dicom": PyramidWriter.encode_dicom,
 }
+
+
+def fsync_file(path: Path) -> None:
+    """Wait until ``path``'s data is on disk."""
+    with path.open("rb+") as handle:
+        os.fsync(handle.fileno())
 
 
 def read_levels(path: Path) -> list[PyramidLevel]:
