@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
+import pyvips
 import tifffile
 
 PX_PER_CM = 1e4 / 0.75  # 0.75 um/px, as the shipped models were trained at
@@ -72,3 +74,27 @@ def mutate(data: bytes, rng: np.random.Generator, head_bytes: int = 512) -> byte
     else:  # a 16-bit field to a boundary value (tag, type, entry count)
         out[at : at + 2] = struct.pack("<H", int(rng.choice([0, 1, 3, 4, 16, 0xFFFF])))
     return bytes(out)
+
+
+def lying_jpeg(path: Path, claimed_px: int = 7000) -> Path:
+    """A 16 x 16 px gray JPEG whose frame header (SOF0) claims ``claimed_px`` square: libjpeg
+    decodes the missing data as gray, with a warning only."""
+    data = bytearray(_small_gray().jpegsave_buffer(Q=90))
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, claimed_px, claimed_px)  # height, width
+    path.write_bytes(bytes(data))
+    return path
+
+
+def lying_png(path: Path, claimed_px: int = 7000) -> Path:
+    """A 16 x 16 px gray PNG whose IHDR claims ``claimed_px`` square (its CRC made right)."""
+    data = bytearray(_small_gray().pngsave_buffer())
+    struct.pack_into(">II", data, 16, claimed_px, claimed_px)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _small_gray() -> pyvips.Image:
+    values = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    return pyvips.Image.new_from_array(values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pyvips
 import tifffile
 from click.testing import CliRunner
 from engine_fixtures import huge_header_tiff
-from hostile_inputs import gray_tiff_bytes, undecodable_tiff
+from hostile_inputs import gray_tiff_bytes, lying_jpeg, lying_png, undecodable_tiff
 from support.pairs import confocal_like, write_gray
 
 from service.cli import main
@@ -328,6 +329,38 @@ def test_well_formed_tiffs_pass_the_pixel_data_check(
     assert probe_pair(SlideInputs(black, black), 10**9).width_px == 2000
     if compression == "deflate" and not tile:
         assert black.stat().st_size * 200 < 2000 * 2000  # highly compressed, and still accepted
+
+
+@pytest.mark.parametrize("make", [lying_jpeg, lying_png], ids=["jpeg", "png"])
+def test_a_jpeg_or_png_claiming_pixels_its_data_cannot_hold_is_refused(
+    tmp_path: Path, make: Callable[[Path], Path]
+) -> None:
+    """16 x 16 px of data under a header claiming 7000 x 7000: the JPEG used to stain as a
+    blank slide (libjpeg fills the missing data with gray), the PNG failed only in the job."""
+    claim = make(tmp_path / f"claim.{'jpg' if make is lying_jpeg else 'png'}")
+    assert claim.stat().st_size < 1000
+    with pytest.raises(CorruptSlide, match="claims 7000 x 7000 px"):
+        probe_pair(SlideInputs(claim, claim), 400_000_000)
+    assert_refused_by_stain(claim, claim, tmp_path / "o.tif", "claims 7000 x 7000 px")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"optimize_coding": True}, {"interlace": True, "optimize_coding": True}],
+    ids=["baseline", "optimized", "progressive"],
+)
+def test_well_formed_jpegs_and_pngs_pass_the_pixel_data_check(
+    tmp_path: Path, options: dict[str, bool]
+) -> None:
+    """Flat images (the best any codec compresses) in gray and colour, 16 px to 5000 px."""
+    for shape in ((16, 16), (5000, 3001)):
+        for bands in (1, 3):
+            flat = pyvips.Image.new_from_array(np.full((*shape, bands), 200, np.uint8))
+            jpeg, png = tmp_path / "flat.jpg", tmp_path / "flat.png"
+            flat.jpegsave(str(jpeg), **options)
+            flat.pngsave(str(png), compression=9, interlace=options.get("interlace", False))
+            for path in (jpeg, png):
+                assert probe_pair(SlideInputs(path, path), 10**9).width_px == shape[1]
 
 
 def float_pair(tmp_path: Path, fcm_unit: np.ndarray, rcm_unit: np.ndarray, tag: str) -> SlideInputs:

@@ -21,6 +21,7 @@ from service.errors import (
     UnsupportedFormat,
 )
 from service.options import FCM_DETECTOR, RCM_DETECTOR
+from service.slide.image_headers import check_jpeg_extent, check_png_extent
 from service.slide.tiff_header import check_tiff_extent
 
 # Only the three loaders below are ever used; the rest of libvips' loaders (some of which are
@@ -173,8 +174,7 @@ def probe_image(path: Path, max_pixels: int) -> tuple[ImageInfo, pyvips.Image]:
         )
     if image.bands not in (1, 3):
         raise BandError(f"{path.name}: {image.bands} bands; expected one grayscale band")
-    if kind == "tiff":
-        check_tiff_extent(path)
+    {"tiff": check_tiff_extent, "png": check_png_extent, "jpeg": check_jpeg_extent}[kind](path)
     if image.format == "float":
         require_finite(image, path.name)
     info = ImageInfo(

@@ -15,6 +15,7 @@ import pytest
 import tifffile
 from engine_fixtures import huge_header_tiff
 from fastapi.testclient import TestClient
+from hostile_inputs import lying_jpeg
 from service_helpers import Keys, Pair, assert_problem, make_app, stained
 from support.settings import settings_in
 
@@ -155,10 +156,15 @@ def test_lying_and_empty_images_are_refused_at_upload(
     nan = tmp_path / "nan.tif"
     tifffile.imwrite(nan, np.full((256, 256), np.nan, np.float32))
     auth = Keys.auth(keys.alice)
-    cases = ((claim, "corrupt_slide", "need 361000000"), (nan, "invalid_input", "no finite pixel"))
+    jpeg = lying_jpeg(tmp_path / "claim.jpg")  # 16 x 16 px of data, 7000 x 7000 claimed
+    cases = (
+        (claim, "corrupt_slide", "need 361000000"),
+        (jpeg, "corrupt_slide", "claims 7000 x 7000 px"),
+        (nan, "invalid_input", "no finite pixel"),
+    )
     for path, code, fragment in cases:
         files = {**pair.files(), "fcm": (path.name, path.read_bytes(), "image/tiff")}
-        if path is claim:  # both modes make the same claim, so the sizes agree
-            files["rcm"] = ("rcm.tif", claim.read_bytes(), "image/tiff")
+        if path is not nan:  # both modes make the same claim, so the sizes agree
+            files["rcm"] = (f"rcm{path.suffix}", path.read_bytes(), "image/tiff")
         answer = lclient.post("/v1/jobs", files=files, data={"stages": "gareau"}, headers=auth)
         assert fragment in assert_problem(answer, 422, code)["detail"]
