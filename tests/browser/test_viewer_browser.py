@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from browser_helpers import Server, copy_for_docs
+from browser_helpers import Server, copy_for_docs, open_job_list, sign_in, wait_drawn
 from PIL import Image
 from support.pairs import write_tissue_pair
 from support.polling import wait_until
@@ -43,15 +43,6 @@ def finished_job(server: Server, pair: dict[str, Path]) -> dict[str, Any]:
     assert done["state"] == "succeeded", done
     assert done["layers"] == ["stain", "gareau", "fcm", "rcm"]
     return done
-
-
-def wait_drawn(browser: Any) -> None:
-    """Until every tile of the current view is drawn and the view is still."""
-    browser.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "window.dscmViewer.whenDrawn(45000).then(() => done(true), (e) => done(String(e)));"
-    )
-    assert browser.execute_script("return document.body.dataset.state") == "ready"
 
 
 def viewer_pixels(browser: Any, path: Path, for_docs: bool = False) -> np.ndarray:
@@ -97,21 +88,6 @@ def click_layer(browser: Any, layer: str) -> None:
 
 def console_errors(browser: Any) -> list[str]:
     return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-
-
-def sign_in(browser: Any, server: Server, path: str = "/viewer") -> None:
-    """Open ``path`` and put the API key in the tab's session storage, as the key form does."""
-    browser.get(f"{server.url}{path}")
-    browser.execute_script("sessionStorage.setItem('dscm.apiKey', arguments[0])", server.key)
-
-
-def open_job_list(browser: Any, server: Server) -> None:
-    """The job list as a signed-in user sees it, once it is drawn."""
-    sign_in(browser, server)
-    browser.refresh()
-    wait_until(
-        lambda: browser.execute_script("return document.body.dataset.state") == "ready", 15, "list"
-    )
 
 
 def test_viewer_draws_zooms_and_switches_layers(

@@ -114,6 +114,29 @@ const Dscm = (() => {
     };
   }
 
+  // The job's delivery to a PACS (job.delivery; DICOM jobs only), in the API's words: the
+  // badge says where and in which state, its tooltip the attempts and the last error.
+  function deliveryStatus(job) {
+    const d = job.delivery;
+    if (!d) return null;
+    const tries = `${d.attempts} attempt${d.attempts === 1 ? "" : "s"}`;
+    const failedTries = d.state === "pending" && d.attempts ? ` (${tries} failed)` : "";
+    let title = `Delivery to the PACS ${d.destination}: ${d.state}, ${tries}`;
+    if (d.state === "delivered") {
+      const count = d.instances === null ? "" : `${d.instances} instances, `;
+      title = `Delivered to the PACS ${d.destination}: ${count}${localTime(d.delivered_at)} (${tries})`;
+    } else if (d.last_error) {
+      title += `; last error: ${d.last_error}`;
+      if (d.next_attempt_at) title += `; next attempt ${localTime(d.next_attempt_at)}`;
+    }
+    return {
+      state: d.state,
+      text: `PACS ${d.destination}: ${d.state}${failedTries}`,
+      title,
+      error: d.state === "delivered" ? "" : d.last_error || "",
+    };
+  }
+
   function localTime(iso) {
     return iso ? new Date(iso).toLocaleString() : "";
   }
@@ -153,6 +176,7 @@ const Dscm = (() => {
     percent,
     progressText,
     qcFlag,
+    deliveryStatus,
     caseTitle,
     localTime,
     element,

@@ -1,4 +1,5 @@
-// The tenant's jobs: state, progress, submitted time and links; refreshed while any job runs.
+// The tenant's jobs: state, delivery, progress, submitted time and links; refreshed while any
+// job runs or waits for its delivery to a PACS.
 "use strict";
 
 (() => {
@@ -59,12 +60,33 @@
     return e("tr", { dataset: { jobId: job.id, state: job.state } }, [
       e("td", { text: Dscm.localTime(job.created_at), title: job.created_at }),
       caseCell(job, title, names),
-      e("td", {}, [e("span", { class: "badge", text: label, dataset: { state: label } }), error]),
+      e("td", {}, [
+        e("span", { class: "badge", text: label, dataset: { state: label } }),
+        error,
+        ...deliveryCell(job),
+      ]),
       e("td", {}, [progress, e("span", { class: "progress-text", text: progressLabel(job) })]),
       e("td", { text: size }),
       e("td", { text: job.layers.map((layer) => LAYER_NAMES[layer]).join(", ") }),
       links,
     ]);
+  }
+
+  /** The job's delivery to a PACS, if it has one: a badge, and the last error in words. */
+  function deliveryCell(job) {
+    const e = Dscm.element;
+    const delivery = Dscm.deliveryStatus(job);
+    if (!delivery) return [];
+    const badge = e("div", {}, [
+      e("span", {
+        class: "badge delivery",
+        text: delivery.text,
+        title: delivery.title,
+        dataset: { state: delivery.state },
+      }),
+    ]);
+    if (!delivery.error) return [badge];
+    return [badge, e("div", { class: "delivery-error", text: delivery.error, title: delivery.title })];
   }
 
   /** The case's label (or accession number), the accession number, then the file names. */
@@ -104,7 +126,12 @@
     $("older").hidden = !list.next;
     $("older").dataset.next = list.next || "";
     document.body.dataset.state = "ready";
-    const active = list.items.some((job) => job.state === "queued" || job.state === "running");
+    const active = list.items.some(
+      (job) =>
+        job.state === "queued" ||
+        job.state === "running" ||
+        (job.delivery && job.delivery.state === "pending"),
+    );
     if (active) timer = setTimeout(load, POLL_MS);
   }
 

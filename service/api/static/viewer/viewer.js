@@ -51,6 +51,11 @@
     $("job-qc").textContent = qc ? qc.text : "";
     $("job-qc").title = qc ? qc.title : "";
     $("job-qc").hidden = !qc;
+    const delivery = Dscm.deliveryStatus(job);
+    $("job-delivery").textContent = delivery ? delivery.text : "";
+    $("job-delivery").title = delivery ? delivery.title : "";
+    $("job-delivery").dataset.state = delivery ? delivery.state : "";
+    $("job-delivery").hidden = !delivery;
     const active = job.state === "queued" || job.state === "running";
     $("progress-wrap").hidden = !active;
     $("progress").value = Dscm.percent(job);
@@ -339,6 +344,8 @@
           setPageState("error");
         });
       }
+      // the slide is final, its delivery to the PACS may still change: keep the header current
+      if (job.delivery && job.delivery.state === "pending") setTimeout(refresh, POLL_MS);
     } else {
       setPageState(job.state);
       const why = job.error ? `${job.error.code}: ${job.error.detail}` : job.state;
