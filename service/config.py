@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     upload_idle_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="An upload that sends nothing this long gets 408"
     )
+    upload_deadline_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A request body (an upload) must arrive whole within this, or 408: "
+        "2 GiB in an hour is 4.8 Mbit/s, a slow hospital uplink",
+    )
     orphan_grace_s: float = Field(
         default=3600.0, gt=0, description="Unfinished uploads untouched this long are deleted"
     )
@@ -201,6 +207,8 @@ class Settings(BaseSettings):
             raise ValueError("visibility_timeout_s must be above job_time_limit_s")
         if self.stale_after_s <= 2 * self.heartbeat_interval_s:
             raise ValueError("stale_after_s must be more than twice heartbeat_interval_s")
+        if self.upload_deadline_s < self.upload_idle_timeout_s:
+            raise ValueError("upload_deadline_s must be at least upload_idle_timeout_s")
         if self.orphan_grace_s <= self.upload_idle_timeout_s:
             raise ValueError("orphan_grace_s must be above upload_idle_timeout_s")
         if self.integrations_file is not None:

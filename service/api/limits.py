@@ -7,6 +7,8 @@ and the status each breach gets are listed in docs/api.md ("Limits").
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -92,23 +94,30 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
-    """The body as it arrives; 408 when nothing comes for ``idle_timeout_s``, 400 when the
-    client goes away before the end."""
+async def body_chunks(
+    request: Request, idle_timeout_s: float, deadline_s: float = math.inf
+) -> AsyncIterator[bytes]:
+    """The body as it arrives; 408 when nothing comes for ``idle_timeout_s`` or the whole body
+    has not come ``deadline_s`` after the first wait (a client dripping bytes would otherwise
+    hold its connection and upload folder for as long as it drips), 400 when the client goes
+    away before the end."""
     stream = request.stream().__aiter__()
+    deadline = time.monotonic() + deadline_s
     while True:
+        left_s = deadline - time.monotonic()
         try:
-            with anyio.fail_after(idle_timeout_s):
+            with anyio.fail_after(max(0.0, min(idle_timeout_s, left_s))):
                 chunk = await stream.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError as exc:
-            raise ApiError(
-                408,
-                "request_timeout",
-                f"no body bytes arrived for {idle_timeout_s:g} s",
-                headers=dict(CLOSE),
-            ) from exc
+            detail = (
+                f"no body bytes arrived for {idle_timeout_s:g} s"
+                if idle_timeout_s < left_s
+                else f"the body did not arrive whole within {deadline_s:g} s "
+                "(DSCM_UPLOAD_DEADLINE_S)"
+            )
+            raise ApiError(408, "request_timeout", detail, headers=dict(CLOSE)) from exc
         except ClientDisconnect as exc:
             raise ApiError(
                 400, "body_incomplete", "the client disconnected before the body ended"
@@ -121,11 +130,13 @@ async def read_json_body(
     model: type[_Model],
     idle_timeout_s: float,
     cap_bytes: int = MAX_JSON_BODY_BYTES,
+    deadline_s: float = math.inf,
 ) -> _Model | None:
     """A small optional JSON body as ``model``: read only now, up to ``cap_bytes`` (413 past
-    it); an empty body is None; malformed JSON or fields are 422 ``invalid_request``."""
+    it), within the timeouts of body_chunks; an empty body is None; malformed JSON or fields
+    are 422 ``invalid_request``."""
     body = bytearray()
-    async for chunk in body_chunks(request, idle_timeout_s):
+    async for chunk in body_chunks(request, idle_timeout_s, deadline_s):
         body += chunk
         if len(body) > cap_bytes:
             raise body_too_large(cap_bytes)

@@ -159,7 +159,11 @@ async def receive_files(request: Request, temp: Path, services: Services) -> Rec
     """The multipart form, streamed into ``temp`` within the upload limits; both files required."""
     settings = services.settings
     form = await receive_form(
-        request, temp, settings.max_upload_bytes, settings.upload_idle_timeout_s
+        request,
+        temp,
+        settings.max_upload_bytes,
+        settings.upload_idle_timeout_s,
+        settings.upload_deadline_s,
     )
     UPLOAD_BYTES.inc(sum(f.size_bytes for f in form.files.values()))
     missing = [name for name in FILE_FIELDS if name not in form.files]

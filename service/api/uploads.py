@@ -7,6 +7,7 @@ request is refused (413) as soon as it is passed, before the rest is read.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -162,9 +163,14 @@ class _Receiver:
 
 
 async def receive_form(
-    request: Request, folder: Path, max_bytes: int, idle_timeout_s: float = 60.0
+    request: Request,
+    folder: Path,
+    max_bytes: int,
+    idle_timeout_s: float = 60.0,
+    deadline_s: float = math.inf,
 ) -> ReceivedForm:
-    """Parse a multipart/form-data request into ``folder``; 415/400/408/413/422 as ApiError.
+    """Parse a multipart/form-data request into ``folder``; 415/400/408/413/422 as ApiError
+    (408: nothing for ``idle_timeout_s``, or not whole within ``deadline_s``).
 
     OSError (a full or failing disk) is left to the caller, which knows the storage.
     """
@@ -183,7 +189,7 @@ async def receive_form(
     body_cap = upload_body_cap(max_bytes)
     received = 0
     try:
-        async for chunk in body_chunks(request, idle_timeout_s):
+        async for chunk in body_chunks(request, idle_timeout_s, deadline_s):
             received += len(chunk)
             if received > body_cap:
                 raise too_large(max_bytes)

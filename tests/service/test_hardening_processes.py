@@ -188,6 +188,41 @@ def test_slow_heads_idle_connections_and_stalled_uploads_are_cut_off(
     assert httpx.get(f"{cluster.url}/livez", timeout=5).status_code == 200
 
 
+def test_an_upload_dripped_slowly_is_cut_off_at_its_deadline(cluster: Cluster, keys: Keys) -> None:
+    """One byte every 0.3 s never trips the idle timeout; the whole-body deadline stops it:
+    408 with a problem body, the connection closed, its tmp/upload-* folder removed."""
+    cluster.start_api(**EMBEDDED, DSCM_UPLOAD_IDLE_TIMEOUT_S="1", DSCM_UPLOAD_DEADLINE_S="3")
+    tmp = cluster.root / "storage" / "tmp"
+    head = (
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {keys.alice}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    part = b'--b\r\nContent-Disposition: form-data; name="rcm"; filename="r.tif"\r\n\r\nII*\x00'
+    started = time.monotonic()
+    raw, folders_while_dripping = b"", set()
+    with socket.create_connection(("127.0.0.1", cluster.api_port), timeout=10) as sock:
+        sock.sendall(head.encode() + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        try:
+            while time.monotonic() - started < 10 and not raw:
+                sock.sendall(b"1\r\n\0\r\n")  # one more byte of the file, chunked
+                folders_while_dripping |= {p.name for p in tmp.glob("upload-*")}
+                if select.select([sock], [], [], 0.3)[0]:
+                    raw = sock.recv(65536)
+            while chunk := sock.recv(65536):
+                raw += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    elapsed_s = time.monotonic() - started
+    assert folders_while_dripping, "the upload never reached its folder"
+    assert raw.startswith(b"HTTP/1.1 408"), raw[:300]
+    problem = problem_of(raw)
+    assert problem["code"] == "request_timeout" and "DSCM_UPLOAD_DEADLINE_S" in problem["detail"]
+    assert 2.5 < elapsed_s < 6, elapsed_s
+    wait_until(lambda: not list(tmp.glob("upload-*")), 5, "the upload folder to go")
+    assert httpx.get(f"{cluster.url}/livez", timeout=5).status_code == 200
+
+
 # ---- 4d. a full disk -------------------------------------------------------------------------
 
 

@@ -50,7 +50,13 @@ _BODY: dict[str, Any] = {
 async def retry_delivery(
     request: Request, job_id: str, principal: SubmitterDep, services: ServicesDep
 ) -> DeliveryPublic:
-    body = await read_json_body(request, DeliveryCreate, services.settings.upload_idle_timeout_s)
+    settings = services.settings
+    body = await read_json_body(
+        request,
+        DeliveryCreate,
+        settings.upload_idle_timeout_s,
+        deadline_s=settings.upload_deadline_s,
+    )
     job = await run_in_threadpool(find_job, services, principal, job_id)
     destination = body.destination if body is not None else None
     if destination is not None:

@@ -110,8 +110,13 @@ async def create_viewer_link(
     request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
 ) -> ViewerLink:
     # The body is read here, after the key was checked, and at most MAX_JSON_BODY_BYTES of it.
-    timeout_s = services.settings.upload_idle_timeout_s
-    body = await read_json_body(request, ViewerLinkCreate, timeout_s)
+    settings = services.settings
+    body = await read_json_body(
+        request,
+        ViewerLinkCreate,
+        settings.upload_idle_timeout_s,
+        deadline_s=settings.upload_deadline_s,
+    )
     job = await run_in_threadpool(find_job, services, principal, job_id)
     ttl_s = body.ttl_s if body is not None else None
     token, expires_at_s = services.links.issue(job.id, job.tenant, ttl_s)
