@@ -101,6 +101,28 @@ def test_a_float_tiff_at_the_float32_extremes_stains(tmp_path: Path) -> None:
     assert (tmp_path / "out.tif").stat().st_size > 0
 
 
+def test_float_tiffs_of_16_and_32_bits_stain_and_64_bits_is_refused_by_name(
+    tmp_path: Path,
+) -> None:
+    """libvips reads no 64-bit float TIFF ("tiff2vips: samples out of range", which was
+    reported as a corrupt file); the README's "float" is 16- or 32-bit, and the refusal says so."""
+    fcm_unit, rcm_unit = confocal_like(64, 80)
+    resolution = {"resolution": (1 / 0.75e-4, 1 / 0.75e-4), "resolutionunit": "CENTIMETER"}
+    paths = {}
+    for dtype in ("float16", "float32", "float64"):
+        for mode, unit in (("rcm", rcm_unit), ("fcm", fcm_unit)):
+            paths[mode, dtype] = tmp_path / f"{mode}-{dtype}.tif"
+            tifffile.imwrite(paths[mode, dtype], unit.astype(dtype), **resolution)  # type: ignore[arg-type]
+    for dtype in ("float16", "float32"):
+        output = tmp_path / f"out-{dtype}.tif"
+        result = run_stain(paths["rcm", dtype], paths["fcm", dtype], output, "--stages", "gareau")
+        assert result.exit_code == 0, result.output
+    rcm, fcm = paths["rcm", "float64"], paths["fcm", "float64"]
+    with pytest.raises(InputError, match="64-bit float samples are not supported"):
+        probe_pair(SlideInputs(rcm, fcm), 10**9)
+    assert_refused_by_stain(rcm, fcm, tmp_path / "o.tif", "save the image as 32-bit float")
+
+
 def test_truncated_tiff(tmp_path: Path) -> None:
     fcm_unit, rcm_unit = confocal_like(512, 512)
     full = write_gray(tmp_path / "full.tif", rcm_unit, tile=True)

@@ -22,7 +22,7 @@ from service.errors import (
 )
 from service.options import FCM_DETECTOR, RCM_DETECTOR
 from service.slide.image_headers import check_jpeg_extent, check_png_extent
-from service.slide.tiff_header import check_tiff_extent
+from service.slide.tiff_header import check_tiff_extent, sample_description
 
 # Only the three loaders below are ever used; the rest of libvips' loaders (some of which are
 # not fuzzed for hostile input) stay blocked too.
@@ -44,6 +44,18 @@ PLAUSIBLE_MPP_UM = (0.01, 100.0)
 SCAN_FILE = "highres_raw.tif"
 
 _NUMPY_DTYPES = {"uchar": np.uint8, "ushort": np.uint16, "float": np.float32}
+SUPPORTED_SAMPLES = "8- or 16-bit unsigned, or 16- or 32-bit float"
+# What libvips reads but the stain does not take, and what it does not read at all, in words.
+_FORMAT_WORDS = {
+    "char": "signed 8-bit",
+    "short": "signed 16-bit",
+    "uint": "unsigned 32-bit",
+    "int": "signed 32-bit",
+    "double": "64-bit float",
+    "complex": "complex",
+    "dpcomplex": "complex",
+}
+_UNREAD_SAMPLES = {"64-bit float", "64-bit complex float", "128-bit complex float"}
 _MAGIC = (
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
@@ -127,6 +139,12 @@ def open_image(path: Path) -> pyvips.Image:
     try:
         return loader(str(path), access="random", fail_on="error")
     except pyvips.Error as exc:
+        samples = sample_description(path) if kind == "tiff" else None
+        if samples in _UNREAD_SAMPLES:  # libvips says "samples out of range"
+            raise InputError(
+                f"{path.name}: {samples} samples are not supported ({SUPPORTED_SAMPLES}): "
+                "save the image as 32-bit float"
+            ) from exc
         raise CorruptSlide(
             f"{path.name}: truncated or corrupt {kind.upper()}: {first_line(exc)}"
         ) from exc
@@ -168,10 +186,8 @@ def probe_image(path: Path, max_pixels: int) -> tuple[ImageInfo, pyvips.Image]:
             f"(at least {MIN_SIDE_PX} px per side)"
         )
     if image.format not in _NUMPY_DTYPES:
-        raise InputError(
-            f"{path.name}: pixel format {image.format} is not supported "
-            "(8- or 16-bit unsigned, or float)"
-        )
+        words = _FORMAT_WORDS.get(image.format, image.format)
+        raise InputError(f"{path.name}: {words} samples are not supported ({SUPPORTED_SAMPLES})")
     if image.bands not in (1, 3):
         raise BandError(f"{path.name}: {image.bands} bands; expected one grayscale band")
     {"tiff": check_tiff_extent, "png": check_png_extent, "jpeg": check_jpeg_extent}[kind](path)

@@ -23,11 +23,14 @@ _TYPE_CODES = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
 _WIDTH, _LENGTH, _BITS, _COMPRESSION, _PHOTOMETRIC = 256, 257, 258, 259, 262
 _STRIP_OFFSETS, _SAMPLES, _ROWS_PER_STRIP, _STRIP_COUNTS, _PLANAR = 273, 277, 278, 279, 284
 _TILE_WIDTH, _TILE_LENGTH, _TILE_OFFSETS, _TILE_COUNTS = 322, 323, 324, 325
+_SAMPLE_FORMAT = 339
 _WANTED = {
     _WIDTH, _LENGTH, _BITS, _COMPRESSION, _PHOTOMETRIC, _STRIP_OFFSETS, _SAMPLES,
     _ROWS_PER_STRIP, _STRIP_COUNTS, _PLANAR, _TILE_WIDTH, _TILE_LENGTH, _TILE_OFFSETS,
-    _TILE_COUNTS,
+    _TILE_COUNTS, _SAMPLE_FORMAT,
 }  # fmt: skip
+_SAMPLE_KINDS = {1: "unsigned", 2: "signed", 3: "float", 4: "undefined", 5: "complex signed",
+                 6: "complex float"}  # fmt: skip
 _MAX_ENTRIES = 1 << 16  # tags are 16-bit: a directory cannot hold more distinct ones
 MAX_CHUNKS = 1 << 22  # strips or tiles of page 0 (400 MP in 16 x 16 px tiles is 1.6 M)
 _UNCOMPRESSED, _YCBCR = 1, 6
@@ -117,6 +120,21 @@ def check_tiff_extent(path: Path) -> None:
     chunks = _page0_chunks(tags, name)
     _check_extent(chunks, size, name)
     _check_content(chunks, name)
+
+
+def sample_description(path: Path) -> str | None:
+    """Page 0's samples in words ("64-bit float"), or None where its directory is unreadable:
+    for naming a sample format that libvips refuses with a message about something else."""
+    try:
+        with path.open("rb") as handle:
+            tags = _read_first_directory(handle, path.stat().st_size, path.name)
+    except (CorruptSlide, struct.error, OSError):
+        return None
+    bits, kinds = tags.get(_BITS), tags.get(_SAMPLE_FORMAT)
+    if bits is None or not len(bits):
+        return None
+    kind = _SAMPLE_KINDS.get(int(kinds[0]) if kinds is not None and len(kinds) else 1, "unknown")
+    return f"{int(bits.max())}-bit {kind}"
 
 
 def _read_first_directory(handle: BinaryIO, size: int, name: str) -> dict[int, np.ndarray]:

@@ -157,14 +157,17 @@ def test_lying_and_empty_images_are_refused_at_upload(
     tifffile.imwrite(nan, np.full((256, 256), np.nan, np.float32))
     auth = Keys.auth(keys.alice)
     jpeg = lying_jpeg(tmp_path / "claim.jpg")  # 16 x 16 px of data, 7000 x 7000 claimed
+    double = tmp_path / "double.tif"  # libvips reads no 64-bit float TIFF
+    tifffile.imwrite(double, np.random.default_rng(0).random((256, 256)))
     cases = (
         (claim, "corrupt_slide", "need 361000000"),
         (jpeg, "corrupt_slide", "claims 7000 x 7000 px"),
         (nan, "invalid_input", "no finite pixel"),
+        (double, "invalid_input", "64-bit float samples are not supported"),
     )
     for path, code, fragment in cases:
         files = {**pair.files(), "fcm": (path.name, path.read_bytes(), "image/tiff")}
-        if path is not nan:  # both modes make the same claim, so the sizes agree
+        if path is not nan:  # the same file in both modes, so the sizes agree
             files["rcm"] = (f"rcm{path.suffix}", path.read_bytes(), "image/tiff")
         answer = lclient.post("/v1/jobs", files=files, data={"stages": "gareau"}, headers=auth)
         assert fragment in assert_problem(answer, 422, code)["detail"]
