@@ -63,6 +63,12 @@ def test_dicom_job_result_is_the_series(client: TestClient, keys: Keys, pair: Pa
     content_type = multipart.headers["content-type"]
     assert content_type.startswith("multipart/related") and "application/dicom" in content_type
     assert int(multipart.headers["content-length"]) == len(multipart.content)
+    probe = client.head(job["links"]["result"], headers={**auth, "Accept": accept})
+    assert probe.status_code == 200 and probe.content == b""
+    assert probe.headers["content-length"] == multipart.headers["content-length"]
+    zip_probe = client.head(job["links"]["result"], headers=auth)
+    assert zip_probe.status_code == 200 and zip_probe.content == b""
+    assert zip_probe.headers["content-type"] == "application/zip"
     message = BytesParser(policy=HTTP).parsebytes(
         f"Content-Type: {content_type}\r\n\r\n".encode() + multipart.content
     )

@@ -133,6 +133,29 @@ def test_range_errors_are_problems(lclient: TestClient, keys: Keys, done: dict) 
     assert_problem(thumb, 400, "invalid_range")
 
 
+def test_head_on_result_and_thumbnail_answers_like_get_without_a_body(
+    lclient: TestClient, keys: Keys, done: dict
+) -> None:
+    """Download clients probe with HEAD before a Range request (it was 405)."""
+    auth = Keys.auth(keys.alice)
+    for link in ("result", "thumbnail"):
+        url = done["links"][link]
+        got, head = lclient.get(url, headers=auth), lclient.head(url, headers=auth)
+        assert head.status_code == 200 and head.content == b"", (link, head.status_code)
+        assert head.headers["content-length"] == str(len(got.content)), link
+        for name in ("content-type", "etag", "accept-ranges", "repr-digest"):
+            assert head.headers.get(name) == got.headers.get(name), (link, name)
+    result = lclient.head(done["links"]["result"], headers=auth)
+    assert result.headers["etag"] == f'"{done["result"]["sha256"]}"'
+    assert result.headers["accept-ranges"] == "bytes"
+    part = lclient.head(done["links"]["result"], headers={**auth, "Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.headers["content-length"] == "10"
+    assert part.content == b""
+    assert lclient.head(done["links"]["result"]).status_code == 401
+    missing = f"/v1/jobs/{'0' * 32}/thumbnail"
+    assert lclient.head(missing, headers=auth).status_code == 404
+
+
 def test_the_report_names_no_server_path(
     lclient: TestClient, keys: Keys, done: dict, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -39,6 +39,8 @@ OPERATIONS = [
     "GET /v1/jobs/{job_id}",
     "GET /v1/jobs/{job_id}/result",
     "GET /v1/jobs/{job_id}/thumbnail",
+    "HEAD /v1/jobs/{job_id}/result",
+    "HEAD /v1/jobs/{job_id}/thumbnail",
     "DELETE /v1/jobs/{job_id}",
     "GET /v1/jobs/{job_id}/dzi",
     "GET /v1/jobs/{job_id}/dzi_files/{level}/{column}_{row}.jpeg",

@@ -185,23 +185,33 @@ def get_job(job: ViewableJobDep, services: ServicesDep) -> JobPublic:
     return to_public(job, services.outbox.delivery(job.id))
 
 
+_RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "image/tiff": {},
+            "application/zip": {},
+            'multipart/related; type="application/dicom"': {},
+        },
+        "description": "The pyramidal TIFF; for output_format=dicom the DICOM series, as a "
+        'zip of its instances or (Accept: multipart/related; type="application/dicom") '
+        "as DICOMweb multipart; Accept: image/tiff gives a dicom job's TIFF pyramid",
+    },
+    206: {"content": {"image/tiff": {}}, "description": "A byte range of the TIFF"},
+    **problems(400, 401, 403, 404, 409, 410, 416),
+}
+
+
+# HEAD answers as GET does, without the body (download clients probe before a Range request).
+@router.head(
+    "/{job_id}/result",
+    response_class=FileResponse,
+    responses=_RESULT_RESPONSES,
+    summary="The headers of the result download (size, ETag, Accept-Ranges), without the body",
+)
 @router.get(
     "/{job_id}/result",
     response_class=FileResponse,
-    responses={
-        200: {
-            "content": {
-                "image/tiff": {},
-                "application/zip": {},
-                'multipart/related; type="application/dicom"': {},
-            },
-            "description": "The pyramidal TIFF; for output_format=dicom the DICOM series, as a "
-            'zip of its instances or (Accept: multipart/related; type="application/dicom") '
-            "as DICOMweb multipart; Accept: image/tiff gives a dicom job's TIFF pyramid",
-        },
-        206: {"content": {"image/tiff": {}}, "description": "A byte range of the TIFF"},
-        **problems(400, 401, 403, 404, 409, 410, 416),
-    },
+    responses=_RESULT_RESPONSES,
     summary="Download the stained pyramid: a TIFF (HTTP Range supported) or a DICOM series",
 )
 def get_result(
@@ -221,6 +231,12 @@ def get_result(
     return file_response(request, path, RESULT_MEDIA_TYPE, download_name, headers)
 
 
+@router.head(
+    "/{job_id}/thumbnail",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/jpeg": {}}}, **problems(401, 403, 404, 409, 410)},
+    summary="The headers of the JPEG preview, without the body",
+)
 @router.get(
     "/{job_id}/thumbnail",
     response_class=FileResponse,
