@@ -24,9 +24,10 @@ from service.delivery.records import FAILED, Delivery, WebhookEvent
 from service.delivery.stow import StowError, stow_series
 from service.delivery.webhooks import describe, send_event
 from service.integrations import read_secret
-from service.jobs.files import JobFiles
+from service.jobs.files import JobFiles, series_files
 from service.jobs.job import Job, JobState
 from service.jobs.store import JobStore
+from service.report import stored_dicom_series
 
 log = logging.getLogger(__name__)
 # A delivery's lease outlives one instance's request by this much; renewed after each one.
@@ -39,15 +40,15 @@ class NothingToDeliver(Exception):
     """The job has no DICOM series to send (not a DICOM job, purged, files gone)."""
 
 
-def series_files(files: JobFiles, job: Job) -> list[Path]:
-    """The instance files of a succeeded DICOM job's series, in name order."""
-    dicom = (job.report or {}).get("dicom")
-    if not isinstance(dicom, dict) or not dicom.get("series"):
+def instances_to_send(files: JobFiles, job: Job) -> list[Path]:
+    """The instance files of a succeeded DICOM job's series, in the order the result download
+    serves them (service.jobs.files.series_files); NothingToDeliver when there are none."""
+    series = stored_dicom_series(job.report)
+    if series is None:
         raise NothingToDeliver("the job's result is not a DICOM series (output_format=dicom)")
     if job.purged_at is not None:
         raise NothingToDeliver("the job's result was deleted")
-    folder = files.result_path(job.id, str(dicom["series"]))
-    instances = sorted(folder.glob("*.dcm"))
+    instances = series_files(files.published_file(job.id, series))
     if not instances:
         raise NothingToDeliver("the job's DICOM series has no instance files (deleted?)")
     return instances
@@ -150,7 +151,7 @@ def _delivery_lease_s(ctx: DispatchContext) -> float:
 def _count(ctx: DispatchContext, delivery: Delivery) -> int:
     job = ctx.store.get(delivery.job_id)
     try:
-        return len(series_files(ctx.files, job)) if job else 0
+        return len(instances_to_send(ctx.files, job)) if job else 0
     except (NothingToDeliver, ValueError):
         return 0
 
@@ -166,7 +167,7 @@ def _attempt_delivery(
     if job is None or job.state != JobState.SUCCEEDED:
         return "the job is gone or did not succeed"
     try:
-        instances = series_files(ctx.files, job)
+        instances = instances_to_send(ctx.files, job)
     except (NothingToDeliver, ValueError) as exc:
         return str(exc)
 

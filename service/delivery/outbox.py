@@ -13,7 +13,7 @@ import random
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -68,6 +68,44 @@ def new_delivery(job_id: str, tenant: str, destination: str) -> DeliveryRow:
 
 def _free(row: type[DeliveryRow] | type[WebhookEventRow], now: datetime) -> ColumnElement[bool]:
     return or_(row.lease.is_(None), row.lease_expires_at < now)
+
+
+_Row = TypeVar("_Row", DeliveryRow, WebhookEventRow)
+
+
+def _failed_attempt(
+    session: Session,
+    table: type[_Row],
+    key: str,
+    lease: str,
+    error: str,
+    max_attempts: int,
+    delay_s: Callable[[int], float],
+    **values: Any,
+) -> str | None:
+    """Count a failed attempt on the row of ``table`` (deliveries or events) whose primary key
+    is ``key`` and whose lease is ``lease``: pending again after ``delay_s(attempts)``, or failed
+    once ``max_attempts`` were made; ``values`` are more columns to set. Returns the new
+    state, or None when the lease was lost (another dispatcher owns the row now)."""
+    row = session.get(table, key)
+    if row is None or row.lease != lease:
+        return None
+    attempts = row.attempts + 1
+    state = FAILED if attempts >= max_attempts else PENDING
+    result = session.execute(
+        update(table)
+        .where(table.lease == lease)  # a lease (uuid4) is taken once, by one row
+        .values(
+            state=state,
+            attempts=attempts,
+            last_error=error[:2000],
+            next_attempt_at=utc_now() + timedelta(seconds=delay_s(attempts)),
+            lease=None,
+            lease_expires_at=None,
+            **values,
+        )
+    )
+    return state if getattr(result, "rowcount", 0) else None
 
 
 class OutboxStore:
@@ -234,23 +272,16 @@ class OutboxStore:
         """Count a failed attempt: pending again after ``delay_s(attempts)``, or failed once
         ``max_attempts`` were made. Returns the new state (None if the lease was lost)."""
         with self._sessions.begin() as session:
-            row = session.get(DeliveryRow, job_id)
-            if row is None or row.lease != lease:
-                return None
-            attempts = row.attempts + 1
-            state = FAILED if attempts >= max_attempts else PENDING
-            done = self._update_delivery(
+            return _failed_attempt(
                 session,
+                DeliveryRow,
                 job_id,
-                DeliveryRow.lease == lease,
-                state=state,
-                attempts=attempts,
-                last_error=error[:2000],
-                next_attempt_at=utc_now() + timedelta(seconds=delay_s(attempts)),
-                lease=None,
-                lease_expires_at=None,
+                lease,
+                error,
+                max_attempts,
+                delay_s,
+                updated_at=utc_now(),
             )
-            return state if done else None
 
     def _update_delivery(
         self, session: Session, job_id: str, *where: ColumnElement[bool], **values: Any
@@ -413,26 +444,18 @@ class OutboxStore:
         max_attempts: int,
         delay_s: Callable[[int], float],
     ) -> str | None:
+        """As delivery_failed, for a webhook event; ``status`` is the receiver's answer."""
         with self._sessions.begin() as session:
-            row = session.get(WebhookEventRow, event_id)
-            if row is None or row.lease != lease:
-                return None
-            attempts = row.attempts + 1
-            state = FAILED if attempts >= max_attempts else PENDING
-            result = session.execute(
-                update(WebhookEventRow)
-                .where(WebhookEventRow.id == event_id, WebhookEventRow.lease == lease)
-                .values(
-                    state=state,
-                    attempts=attempts,
-                    last_status=status,
-                    last_error=error[:2000],
-                    next_attempt_at=utc_now() + timedelta(seconds=delay_s(attempts)),
-                    lease=None,
-                    lease_expires_at=None,
-                )
+            return _failed_attempt(
+                session,
+                WebhookEventRow,
+                event_id,
+                lease,
+                error,
+                max_attempts,
+                delay_s,
+                last_status=status,
             )
-            return state if getattr(result, "rowcount", 0) else None
 
     def events(self, job_id: str) -> Sequence[WebhookEventRow]:
         """A job's events, oldest first (tests and operators)."""

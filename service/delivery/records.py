@@ -21,7 +21,19 @@ DELIVERY_STATES = (PENDING, DELIVERED, FAILED)
 EVENT_STATES = (PENDING, SENT, FAILED)
 
 
-class DeliveryRow(Base):
+class Attempted:
+    """The columns a dispatcher works a row by: its state, attempts so far, when it is due,
+    who holds it (a lease that expires) and why the last attempt failed."""
+
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lease: Mapped[str | None] = mapped_column(String(32), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class DeliveryRow(Attempted, Base):
     """One job's delivery to one destination; state changes are conditional UPDATEs."""
 
     __tablename__ = "dscm_deliveries"
@@ -30,12 +42,6 @@ class DeliveryRow(Base):
     job_id: Mapped[str] = mapped_column(String(JOB_ID_LENGTH), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64))
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    lease: Mapped[str | None] = mapped_column(String(32), default=None)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
-    last_error: Mapped[str | None] = mapped_column(Text, default=None)
     instances: Mapped[int | None] = mapped_column(Integer, default=None)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -58,7 +64,7 @@ class JobHookRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class WebhookEventRow(Base):
+class WebhookEventRow(Attempted, Base):
     """One event for one receiver (the outbox); its body is fixed when written, so every
     retry sends the same bytes (re-signed with a fresh timestamp). A job's finish events are
     written once (JobHookRow.finished_event); each delivery writes its own job.delivered."""
@@ -76,12 +82,6 @@ class WebhookEventRow(Base):
     target: Mapped[str] = mapped_column(String(16))  # tenant | callback
     url: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    lease: Mapped[str | None] = mapped_column(String(32), default=None)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
-    last_error: Mapped[str | None] = mapped_column(Text, default=None)
     last_status: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -4,6 +4,7 @@ never change; a retry stores each instance exactly once."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from support.dicom_series import Series, write_series
 from support.orthanc import Orthanc, orthanc_running
@@ -22,7 +24,7 @@ from support.settings import settings_in
 from service.config import Settings
 from service.delivery.dispatcher import DispatchContext, Dispatcher, deliver_once
 from service.delivery.outbox import OutboxStore, new_delivery
-from service.jobs.files import JobFiles
+from service.jobs.files import JobFiles, series_files
 from service.jobs.job import JobState, NewJob, new_job_id
 from service.jobs.store import JobStore, seconds_ago
 
@@ -82,7 +84,7 @@ def succeeded_dicom_job(ctx: DispatchContext, count: int = 3, side_px: int = 64)
             "instances": [p.name for p in series.files],
         }
     }
-    assert ctx.store.succeed(job_id, lease, report, "series", "0" * 64, 1, None, 1)
+    assert ctx.store.succeed(job_id, lease, report, "series", "0" * 64, 1, None)
     return series
 
 
@@ -131,6 +133,25 @@ def test_a_series_lands_in_orthanc_once_and_a_retry_adds_no_copy(
     ctx.outbox.retry(job_id, TENANT, None)  # POST /v1/jobs/{id}/deliveries
     assert deliver_once(ctx) == "delivered"
     assert sorted(orthanc.instance_uids()) == sorted(series.sop_uids)  # one copy each
+
+
+def test_instances_go_in_the_order_the_download_serves_them(tmp_path: Path) -> None:
+    """Level 0 first and level 10 after level 9 (not after level 1, as names sort)."""
+    archive = Receiver(always(200))
+    try:
+        ctx = dispatch_context(make_settings(tmp_path, f"{archive.url}/dicom-web"))
+        series = succeeded_dicom_job(ctx, count=12, side_px=8)
+        for number, path in enumerate(series.files, start=1):  # as the DICOM writer names them
+            path.rename(series.folder / f"level-{number - 1}.dcm")
+        assert deliver_once(ctx) == "delivered"
+    finally:
+        archive.close()
+    sent = []
+    for request in archive.requests:
+        part = request.body.split(b"\r\n\r\n", 1)[1]
+        sent.append(int(pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True).InstanceNumber))
+    assert sent == list(range(1, 13))
+    assert [p.name for p in series_files(series.folder)] == [f"level-{n}.dcm" for n in range(12)]
 
 
 def test_nothing_due_while_the_job_runs_and_a_failed_job_is_never_delivered(
