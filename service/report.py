@@ -87,14 +87,20 @@ class StainReport:
 
 
 def without_server_paths(value: Any) -> Any:
-    """``value`` with every absolute path cut to its file name, at any depth.
+    """``value`` with every absolute path, and every ``path`` field, cut to its file name, at
+    any depth.
 
     The report names its inputs by path (``input.rcm.path``); a job's report is shown to every
     key of the tenant and to viewer-link holders, who learn nothing from where the server keeps
     files. Reports stored before the public view existed are cleaned when shown.
     """
     if isinstance(value, dict):
-        return {key: without_server_paths(item) for key, item in value.items()}
+        return {
+            key: PurePosixPath(item).name
+            if key == "path" and isinstance(item, str)  # relative too (./dscm-data/...)
+            else without_server_paths(item)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [without_server_paths(item) for item in value]
     if isinstance(value, str) and value.startswith("/"):

@@ -22,6 +22,7 @@ from service.api.schemas import (
 from service.delivery.records import Delivery
 from service.jobs.job import Job, JobState
 from service.options import RESULT_MEDIA_TYPE
+from service.progress import PROGRESS_SCALE
 from service.report import without_server_paths
 
 API_PREFIX = "/v1"
@@ -36,10 +37,16 @@ def viewer_url(job_id: str) -> str:
     return f"{VIEWER_PREFIX}/{job_id}"
 
 
+def _rounded_mpp_um(mpp_um: float | None) -> float | None:
+    """The pixel size to 5 decimals, as the report gives it: a resolution tag stored as a
+    float32 ratio (0.75000004577637) says no more than that."""
+    return round(mpp_um, 5) if mpp_um is not None else None
+
+
 def to_public(job: Job, delivery: Delivery | None = None) -> JobPublic:
     total, done = job.progress_total, job.progress_done
-    if job.state == JobState.SUCCEEDED:
-        percent = 100.0
+    if job.state == JobState.SUCCEEDED:  # also a record of an older release (tiles of tiles)
+        done, total, percent = PROGRESS_SCALE, PROGRESS_SCALE, 100.0
     else:
         percent = round(100.0 * done / total, 1) if total else 0.0
     result = None
@@ -66,7 +73,7 @@ def to_public(job: Job, delivery: Delivery | None = None) -> JobPublic:
             fcm=_input(inputs["fcm"]),
             width_px=int(inputs["width_px"]),
             height_px=int(inputs["height_px"]),
-            mpp_um=inputs.get("mpp_um"),
+            mpp_um=_rounded_mpp_um(inputs.get("mpp_um")),
         ),
         label=job.label,
         external_id=job.external_id,

@@ -212,7 +212,6 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
             report.output_sha256,
             report.output_bytes,
             thumb_name,
-            report.tiles.total,
         )
         # The extra layers were published (under this attempt's names) before the stain; they
         # become the job's in this same transaction, named in its report.

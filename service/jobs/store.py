@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs.db import JobRow, make_engine, utc_now
 from service.jobs.job import ACTIVE_STATES, FINISHED_STATES, Job, JobState, NewJob
+from service.progress import PROGRESS_SCALE
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
 ClaimOutcome = Literal["claimed", "missing", "finished", "busy", "exhausted"]
@@ -237,16 +238,17 @@ class JobStore:
         result_sha256: str,
         result_bytes: int,
         thumbnail_name: str | None,
-        tiles_total: int,
     ) -> bool:
+        """Mark the attempt's job succeeded with its result; progress 1000 of 1000 (the
+        thousandths that heartbeats wrote, complete). False once the attempt lost the job."""
         now = utc_now()
         return self._update_leased(
             job_id,
             lease,
             state=JobState.SUCCEEDED.value,
             stage="done",
-            progress_done=tiles_total,
-            progress_total=tiles_total,
+            progress_done=PROGRESS_SCALE,
+            progress_total=PROGRESS_SCALE,
             report=report,
             result_name=result_name,
             result_sha256=result_sha256,

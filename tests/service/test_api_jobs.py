@@ -7,6 +7,7 @@ import hashlib
 import io
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import openslide
 import pytest
@@ -253,3 +254,29 @@ def test_readyz_reports_a_model_that_does_not_match_its_card(
     with TestClient(make_app(make_settings(models_dir=models))) as client:
         body = assert_problem(client.get("/readyz"), 503, "not_ready")
         assert "does not match" in str(body["checks"])
+
+
+def test_a_new_users_job_names_files_counts_thousandths_and_rounds_the_pixel_size(
+    make_settings: Callable[..., Settings],
+    keys: Keys,
+    pair: Pair,
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default storage folder is relative (./dscm-data): the report still names files by
+    name only; a succeeded job is 1000 of 1000 thousandths; the tags' float32 pixel size
+    (0.75000004577637) shows to 5 decimals, as in the report."""
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(storage_dir=Path("dscm-data"))
+    with TestClient(make_app(settings), raise_server_exceptions=False) as client:
+        accepted = submit(client, keys.alice, pair)
+        assert accepted.status_code == 202, accepted.text
+        job = accepted.json()
+        assert job["inputs"]["mpp_um"] == 0.75, job["inputs"]
+        done = wait_for(client, keys.alice, job["id"])
+    assert done["state"] == "succeeded", done
+    report_inputs = done["report"]["input"]
+    assert (report_inputs["rcm"]["path"], report_inputs["fcm"]["path"]) == ("rcm.tif", "fcm.tif")
+    assert "dscm-data" not in str(done)
+    assert done["progress"] == {"done": 1000, "total": 1000, "percent": 100.0}
+    assert done["inputs"]["mpp_um"] == 0.75

@@ -84,7 +84,7 @@ def succeeded_dicom_job(ctx: DispatchContext, count: int = 3, side_px: int = 64)
             "instances": [p.name for p in series.files],
         }
     }
-    assert ctx.store.succeed(job_id, lease, report, "series", "0" * 64, 1, None, 1)
+    assert ctx.store.succeed(job_id, lease, report, "series", "0" * 64, 1, None)
     return series
 
 

@@ -77,10 +77,10 @@ def test_claim_is_exclusive_and_idempotent(store: JobStore) -> None:
     assert store.claim(job.id, "lease-b", stale).outcome == "busy"
     assert not store.heartbeat(job.id, "lease-b", "tiles", 1, 2)
     assert store.heartbeat(job.id, "lease-a", "tiles", 1, 2)
-    assert store.succeed(job.id, "lease-a", {"ok": True}, "r.tiff", "c" * 64, 10, None, 2)
+    assert store.succeed(job.id, "lease-a", {"ok": True}, "r.tiff", "c" * 64, 10, None)
     assert store.claim(job.id, "lease-c", stale).outcome == "finished"
     done = store.get(job.id)
-    assert done is not None and done.state == JobState.SUCCEEDED and done.progress_done == 2
+    assert done is not None and done.state == JobState.SUCCEEDED and done.progress_done == 1000
     assert store.claim(new_job_id(), "x", stale).outcome == "missing"
 
 
@@ -89,7 +89,7 @@ def test_cancel_beats_a_late_success(store: JobStore) -> None:
     store.claim(job.id, "lease", seconds_ago(60))
     assert store.cancel(job.id)
     assert not store.heartbeat(job.id, "lease", "tiles", 2, 4)
-    assert not store.succeed(job.id, "lease", {}, "r.tiff", "c" * 64, 1, None, 4)
+    assert not store.succeed(job.id, "lease", {}, "r.tiff", "c" * 64, 1, None)
     assert store.get(job.id).state == JobState.CANCELLED  # type: ignore[union-attr]
     assert not store.cancel(job.id)
 

@@ -72,7 +72,7 @@ def finished_job(ctx: DispatchContext, succeed: bool = True, related: Any = ()) 
     lease = "c" * 32
     ctx.store.claim(job_id, lease, seconds_ago(60))
     if succeed:
-        assert ctx.store.succeed(job_id, lease, {}, "r.tiff", "0" * 64, 1, None, 1)
+        assert ctx.store.succeed(job_id, lease, {}, "r.tiff", "0" * 64, 1, None)
     else:
         assert ctx.store.fail(job_id, lease, "corrupt_slide", "the RCM does not decode")
     return job_id
@@ -241,7 +241,7 @@ def test_a_delivery_sends_job_delivered(tmp_path: Path, database_url: str) -> No
         folder.mkdir(parents=True)
         (folder / "level-0.dcm").write_bytes(b"DICM")
         report = {"dicom": {"series": "series", "study_instance_uid": "1.2.3"}}
-        assert ctx.store.succeed(job_id, "d" * 32, report, "r.tiff", "0" * 64, 1, None, 1)
+        assert ctx.store.succeed(job_id, "d" * 32, report, "r.tiff", "0" * 64, 1, None)
         assert deliver_once(ctx) == "delivered"
         events = send_until_settled(ctx, job_id)
     finally:
