@@ -15,6 +15,7 @@ from service.integrations import (
     IpNetwork,
     TenantIntegration,
     check_destinations,
+    check_public_url,
     read_integrations,
 )
 from service.options import DEFAULT_UID_ROOT, MPP_RANGE_UM
@@ -47,7 +48,9 @@ class Settings(BaseSettings):
         default=400_000_000, gt=0, description="Largest accepted image, in pixels per mode"
     )
     tile_px: int = Field(default=1024, ge=64, le=8192, description="Output tile edge, pixels")
-    threads: int | None = Field(default=None, ge=1, description="onnxruntime threads per model")
+    threads: int | None = Field(
+        default=None, ge=1, description="Inference threads per model (onnxruntime or OpenVINO)"
+    )
     batch_size: int = Field(
         default=1, ge=1, le=64, description="Tiles per model call (raise it on a GPU)"
     )
@@ -164,6 +167,12 @@ class Settings(BaseSettings):
         description="JSON file {destinations, tenants} read at start-up, added to the two "
         "settings above; secret files named in it are relative to its folder",
     )
+    public_url: str | None = Field(
+        default=None,
+        description="The service's address as the hospital's systems reach it "
+        "(https://dscm.example.org, or with a path prefix behind a proxy): webhook events "
+        "then carry absolute links to the job and its result; unset, the links are relative",
+    )
     dispatch_interval_s: float = Field(
         default=2.0, gt=0, le=300, description="How often a dispatcher looks for due work"
     )
@@ -194,10 +203,15 @@ class Settings(BaseSettings):
         "default is pydicom's, for trials: a site registers its own",
     )
 
-    @field_validator("integrations_file", mode="before")
+    @field_validator("integrations_file", "public_url", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if value == "" else value  # compose passes unset variables as ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_public_url(value)
 
     @model_validator(mode="after")
     def _check_service_timing(self) -> Settings:

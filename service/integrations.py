@@ -21,6 +21,23 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HOST_PATTERN = re.compile(r"^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
 
 
+def check_http_url(url: str) -> str:
+    """``url`` if it is http(s) with a host; ValueError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http or https URL")
+    return url
+
+
+def check_public_url(url: str) -> str:
+    """The service's public URL without its trailing slash; ValueError unless it is an
+    http(s) origin, optionally with a path, and without credentials, query or fragment."""
+    parts = urlsplit(check_http_url(url))
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError("must not carry credentials, a query or a fragment")
+    return url.rstrip("/")
+
+
 class Destination(BaseModel):
     """One archive that takes DICOM over DICOMweb STOW-RS (``POST {url}/studies``)."""
 
@@ -40,10 +57,7 @@ class Destination(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http or https URL")
-        return value.rstrip("/")
+        return check_http_url(value).rstrip("/")
 
     @model_validator(mode="after")
     def _credentials(self) -> Destination:
@@ -82,11 +96,7 @@ class TenantIntegration(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http or https URL")
-        return value
+        return None if value is None else check_http_url(value)
 
     @field_validator("callback_hosts")
     @classmethod

@@ -21,20 +21,12 @@ from service.api.schemas import (
 )
 from service.delivery.records import Delivery
 from service.jobs.job import Job, JobState
+from service.jobs.links import API_PREFIX as API_PREFIX
+from service.jobs.links import VIEWER_PREFIX as VIEWER_PREFIX
+from service.jobs.links import job_url, viewer_url
 from service.options import RESULT_MEDIA_TYPE
 from service.progress import PROGRESS_SCALE
 from service.report import without_server_paths
-
-API_PREFIX = "/v1"
-VIEWER_PREFIX = "/viewer"
-
-
-def job_url(job_id: str, tail: str = "") -> str:
-    return f"{API_PREFIX}/jobs/{job_id}{tail}"
-
-
-def viewer_url(job_id: str) -> str:
-    return f"{VIEWER_PREFIX}/{job_id}"
 
 
 def _rounded_mpp_um(mpp_um: float | None) -> float | None:

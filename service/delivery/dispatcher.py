@@ -26,6 +26,7 @@ from service.delivery.webhooks import describe, send_event
 from service.integrations import read_secret
 from service.jobs.files import JobFiles, series_files
 from service.jobs.job import Job, JobState
+from service.jobs.links import job_url
 from service.jobs.store import JobStore
 from service.report import stored_dicom_series
 
@@ -73,11 +74,12 @@ class DispatchContext:
         return targets
 
     def event_data(self, event_type: str, job_id: str) -> dict[str, Any] | None:
-        """What an event says about its job: id, state, external id, error, links, and for
-        job.delivered the study and series delivered."""
+        """What an event says about its job: id, state, external id, error, links (absolute
+        under DSCM_PUBLIC_URL when it is set), and for job.delivered the study and series."""
         job = self.store.get(job_id)
         if job is None:
             return None
+        base = self.settings.public_url or ""  # unset: links relative to the API's own address
         data: dict[str, Any] = {
             "job": {
                 "id": job.id,
@@ -89,7 +91,10 @@ class DispatchContext:
                     if job.state == JobState.FAILED
                     else None
                 ),
-                "links": {"self": f"/v1/jobs/{job.id}", "result": f"/v1/jobs/{job.id}/result"},
+                "links": {
+                    "self": job_url(job.id, base=base),
+                    "result": job_url(job.id, "/result", base),
+                },
             }
         }
         if event_type == "job.delivered":

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from support.ports import free_port
 from support.receivers import Answer, Receiver, always
 from support.settings import settings_in
@@ -139,6 +140,58 @@ def test_a_failed_job_sends_job_failed_with_its_error(tmp_path: Path) -> None:
     event = json.loads(receiver.requests[0].body)
     assert event["type"] == "job.failed"
     assert event["data"]["job"]["error"]["code"] == "corrupt_slide"
+
+
+@pytest.mark.parametrize(
+    ("public_url", "base"),
+    [
+        (None, ""),  # unset: relative to the API's address, as in GET /v1/jobs/{id}
+        ("https://dscm.example.org", "https://dscm.example.org"),
+        ("https://example.org/pathology/dscm/", "https://example.org/pathology/dscm"),
+    ],
+)
+def test_event_links_are_absolute_under_the_public_url(
+    tmp_path: Path, public_url: str | None, base: str
+) -> None:
+    receiver = Receiver(always(200))
+    try:
+        secrets = [secret_file(tmp_path, "hook.key", "k")]
+        ctx = context(hook_settings(tmp_path, receiver.url, secrets, public_url=public_url))
+        job_id = finished_job(ctx)
+        assert webhooks_once(ctx) == "sent"
+    finally:
+        receiver.close()
+    links = json.loads(receiver.requests[0].body)["data"]["job"]["links"]
+    own = f"{base}/v1/jobs/{job_id}"
+    assert links == {"self": own, "result": f"{own}/result"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "dscm.example.org",
+        "ftp://dscm.example.org",
+        "https://",
+        "https://user:password@dscm.example.org",
+        "https://dscm.example.org/?tenant=x",
+        "https://dscm.example.org/#top",
+    ],
+)
+def test_a_public_url_that_is_not_an_http_origin_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    monkeypatch.setenv("DSCM_PUBLIC_URL", bad)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("public_url",)
+
+
+def test_the_public_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSCM_PUBLIC_URL", "https://dscm.example.org/")
+    assert Settings().public_url == "https://dscm.example.org"
+    monkeypatch.setenv("DSCM_PUBLIC_URL", "")  # compose passes an unset variable as ""
+    assert Settings().public_url is None
 
 
 def test_during_a_rotation_both_secrets_sign(tmp_path: Path) -> None:
