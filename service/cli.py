@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -86,7 +87,12 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
 @click.option(
     "--batch-size", type=int, help="Tiles per model call (default: DSCM_BATCH_SIZE or 1)."
 )
-@click.option("--threads", type=int, help="onnxruntime threads (default: all cores).")
+@click.option(
+    "--threads",
+    type=int,
+    help="Threads of the inference backend, onnxruntime or OpenVINO, whichever runs "
+    "(`dscm models` names it; default: all cores).",
+)
 @click.option(
     "--compression", type=click.Choice(COMPRESSIONS), default=DEFAULT_OPTIONS.compression,
     show_default=True,
@@ -243,10 +249,11 @@ def check_output_path(output: Path, overwrite: bool, options: JobOptions) -> Non
 
 
 class ProgressBar:
-    """One bar for the whole job on a terminal; without one, a line on stderr at least every
-    10 % (logs and pipelines see progress too)."""
+    """One bar for the whole job on a terminal; without one, a line on stderr each time the job
+    passes another tenth (logs and pipelines see progress too) and one at 100 % when it ends.
 
-    LOG_STEP = 0.1
+    A stage of few large tiles can pass two tenths at once (the sample's four 1024 px tiles
+    are 21 % each): then one line says where the job is, nothing is made up in between."""
 
     def __init__(self) -> None:
         console = Console(stderr=True)
@@ -261,15 +268,18 @@ class ProgressBar:
             disable=not self.tty,
         )
         self.task: TaskID | None = None
-        self.logged = -1.0
+        self.logged_tenth = -1  # the last tenth of the job a line was printed for
 
     def __enter__(self) -> ProgressBar:
         self.progress.start()
         self.task = self.progress.add_task("preparing", total=1000)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.progress.stop()
+        if exc_type is None and not self.tty and self.logged_tenth < 10:
+            self.logged_tenth = 10
+            click.echo("100 % done", err=True)
 
     def update(self, stage: str, done: int, total: int) -> None:
         fraction, message = overall_progress(stage, done, total)
@@ -277,12 +287,9 @@ class ProgressBar:
             self.progress.update(self.task, completed=round(fraction * 1000), description=message)
         # nothing while the inputs are checked: a refused input gives its one-line error only
         checked = stage not in ("load_models", "prepare")
-        if (
-            not self.tty
-            and checked
-            and (fraction >= self.logged + self.LOG_STEP or fraction >= 1.0 > self.logged)
-        ):
-            self.logged = fraction
+        tenth = math.floor(fraction * 10 + 1e-9)
+        if not self.tty and checked and tenth > self.logged_tenth:
+            self.logged_tenth = tenth
             click.echo(f"{fraction * 100:3.0f} % {message}", err=True)
 
 

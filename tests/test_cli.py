@@ -105,6 +105,24 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "SCAN_DIR" in result.stderr
 
 
+def test_a_file_given_as_scan_dir_says_so_and_suggests_rcm_and_fcm(tmp_path: Path) -> None:
+    image = tmp_path / "fcm.tif"
+    image.write_bytes(b"II*\x00")
+    result = invoke("stain", str(image), "-o", str(tmp_path / "x.tif"))
+    assert result.exit_code == 4, result.output
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in result.output
+    assert "is a file, not a scan folder" in message and "--rcm" in message and "--fcm" in message
+    assert "not found" not in message
+
+
+def test_threads_help_names_the_backends_it_sets() -> None:
+    """--threads sets onnxruntime's or OpenVINO's threads, whichever runs."""
+    text = " ".join(invoke("stain", "--help").output.split())
+    threads = text[text.index("--threads") :][:200]
+    assert "onnxruntime" in threads and "OpenVINO" in threads, threads
+
+
 @pytest.mark.parametrize("room", ["nothing", "canvas"])
 def test_stain_onto_a_full_disk_fails_cleanly(make_pair, tmp_path: Path, room: str) -> None:
     """A disk that really fills up (ENOSPC from a small tmpfs): one line on stderr that says so,

@@ -67,6 +67,16 @@ def test_colour_rgb_input_is_refused(tmp_path: Path) -> None:
     assert_clean_failure(run_stain(rcm, fcm, tmp_path / "o.tif"), tmp_path / "o.tif", "grayscale")
 
 
+def test_a_colour_image_of_the_wrong_size_is_refused_for_its_colour(tmp_path: Path) -> None:
+    """An H&E picture sent as RCM is the mistake to name, not that its size differs."""
+    rgb = np.random.default_rng(0).integers(0, 255, (512, 640, 3), dtype=np.uint8)
+    rcm = write_gray(tmp_path / "he.jpg", rgb / 255.0)
+    fcm = good_gray(tmp_path, "fcm.tif")  # 300 x 400 px
+    with pytest.raises(BandError, match="colour RGB image"):
+        probe_pair(SlideInputs(rcm, fcm), 10**9)
+    assert_clean_failure(run_stain(rcm, fcm, tmp_path / "o.tif"), tmp_path / "o.tif", "grayscale")
+
+
 def test_gray_stored_as_rgb_is_accepted(tmp_path: Path) -> None:
     fcm_unit, rcm_unit = confocal_like(300, 400)
     rcm = write_gray(tmp_path / "rcm.tif", np.dstack([rcm_unit] * 3))

@@ -106,6 +106,11 @@ def resolve_scan_dir(
 
     Public code of the instrument's users disagrees on the mapping, so it is a parameter.
     """
+    if scan_dir.is_file():  # a user who has a pair of files rather than a scan folder
+        raise InputError(
+            f"{scan_dir} is a file, not a scan folder: give a pair of files as "
+            "--rcm RCM_FILE --fcm FCM_FILE"
+        )
     if not scan_dir.is_dir():
         raise SlideNotFound(f"scan folder not found: {scan_dir}")
     rcm, fcm = scan_dir / rcm_detector / SCAN_FILE, scan_dir / fcm_detector / SCAN_FILE
@@ -206,16 +211,19 @@ def probe_image(path: Path, max_pixels: int) -> tuple[ImageInfo, pyvips.Image]:
 
 
 def probe_pair(inputs: SlideInputs, max_pixels: int) -> PairInfo:
-    """Validate a pair from its headers; RGB inputs are also checked to be gray (a thumbnail)."""
+    """Validate a pair from its headers; RGB inputs are also checked to be gray (a thumbnail).
+
+    A colour image is refused before the sizes are compared: an H&E or other RGB picture sent
+    as RCM or FCM is the mistake to name, whatever its size."""
     rcm_info, rcm = probe_image(inputs.rcm, max_pixels)
     fcm_info, fcm = probe_image(inputs.fcm, max_pixels)
+    for info, image in ((rcm_info, rcm), (fcm_info, fcm)):
+        if image.bands == 3:
+            require_gray(image, Path(info.path).name)
     if (rcm.width, rcm.height) != (fcm.width, fcm.height):
         raise SizeMismatch(
             f"RCM is {rcm.width} x {rcm.height} px but FCM is {fcm.width} x {fcm.height} px"
         )
-    for info, image in ((rcm_info, rcm), (fcm_info, fcm)):
-        if image.bands == 3:
-            require_gray(image, Path(info.path).name)
     mpp_um = rcm_info.mpp_um or fcm_info.mpp_um
     return PairInfo(rcm.width, rcm.height, mpp_um, rcm_info, fcm_info)
 
