@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+from urllib.parse import urlencode
 
 from pydantic import (
     BaseModel,
@@ -36,6 +37,22 @@ from service.options import (
     StageName,
     ViewLayer,
 )
+
+CompareMode = Literal["side", "swipe"]
+
+
+class ViewerView(NamedTuple):
+    """A viewer page's view: the main layer, the comparison layout and its second layer."""
+
+    layer: ViewLayer | None
+    compare: CompareMode | None
+    compare_with: ViewLayer | None
+
+    def query(self) -> str:
+        """``?layer=fcm&compare=side&with=stain`` (only what is set), as viewer.js reads it."""
+        pairs = {"layer": self.layer, "compare": self.compare, "with": self.compare_with}
+        given = {key: value for key, value in pairs.items() if value is not None}
+        return f"?{urlencode(given)}" if given else ""
 
 
 class JobCreate(BaseModel):
@@ -282,10 +299,35 @@ class ViewerLinkCreate(BaseModel):
         ge=60,  # a link that expires before anyone can open it is a mistake, not a request
         description="Life of the link, at least 60 s; default and cap: DSCM_VIEWER_LINK_TTL_S",
     )
+    layer: ViewLayer | None = Field(
+        default=None, description="The layer the link opens on (default: the stain)"
+    )
+    compare: CompareMode | None = Field(
+        default=None,
+        description="Open comparing two layers: side by side or under a swipe divider "
+        "(default: with compare_with, side; else no comparison)",
+    )
+    compare_with: ViewLayer | None = Field(
+        default=None, description="The second layer of the comparison (default: FCM, else Gareau)"
+    )
+
+    @model_validator(mode="after")
+    def _two_layers(self) -> ViewerLinkCreate:
+        if self.compare_with is not None and self.compare_with == (self.layer or "stain"):
+            raise ValueError("compare_with must differ from the layer the link opens on")
+        return self
+
+    def view(self) -> ViewerView:
+        """The view the link opens, as the viewer page reads it from its query."""
+        compare = self.compare or ("side" if self.compare_with is not None else None)
+        return ViewerView(self.layer, compare, self.compare_with if compare else None)
 
 
 class ViewerLink(BaseModel):
-    url: str = Field(description="The viewer page; the token is in the fragment, never sent")
+    url: str = Field(
+        description="The viewer page, its view (layer, compare, with) in the query; the token "
+        "is in the fragment, never sent"
+    )
     token: str
     expires_at: datetime
 

@@ -178,6 +178,47 @@ def test_signed_link_opens_the_viewer_without_a_key(
     assert_stain_colours(viewer_pixels(browser, screenshots_dir / "viewer-link.png"))
 
 
+def test_a_signed_link_opens_the_slide_in_compare_mode(
+    server: Server, browser: Any, finished_job: dict[str, Any]
+) -> None:
+    """A link made with a view opens on it in a clean tab: side by side with FCM, then (an
+    address with the view in its query) the FCM layer under a swipe over the stain."""
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    link = httpx.post(
+        f"{server.url}/v1/jobs/{finished_job['id']}/viewer-link",
+        json={"compare": "side", "compare_with": "fcm"},
+        headers=server.auth,
+        timeout=10,
+    ).json()
+    assert "?compare=side&with=fcm#token=" in link["url"]
+    browser.get(f"{server.url}/viewer")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(f"{server.url}{link['url']}")
+    wait_until(lambda: browser.execute_script("return !!window.dscmViewer.viewer"), 15, "viewer")
+    wait_drawn(browser)
+    body = browser.find_element(By.TAG_NAME, "body")
+    assert body.get_attribute("data-compare") == "side"
+    assert browser.find_element(By.ID, "viewer-b").is_displayed()
+    captions = [browser.find_element(By.ID, f"caption-{n}").text for n in ("a", "b")]
+    assert captions == ["Stained", "FCM"]
+    assert "#" not in browser.current_url and "compare=side" in browser.current_url
+    png = browser.get_screenshot_as_png()
+    assert_stain_colours(region(browser, png, "viewer", 0.2, 0.8))
+    assert_gray(region(browser, png, "viewer-b", 0.2, 0.8))
+    # The same tab (the link's token is in its storage), another view by address.
+    browser.get(f"{server.url}/viewer/{finished_job['id']}?layer=fcm&compare=swipe&with=stain")
+    wait_until(lambda: browser.execute_script("return !!window.dscmViewer.viewer"), 15, "viewer")
+    wait_drawn(browser)
+    body = browser.find_element(By.TAG_NAME, "body")
+    assert body.get_attribute("data-compare") == "swipe"
+    assert browser.execute_script("return window.dscmViewer.layer") == "fcm"
+    assert browser.execute_script("return window.dscmViewer.compare.state.layer") == "stain"
+    assert browser.find_element(By.ID, "divider").is_displayed()
+    assert browser.execute_script("return window.dscmViewer.errors") == []
+
+
 def test_running_job_shows_progress_then_tiles(
     server: Server,
     browser: Any,

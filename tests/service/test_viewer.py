@@ -264,6 +264,40 @@ def test_link_lifetime_is_capped(vclient: TestClient, keys: Keys, layered: dict[
     assert datetime.fromisoformat(shortest.json()["expires_at"]).timestamp() > time.time() + 58
 
 
+def test_a_link_can_open_the_viewer_comparing_two_layers(
+    vclient: TestClient, keys: Keys, layered: dict[str, Any]
+) -> None:
+    """The view travels in the page's query (kept when the page takes the token out of the
+    fragment); no view asked: the plain URL, as before."""
+    url, auth = f"/v1/jobs/{layered['id']}/viewer-link", keys.auth(keys.alice)
+    cases = [
+        ({"compare": "side", "compare_with": "fcm"}, "?compare=side&with=fcm"),
+        ({"compare": "swipe"}, "?compare=swipe"),
+        ({"compare_with": "gareau"}, "?compare=side&with=gareau"),
+        (
+            {"layer": "fcm", "compare": "side", "compare_with": "stain"},
+            "?layer=fcm&compare=side&with=stain",
+        ),
+        ({"layer": "rcm"}, "?layer=rcm"),
+        ({"ttl_s": 600}, ""),
+    ]
+    for body, query in cases:
+        made = vclient.post(url, json=body, headers=auth)
+        assert made.status_code == 201, made.text
+        link = made.json()
+        assert link["url"] == f"/viewer/{layered['id']}{query}#token={link['token']}", body
+        page = vclient.get(link["url"].split("#")[0])
+        assert page.status_code == 200
+    for bad in (
+        {"compare": "overlay"},
+        {"compare_with": "he"},
+        {"layer": "../result"},
+        {"compare_with": "stain"},  # the layer the link opens on
+        {"layer": "fcm", "compare_with": "fcm"},
+    ):
+        assert_problem(vclient.post(url, json=bad, headers=auth), 422, "invalid_request")
+
+
 def test_pages_and_vendored_assets(vclient: TestClient, layered: dict[str, Any]) -> None:
     for url in ("/viewer", layered["links"]["viewer"]):
         page = vclient.get(url)

@@ -119,9 +119,10 @@ async def create_viewer_link(
     )
     job = await run_in_threadpool(find_job, services, principal, job_id)
     ttl_s = body.ttl_s if body is not None else None
+    view = body.view() if body is not None else ViewerLinkCreate().view()
     token, expires_at_s = services.links.issue(job.id, job.tenant, ttl_s)
     return ViewerLink(
-        url=f"{viewer_url(job.id)}#token={token}",
+        url=f"{viewer_url(job.id)}{view.query()}#token={token}",
         token=token,
         expires_at=datetime.fromtimestamp(expires_at_s, UTC),
     )

@@ -102,6 +102,25 @@
     $("compare").hidden = job.layers.length < 2;
   }
 
+  /**
+   * The view the address asks for (a viewer link carries it): ?layer= the main layer,
+   * ?compare=side|swipe a comparison, ?with= its second layer. In the query, not the
+   * fragment, so it stays when the page takes a link's token out of the fragment.
+   */
+  function requestedView() {
+    const query = new URLSearchParams(location.search);
+    return { layer: query.get("layer"), compare: query.get("compare"), with: query.get("with") };
+  }
+
+  /** Open the comparison the address asks for, once the main view exists. */
+  function openRequestedComparison(job, view) {
+    if (!DscmCompare.MODES.includes(view.compare)) return;
+    state.compare.setMode(view.compare);
+    const asked = view.with !== state.layer && job.layers.includes(view.with);
+    const partner = asked ? view.with : defaultPartner(job);
+    if (partner) compareWith(partner);
+  }
+
   /** The layer compared with the shown one by default: FCM (what the stain must be faithful
    * to), else Gareau, else whatever else the job kept. */
   function defaultPartner(job) {
@@ -179,7 +198,8 @@
   async function openViewer(job) {
     $("viewer").hidden = false;
     $("zoom").hidden = false;
-    state.layer = job.layers[0];
+    const view = requestedView();
+    state.layer = job.layers.includes(view.layer) ? view.layer : job.layers[0];
     const source = await tileSource(state.layer);
     $("navigator").hidden = false; // OpenSeadragon sizes the minimap from its element
     const viewer = createViewer($("viewer"), source, { showNavigator: true, navigatorId: "navigator" });
@@ -231,6 +251,7 @@
     }
     document.addEventListener("keydown", onKey);
     renderLayers(job);
+    openRequestedComparison(job, view);
   }
 
   /**
