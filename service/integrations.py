@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# An application entity title (PS3.5 AE): 1-16 characters, no backslash or control character,
+# no leading or trailing space.
+AE_TITLE_PATTERN = r"^[!-\[\]-~]([ -\[\]-~]{0,14}[!-\[\]-~])?$"
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HOST_PATTERN = re.compile(r"^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
 
@@ -39,12 +42,27 @@ def check_public_url(url: str) -> str:
 
 
 class Destination(BaseModel):
-    """One archive that takes DICOM over DICOMweb STOW-RS (``POST {url}/studies``)."""
+    """One archive: DICOMweb STOW-RS (``POST {url}/studies``, the default) or DIMSE C-STORE
+    (an association with ``ae_title`` at ``host:port``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=NAME_PATTERN, description="What jobs name in deliver_to")
-    url: str = Field(description="The DICOMweb root, e.g. https://pacs.example.org/dicom-web")
+    kind: Literal["stow-rs", "c-store"] = Field(
+        default="stow-rs", description="DICOMweb STOW-RS over HTTP(S), or DIMSE C-STORE"
+    )
+    url: str | None = Field(
+        default=None,
+        description="stow-rs: the DICOMweb root, e.g. https://pacs.example.org/dicom-web",
+    )
+    ae_title: str | None = Field(
+        default=None, pattern=AE_TITLE_PATTERN, description="c-store: the archive's AE title"
+    )
+    host: str | None = Field(default=None, min_length=1, description="c-store: its host")
+    port: int | None = Field(default=None, ge=1, le=65535, description="c-store: its DICOM port")
+    calling_ae_title: str = Field(
+        default="DSCM", pattern=AE_TITLE_PATTERN, description="c-store: dscm's own AE title"
+    )
     auth: Literal["none", "basic", "bearer"] = "none"
     username: str | None = Field(default=None, description="For basic auth")
     secret_file: Path | None = Field(
@@ -56,8 +74,19 @@ class Destination(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        return check_http_url(value).rstrip("/")
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value).rstrip("/")
+
+    @model_validator(mode="after")
+    def _kind(self) -> Destination:
+        if self.kind == "stow-rs" and self.url is None:
+            raise ValueError(f"destination {self.name}: stow-rs needs url")
+        if self.kind == "c-store":
+            if None in (self.ae_title, self.host, self.port) or self.url is not None:
+                raise ValueError(f"destination {self.name}: c-store needs ae_title, host and port")
+            if self.auth != "none" or self.ca_file is not None:
+                raise ValueError(f"destination {self.name}: c-store has no auth or TLS here")
+        return self
 
     @model_validator(mode="after")
     def _credentials(self) -> Destination:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,11 +19,13 @@ from typing import Any
 
 from service.config import Settings
 from service.delivery import telemetry
+from service.delivery.cstore import cstore_series
+from service.delivery.errors import DeliveryError
 from service.delivery.outbox import OutboxStore, retry_delay_s
 from service.delivery.records import FAILED, Delivery, WebhookEvent
-from service.delivery.stow import StowError, stow_series
+from service.delivery.stow import stow_series
 from service.delivery.webhooks import describe, send_event
-from service.integrations import read_secret
+from service.integrations import Destination, read_secret
 from service.jobs.files import JobFiles, series_files
 from service.jobs.job import Job, JobState
 from service.jobs.links import job_url
@@ -31,6 +33,11 @@ from service.jobs.store import JobStore
 from service.report import stored_dicom_series
 
 log = logging.getLogger(__name__)
+# How a series goes to an archive, by the destination's kind: one module each.
+SENDERS: dict[str, Callable[[Destination, Sequence[Path], Callable[[int], None]], None]] = {
+    "stow-rs": stow_series,
+    "c-store": cstore_series,
+}
 # A delivery's lease outlives one instance's request by this much; renewed after each one.
 _LEASE_MARGIN_S = 60.0
 # How often a dispatcher deletes the rows of jobs the retention purge deleted.
@@ -178,11 +185,11 @@ def _attempt_delivery(
 
     def keep_lease(_done: int) -> None:
         if not ctx.outbox.extend_delivery(delivery.job_id, lease, lease_s):
-            raise StowError("another dispatcher took the delivery over")
+            raise DeliveryError("another dispatcher took the delivery over")
 
     try:
-        stow_series(destination, instances, keep_lease)
-    except StowError as exc:
+        SENDERS[destination.kind](destination, instances, keep_lease)
+    except DeliveryError as exc:
         return str(exc)
     except OSError as exc:  # a result file vanished or cannot be read
         return f"cannot read the series: {exc.strerror or exc}"

@@ -17,15 +17,12 @@ from typing import Any
 import httpx
 
 from service import __version__
+from service.delivery.errors import DeliveryError
 from service.integrations import Destination, read_secret
 
 _CHUNK_BYTES = 1 << 20
 _FAILED_SOP_SEQUENCE = "00081198"
 _FAILURE_REASON = "00081197"
-
-
-class StowError(Exception):
-    """An attempt that did not store every instance; the message says why (never a secret)."""
 
 
 def _auth(destination: Destination) -> tuple[httpx.Auth | None, dict[str, str]]:
@@ -89,10 +86,12 @@ def stow_series(
     instances: Sequence[Path],
     after_each: Callable[[int], None] = lambda _: None,
 ) -> None:
-    """Send every instance to ``destination``; StowError at the first that is not stored.
+    """Send every instance to ``destination``; DeliveryError at the first that is not stored.
 
     ``after_each(n)`` runs after the n-th instance is stored (the dispatcher keeps its lease).
     """
+    if destination.url is None:
+        raise DeliveryError(f"destination {destination.name} has no DICOMweb url")
     auth, headers = _auth(destination)
     timeout = httpx.Timeout(destination.timeout_s)
     url = f"{destination.url}/studies"
@@ -113,14 +112,14 @@ def stow_series(
             try:
                 response = client.post(url, content=body, headers=request_headers)
             except httpx.TimeoutException as exc:
-                raise StowError(
+                raise DeliveryError(
                     f"{where}: no answer within {destination.timeout_s:g} s ({type(exc).__name__})"
                 ) from exc
             except httpx.HTTPError as exc:
-                raise StowError(f"{where}: {_reason(exc)}") from exc
+                raise DeliveryError(f"{where}: {_reason(exc)}") from exc
             reason = _failure(response)
             if reason is not None:
-                raise StowError(f"{where}: {reason}")
+                raise DeliveryError(f"{where}: {reason}")
             after_each(number)
 
 

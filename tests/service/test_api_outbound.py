@@ -33,7 +33,7 @@ FAST: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    yield from orthanc_running(tmp_path_factory)
+    yield from orthanc_running(tmp_path_factory, dicom=True)  # DICOMweb and a DICOM port
 
 
 @pytest.fixture
@@ -137,6 +137,53 @@ def test_a_dicom_job_ends_in_orthanc_with_its_uids_and_a_retry_adds_no_copy(
         receiver.close()
     kinds = sorted(json.loads(r.body)["type"] for r in receiver.requests)
     assert kinds == ["job.delivered", "job.delivered", "job.succeeded"]
+
+
+def test_a_dicom_job_delivered_by_c_store_lands_once_with_its_uids(
+    make_settings: Callable[..., Settings],
+    keys: Keys,
+    pair: Pair,
+    orthanc: Orthanc,
+    hook_key: Path,
+) -> None:
+    """The same job to the same archive over DIMSE: its JPEG-coded instances sent as stored."""
+    orthanc.clear()
+    assert orthanc.dicom_port is not None
+    dimse = {
+        "name": "orthanc-dimse",
+        "kind": "c-store",
+        "ae_title": "ORTHANC",
+        "host": "127.0.0.1",
+        "port": orthanc.dicom_port,
+        "timeout_s": 30,
+    }
+    settings = make_settings(
+        destinations=[dimse],
+        tenants={TENANT: {"destinations": ["orthanc-dimse"], "webhook_secret_files": [hook_key]}},
+        **FAST,
+    )
+    with TestClient(make_app(settings), raise_server_exceptions=False) as client:
+        options = {"output_format": "dicom", "deliver_to": "orthanc-dimse"}
+        job = delivered_job(client, keys.alice, stained(client, keys.alice, pair, options)["id"])
+        delivery = job["delivery"]
+        assert (delivery["state"], delivery["attempts"]) == ("delivered", 1), delivery
+        dicom = job["report"]["dicom"]
+        folder = settings.storage_dir / "results" / job["id"] / dicom["series"]
+        files = sorted(folder.glob("*.dcm"))
+        sops = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+        assert delivery["instances"] == len(files) >= 1
+        stored = orthanc.series_instance_uids(
+            dicom["study_instance_uid"], dicom["series_instance_uid"]
+        )
+        assert sorted(stored) == sorted(sops)
+        again = client.post(f"/v1/jobs/{job['id']}/deliveries", headers=Keys.auth(keys.alice))
+        assert again.status_code == 202, again.text
+        assert delivered_job(client, keys.alice, job["id"])["delivery"]["state"] == "delivered"
+        assert sorted(orthanc.instance_uids()) == sorted(sops)  # still one copy each
+    # Stored as sent: the archive's copy has the file's transfer syntax (JPEG baseline).
+    instance = orthanc.json("/instances")[0]
+    syntax = orthanc.get(f"/instances/{instance}/metadata/TransferSyntax").text
+    assert syntax == pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID
 
 
 def test_a_dicom_job_without_deliver_to_goes_to_the_tenants_default(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -350,6 +351,63 @@ def test_two_dispatchers_deliver_a_series_once(tmp_path: Path, orthanc: Orthanc)
     for one in series:
         delivery = ctx.outbox.delivery(job_id_of(one))
         assert delivery is not None and (delivery.state, delivery.attempts) == ("delivered", 1)
+
+
+def c_store_settings(root: Path, port: int) -> Settings:
+    """Destination ``pacs`` over C-STORE to AE ORTHANC on 127.0.0.1:``port``."""
+    pacs = {"name": "pacs", "kind": "c-store", "ae_title": "ORTHANC", "host": "127.0.0.1"}
+    return settings_in(
+        root,
+        [],
+        destinations=[{**pacs, "port": port, "timeout_s": 5}],
+        tenants={TENANT: {"destinations": ["pacs"]}},
+        **FAST_RETRIES,
+    )
+
+
+def test_c_store_to_an_archive_that_is_down_fails_after_the_retries_then_delivers_once(
+    tmp_path: Path, tmp_path_factory: Any
+) -> None:
+    port = free_port()
+    archive = Orthanc(tmp_path_factory.mktemp("orthanc-dimse"), dicom=True, dicom_port=port)
+    ctx = dispatch_context(c_store_settings(tmp_path, port))  # not started yet
+    series = succeeded_dicom_job(ctx)
+    job_id = job_id_of(series)
+    delivery = deliver_until_settled(ctx, job_id)
+    assert (delivery.state, delivery.attempts) == ("failed", 3)
+    peer = f"ORTHANC at 127.0.0.1:{port}"
+    assert delivery.last_error == f"cannot connect to {peer} (or it aborted the association)"
+    assert_result_untouched(ctx, series)
+    try:
+        archive.start()
+        ctx.outbox.retry(job_id, TENANT, None)
+        delivery = deliver_until_settled(ctx, job_id)
+        assert (delivery.state, delivery.instances) == ("delivered", 3)
+        ctx.outbox.retry(job_id, TENANT, None)
+        assert deliver_until_settled(ctx, job_id).state == "delivered"
+        assert sorted(archive.instance_uids()) == sorted(series.sop_uids)  # one copy each
+    finally:
+        archive.stop()
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"host": "h", "port": 104}, "c-store needs ae_title, host and port"),
+        ({"ae_title": "PACS", "host": "h"}, "c-store needs ae_title, host and port"),
+        ({"ae_title": "PACS", "host": "h", "port": 104, "url": "http://h"}, "c-store needs"),
+        ({"ae_title": "PACS", "host": "h", "port": 104, "auth": "bearer"}, "no auth or TLS"),
+        ({"ae_title": "A\\B", "host": "h", "port": 104}, "ae_title"),
+        ({"ae_title": "X" * 17, "host": "h", "port": 104}, "ae_title"),
+    ],
+)
+def test_a_destination_missing_what_its_kind_needs_is_refused(
+    tmp_path: Path, fields: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(said)):
+        settings_in(tmp_path, [], destinations=[{"name": "pacs", "kind": "c-store", **fields}])
+    with pytest.raises(ValueError, match=re.escape("stow-rs needs url")):
+        settings_in(tmp_path, [], destinations=[{"name": "pacs"}])
 
 
 def test_an_integrations_file_with_secrets_beside_it(tmp_path: Path) -> None:
