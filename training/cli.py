@@ -218,6 +218,12 @@ def import_reference_command(checkpoint: str, onnx_path: str, name: str, licence
 @click.option("--json", "json_path", default="docs/figures/results.json", show_default=True)
 @click.option("--preface", default="", help="text placed above the tables")
 @click.option("--update-cards/--no-update-cards", default=True, show_default=True)
+@click.option(
+    "--texture/--no-texture",
+    default=True,
+    show_default=True,
+    help="SWD and C2ST (trains one small critic per method and per real slide: minutes)",
+)
 def evaluate(
     data_root: str,
     prepared: str,
@@ -227,13 +233,17 @@ def evaluate(
     json_path: str,
     preface: str,
     update_cards: bool,
+    texture: bool,
 ) -> None:
-    """Despeckling and staining evaluations; results into docs/models.md and the cards."""
+    """Despeckling, staining and texture evaluations; results into docs/models.md and the
+    cards."""
     from training.evaluate import evaluate_all
     from training.export import update_card
     from training.report import results_markdown, write_results
 
-    results = evaluate_all(Path(data_root), Path(prepared), Path(models_dir), Path(figures_dir))
+    results = evaluate_all(
+        Path(data_root), Path(prepared), Path(models_dir), Path(figures_dir), texture
+    )
     command = "dscm-train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     write_results(
         Path(doc_path), Path(json_path), results, results_markdown(results, command, preface)

@@ -7,6 +7,8 @@
    on the real confocal crop and on synthetic confocal of held-out skin slides and held-out
    TCGA slides, with the stain-quality measures (FD_skin, cb_dB, glass, nuc_r) and, where the
    true H&E is known, PSNR, SSIM and CIEDE2000; figures of each.
+3. Texture (``training/texture_eval.py``): SWD and C2ST of every method and of each real skin
+   slide against the others.
 """
 
 from __future__ import annotations
@@ -152,9 +154,10 @@ def load_methods(models_dir: Path) -> StainMethods:
 
 
 def evaluate_all(
-    data_root: Path, prepared_dir: Path, models_dir: Path, figures_dir: Path
+    data_root: Path, prepared_dir: Path, models_dir: Path, figures_dir: Path, texture: bool = True
 ) -> dict[str, Any]:
-    """Every evaluation; figures under ``figures_dir``; returns the numbers."""
+    """Every evaluation (with ``texture``, SWD and C2ST too); figures under ``figures_dir``;
+    returns the numbers."""
     methods = load_methods(models_dir)
     fits = reference_fits(data_root)
     test = load_split_with_cases(prepared_dir, ("test",))
@@ -173,6 +176,10 @@ def evaluate_all(
             "reference_slides": sorted(fits),
         },
     }
+    if texture:
+        from training.texture_eval import evaluate_texture  # torch: only when asked
+
+        results["texture"] = evaluate_texture(data_root, prepared_dir, methods)
     real = evaluate_real_crop(data_root, methods, fits)
     if real is not None:
         results["stain_real_crop"], outputs = real

@@ -54,6 +54,82 @@ def _summary_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _auc(value: Any) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def texture_markdown(texture: dict[str, Any]) -> list[str]:
+    """The SWD and C2ST tables: every method, then each real slide against the others."""
+    reference = ", ".join(texture["reference_slides"])
+    held_out = ", ".join(texture["held_out_slides"])
+    level_px = next(iter(texture["methods"].values()))["held_out"]["level_px"]
+    options = texture.get("options", {})
+    floor = texture.get("real_crop_floor")
+    lines = [
+        f"### Texture: SWD and C2ST (reference: the training slides {reference}; "
+        f"held out: {held_out})",
+        "",
+        "SWD: mean over the Laplacian levels "
+        f"({', '.join(str(p) for p in level_px)} px), against the nearest reference slide; "
+        "colour: both sets normalised with the real set's statistics; texture: each with "
+        "its own. C2ST: ROC AUC of a critic trained on the reference slides' real patches "
+        "against their stain, scored on the held-out slide's real patches against its stain "
+        f"(0.5 = indistinguishable; {options.get('patch_px', '?')} px patches, "
+        f"{options.get('steps', '?')} steps). Real slides: each against the nearest other "
+        "(SWD) and against the other two (C2ST, trained on odd-numbered crops, scored on "
+        "even-numbered ones): the floor.",
+        "",
+        "| method (held-out slide) | SWD colour (nearest) | SWD texture | C2ST AUC "
+        "| real crop: SWD colour | SWD texture | C2ST AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in texture["methods"].items():
+        held, crop, critic = row["held_out"], row.get("real_crop"), row["c2st"]
+        crop_cells = (
+            f"{crop['swd']:.3f} | {crop['swd_texture']:.3f} | {_auc(critic.get('auc_real_crop'))}"
+            if crop
+            else " |  | "
+        )
+        lines.append(
+            f"| {name} | {held['swd']:.3f} ({held['nearest_slide']}) | "
+            f"{held['swd_texture']:.3f} | {_auc(critic['auc'])} | {crop_cells} |"
+        )
+    for name, row in texture["real_slides"].items():
+        swd_row = row["swd"]
+        crop_cells = (
+            f"{floor['swd']:.3f} | {floor['swd_texture']:.3f} | "
+            if floor and name in texture["held_out_slides"]
+            else " |  | "
+        )
+        lines.append(
+            f"| real slide {name} | {swd_row['swd']:.3f} ({swd_row['nearest_slide']}) | "
+            f"{swd_row['swd_texture']:.3f} | {_auc(row['c2st']['auc'])} | {crop_cells}|"
+        )
+    lines += [
+        "",
+        "SWD per level, finest first (colour / texture):",
+        "",
+        "| method (held-out slide) | " + " | ".join(f"{p} px" for p in level_px) + " |",
+        "|---" * (len(level_px) + 1) + "|",
+    ]
+    rows = {name: row["held_out"] for name, row in texture["methods"].items()}
+    rows |= {f"real slide {name}": row["swd"] for name, row in texture["real_slides"].items()}
+    for name, row in rows.items():
+        cells = [
+            f"{c:.3f} / {t:.3f}"
+            for c, t in zip(row["swd_levels"], row["swd_texture_levels"], strict=True)
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if floor:
+        lines += [
+            "",
+            f"Real crop floor: one {floor.get('crop_px', 512)} px centre crop of the held-out "
+            f"slide against the nearest reference slide, median over its {floor['crops']} "
+            "crops (SWD of one image reads higher than of a slide).",
+        ]
+    return [*lines, ""]
+
+
 def results_markdown(results: dict[str, Any], command: str, preface: str = "") -> str:
     gray = [("psnr_db", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".3f")]
     counts = results.get("counts", {})
@@ -99,6 +175,8 @@ def results_markdown(results: dict[str, Any], command: str, preface: str = "") -
             *_summary_table({name: rows[case] for name, rows in skin["per_slide"].items()}),
             "",
         ]
+    if "texture" in results:
+        lines += texture_markdown(results["texture"])
     lines += [
         *(
             f"![stain example, {case}](figures/stain-example-skin-{case}.png)\n"

@@ -7,11 +7,15 @@
 - ``glass_rgb``: the mean colour where neither FCM nor RCM carries signal.
 - ``nuclear_r``: Pearson r between the output's haematoxylin optical density and FCM over
   tissue: does the stain keep the nuclei FCM shows (the per-slide faithfulness check)?
+- ``swd``: sliced Wasserstein distance between 7x7 patches of Laplacian pyramids of real H&E
+  and of outputs (texture at every scale, with or without colour).
 
 numpy only, so the engine's report and ``dscm-train evaluate`` compute the same numbers.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -218,3 +222,161 @@ def faithfulness_qc(output_rgb: np.ndarray, fcm: np.ndarray, rcm: np.ndarray) ->
         "tissue_fraction": round(float(tissue.mean()), 4),
         "overview_px": [int(fcm.shape[1]), int(fcm.shape[0])],
     }
+
+
+# Texture: sliced Wasserstein distance (SWD) between Laplacian-pyramid patch descriptors.
+SWD_PATCH_PX = 7
+SWD_PATCHES_PER_LEVEL = 128  # per image per level
+SWD_PROJECTIONS = 512
+SWD_MIN_LEVEL_PX = 16  # the coarsest level is the first whose shorter side would fall below
+_BINOMIAL_5 = np.asarray([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
+
+
+def _binomial_blur(image: np.ndarray, gain: float = 1.0) -> np.ndarray:
+    """Separable 5x5 binomial filter of ``(H, W, C)`` with reflected borders (x ``gain``**2)."""
+    kernel = _BINOMIAL_5 * gain
+    out = np.asarray(image, np.float32)
+    for axis in (0, 1):
+        size = out.shape[axis]
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (2, 2)
+        padded = np.pad(out, pad, mode="reflect" if size > 2 else "edge")
+        taps = [np.take(padded, np.arange(k, k + size), axis=axis) for k in range(5)]
+        out = sum((w * tap for w, tap in zip(kernel, taps, strict=True)), np.zeros_like(out))
+    return out
+
+
+def _upsample(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Zero-insertion x2 then the binomial filter (x4 gain), cropped to ``shape``."""
+    height, width = shape[0], shape[1]
+    spread = np.zeros((2 * image.shape[0], 2 * image.shape[1], image.shape[2]), np.float32)
+    spread[::2, ::2] = image
+    return _binomial_blur(spread, gain=2.0)[:height, :width]
+
+
+def pyramid_levels(height_px: int, width_px: int, min_level_px: int = SWD_MIN_LEVEL_PX) -> int:
+    """How many pyramid levels an image has when halving stops at ``min_level_px``."""
+    side = min(height_px, width_px)
+    if side < min_level_px:
+        raise ValueError(f"an image of {side} px is smaller than the {min_level_px} px level")
+    return 1 + int(np.floor(np.log2(side / min_level_px)))
+
+
+def laplacian_pyramid(rgb_hwc: np.ndarray, levels: int) -> list[np.ndarray]:
+    """Laplacian pyramid of ``(H, W, 3)`` RGB in [0, 1]: ``levels - 1`` band-pass images, finest
+    first, then the low-pass residual (5x5 binomial kernel)."""
+    gaussian = [np.asarray(rgb_hwc, np.float32)]
+    for _ in range(levels - 1):
+        gaussian.append(_binomial_blur(gaussian[-1])[::2, ::2])
+    bands = [g - _upsample(coarse, g.shape) for g, coarse in itertools.pairwise(gaussian)]
+    return [*bands, gaussian[-1]]
+
+
+def swd_descriptors(
+    images: list[np.ndarray],
+    levels: int,
+    seed: int = 0,
+    patches_per_level: int = SWD_PATCHES_PER_LEVEL,
+) -> list[np.ndarray]:
+    """Per pyramid level, ``(images x patches, 7, 7, 3)`` patches at random positions (seeded:
+    the same seed picks the same positions in images of the same size). Images are ``(H, W, 3)``
+    uint8 or float in [0, 1], all at the same pixel size."""
+    rng = np.random.default_rng(seed)
+    per_level: list[list[np.ndarray]] = [[] for _ in range(levels)]
+    for image in images:
+        unit = np.asarray(image, np.float32)
+        unit = unit / 255.0 if np.asarray(image).dtype == np.uint8 else unit
+        for level, band in enumerate(laplacian_pyramid(unit, levels)):
+            windows = np.lib.stride_tricks.sliding_window_view(
+                band, (SWD_PATCH_PX, SWD_PATCH_PX), axis=(0, 1)
+            )  # (H - 6, W - 6, 3, 7, 7)
+            ys = rng.integers(0, windows.shape[0], patches_per_level)
+            xs = rng.integers(0, windows.shape[1], patches_per_level)
+            per_level[level].append(np.moveaxis(windows[ys, xs], 1, -1))
+    return [np.concatenate(patches) for patches in per_level]
+
+
+def _normalised(patches: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    flat = (patches - mean) / np.maximum(std, 1e-8)
+    return flat.reshape(len(patches), -1).astype(np.float32)
+
+
+def _channel_stats(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of each colour channel over every patch and position."""
+    values = patches.reshape(-1, patches.shape[-1]).astype(np.float64)
+    return values.mean(axis=0), values.std(axis=0)
+
+
+def _sorted_projections(points: np.ndarray, directions: np.ndarray, count: int) -> np.ndarray:
+    """The 1-D distributions of ``points`` along each direction, ``(directions, count)``
+    quantiles (linear interpolation when the set has another size)."""
+    projected = np.sort(directions @ points.T, axis=1)
+    size = len(points)
+    if size == count:
+        return projected
+    # the quantile at (i + 0.5) / count of samples placed at (j + 0.5) / size
+    position = np.clip((np.arange(count) + 0.5) * size / count - 0.5, 0.0, size - 1.0)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, size - 1)
+    frac = (position - low).astype(np.float32)
+    interpolated: np.ndarray = projected[:, low] * (1.0 - frac) + projected[:, high] * frac
+    return interpolated
+
+
+def sliced_wasserstein(
+    points_a: np.ndarray, points_b: np.ndarray, projections: int = SWD_PROJECTIONS, seed: int = 0
+) -> float:
+    """Mean over ``projections`` random unit directions of the 1-D Wasserstein-1 distance
+    between the two point sets ``(N, D)`` and ``(M, D)`` projected on it (quantiles matched)."""
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((projections, points_a.shape[1])).astype(np.float32)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    count = max(len(points_a), len(points_b))
+    sorted_a = _sorted_projections(points_a, directions, count)
+    sorted_b = _sorted_projections(points_b, directions, count)
+    return float(np.abs(sorted_a - sorted_b).mean())
+
+
+def swd(real: list[np.ndarray], fake: list[np.ndarray], seed: int = 0) -> dict[str, list[float]]:
+    """SWD between two sets of ``(H, W, 3)`` images at the same pixel size, per pyramid level
+    (finest first) and two ways: ``swd``, both sets normalised per colour channel with the
+    REAL set's mean and std (colour differences count), and ``swd_texture``, each set with its
+    own (texture only). ``level_px``: each level's shorter side for the smallest image."""
+    return swd_of_descriptors(*descriptor_sets(real, fake, seed), seed=seed)
+
+
+def descriptor_sets(
+    real: list[np.ndarray], fake: list[np.ndarray], seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Patch descriptors of both sets on a common number of levels, and each level's size."""
+    side = min(min(image.shape[:2]) for image in [*real, *fake])
+    levels = pyramid_levels(side, side)
+    level_px = [side >> level for level in range(levels)]
+    return swd_descriptors(real, levels, seed), swd_descriptors(fake, levels, seed), level_px
+
+
+def swd_of_descriptors(
+    real: list[np.ndarray], fake: list[np.ndarray], level_px: list[int], seed: int = 0
+) -> dict[str, list[float]]:
+    """:func:`swd` from descriptors already extracted (one array per level, same levels)."""
+    result: dict[str, list[float]] = {"level_px": [float(p) for p in level_px]}
+    colour, texture = [], []
+    for level, (real_patches, fake_patches) in enumerate(zip(real, fake, strict=True)):
+        mean, std = _channel_stats(real_patches)
+        colour.append(
+            sliced_wasserstein(
+                _normalised(real_patches, mean, std),
+                _normalised(fake_patches, mean, std),
+                seed=seed + level,
+            )
+        )
+        texture.append(
+            sliced_wasserstein(
+                _normalised(real_patches, mean, std),
+                _normalised(fake_patches, *_channel_stats(fake_patches)),
+                seed=seed + level,
+            )
+        )
+    result["swd"] = colour
+    result["swd_texture"] = texture
+    return result

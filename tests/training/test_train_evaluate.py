@@ -46,3 +46,24 @@ def test_results_section_is_replaced_not_duplicated(tmp_path: Path) -> None:
         write_results(doc, tmp_path / "r.json", {}, f"{START}\n{text}\n{END}\n")
     content = doc.read_text()
     assert content.count(START) == 1 and "second" in content and "contract" in content
+
+
+def test_texture_evaluation_scores_methods_and_real_slides(
+    fake_data_root: Path, prepared_dir: Path
+) -> None:
+    from training.c2st import CriticOptions
+    from training.report import texture_markdown
+    from training.texture_eval import evaluate_texture
+
+    look = ColourTarget("look", "1", LabStats((70.0, 27.0, -8.0), (11.0, 9.0, 3.5)))
+    fast = CriticOptions(patch_px=24, train_patches=64, test_patches=64, steps=5, batch_size=16)
+    result = evaluate_texture(fake_data_root, prepared_dir, StainMethods(None, look, None), fast)
+    assert set(result["methods"]) == {GAREAU, COLOUR}
+    assert set(result["real_slides"]) == {"keloid-scar", "molluscum-contagiosum", "morphea"}
+    assert result["held_out_slides"] == ["morphea"]
+    for row in result["methods"].values():
+        assert row["held_out"]["nearest_slide"] in result["reference_slides"]
+        assert row["held_out"]["swd"] > 0 and 0 <= row["c2st"]["auc"] <= 1
+    assert result["real_slides"]["morphea"]["swd"]["nearest_slide"] != "morphea"
+    table = "\n".join(texture_markdown(result))
+    assert "real slide morphea" in table and "C2ST AUC" in table
