@@ -28,12 +28,14 @@ def normalise_mode(image: np.ndarray) -> np.ndarray:
     return normalize(image, estimate_range(image))
 
 
-def despeckle_reflectance(rcm: np.ndarray, despeckler: OnnxModel | None) -> np.ndarray:
-    """The engine's reflectance path: network (if any), then the 3x3 median."""
+def despeckle_reflectance(
+    rcm: np.ndarray, despeckler: OnnxModel | None, median: bool = True
+) -> np.ndarray:
+    """The engine's reflectance path: network (if any), then the 3x3 median (if ``median``)."""
     if despeckler is not None:
         out, _ = despeckler.run(rcm[None, None].astype(np.float32))
         rcm = out[0, 0]
-    result: np.ndarray = median3x3(rcm)
+    result: np.ndarray = median3x3(rcm) if median else rcm
     return result
 
 
@@ -56,9 +58,13 @@ class ChainView:
     rcm: np.ndarray  # normalised, despeckled + median
 
 
-def chain_view(fcm_raw: np.ndarray, rcm_raw: np.ndarray, despeckler: OnnxModel | None) -> ChainView:
+def chain_view(
+    fcm_raw: np.ndarray, rcm_raw: np.ndarray, despeckler: OnnxModel | None, median: bool = True
+) -> ChainView:
+    """Raw FCM/RCM through normalisation, the despeckler and (with ``median``) the 3x3 median
+    to Gareau, with the colour stage's weight."""
     fcm = normalise_mode(fcm_raw)
-    rcm = despeckle_reflectance(normalise_mode(rcm_raw), despeckler)
+    rcm = despeckle_reflectance(normalise_mode(rcm_raw), despeckler, median)
     return ChainView(gareau_stain(fcm, rcm), tissue_weight(fcm, rcm), fcm, rcm)
 
 

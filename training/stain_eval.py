@@ -148,9 +148,10 @@ def median_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_real_crop(
-    data_root: Path, methods: StainMethods, fits: dict[str, Fit]
+    data_root: Path, methods: StainMethods, fits: dict[str, Fit], median: bool = True
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """Measures of each method on the real Vivascope crop, and the images for a figure."""
+    """Measures of each method on the real Vivascope crop, and the images for a figure
+    (``median``: the 3x3 median after the despeckler, as in the default chain)."""
     fcm_path = data_root / "confocal" / "crop-512-fcm.jpg"
     rcm_path = data_root / "confocal" / "crop-512-rcm.jpg"
     if not (fcm_path.is_file() and rcm_path.is_file()):
@@ -158,7 +159,7 @@ def evaluate_real_crop(
     from training.synthetic import read_gray_unit
 
     fcm_raw, rcm_raw = read_gray_unit(fcm_path), read_gray_unit(rcm_path)
-    view = chain_view(fcm_raw, rcm_raw, methods.despeckler)
+    view = chain_view(fcm_raw, rcm_raw, methods.despeckler, median)
     fcm, rcm = normalise_mode(fcm_raw), normalise_mode(rcm_raw)
     outputs = {name: images[0] for name, images in methods.outputs([view]).items()}
     measures = {name: real_measures(image, fcm, rcm, fits) for name, image in outputs.items()}
@@ -170,14 +171,16 @@ def evaluate_skin(
     cases: list[str],
     methods: StainMethods,
     fits: dict[str, Fit],
+    median: bool = True,
 ) -> dict[str, Any]:
     """Synthetic confocal of held-out skin (true H&E known), per slide as the engine would stain
-    it: per image measures, and medians per method."""
+    it (``median``: with the 3x3 median after the despeckler): per image measures, and medians
+    per method."""
     per_image: dict[str, list[dict[str, Any]]] = {}
     for case in sorted(set(cases)):
         members = [i for i, c in enumerate(cases) if c == case]
         pairs = [synthesize_confocal(images[i], seed=EVAL_SEED + i) for i in members]
-        views = [chain_view(p.fcm, p.rcm, methods.despeckler) for p in pairs]
+        views = [chain_view(p.fcm, p.rcm, methods.despeckler, median) for p in pairs]
         for name, outputs in methods.outputs(views).items():
             for i, pair, out in zip(members, pairs, outputs, strict=True):
                 height, width = out.shape[1:]
