@@ -328,15 +328,15 @@ def info(path: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The full cards as JSON.")
 def models(models_dir: Path | None, as_json: bool) -> None:
     """The installed models, which stages run by default, and their measured quality."""
-    from service.core.chain import resolve_stages
+    from service.core.cards import read_card_json
+    from service.core.chain import card_mpp_um, resolve_stages
     from service.core.models import discover_stage_models, stages_off_by_default
 
     folder = models_dir or get_settings().models_dir
     try:
         found = discover_stage_models(folder)
-        cards = {
-            role: json.loads(path.with_suffix(".json").read_text()) for role, path in found.items()
-        }
+        # through the card schema: a broken card is named here as it is when a job loads it
+        cards = {role: read_card_json(path.with_suffix(".json")) for role, path in found.items()}
         default_off = stages_off_by_default(found)
         default = resolve_stages(None, found, default_off)
     except (DscmError, OSError, ValueError) as error:
@@ -355,7 +355,7 @@ def models(models_dir: Path | None, as_json: bool) -> None:
         click.echo(f"{role:<10} {card.get('name')} v{card.get('version')} ({state})")
         if "architecture" in card:
             click.echo(f"           {card['architecture']}, halo {card.get('halo_px')} px")
-        trained = card.get("training_data", {}).get("um_per_px")
+        trained = card_mpp_um(card)
         if trained:
             click.echo(f"           trained at {trained} um/px")
         real = card.get("metrics", {}).get("real_crop") or {}
