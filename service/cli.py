@@ -115,6 +115,11 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
 @click.option("--accession-number", help="DICOM output: Accession Number (at most 16 characters).")
 @click.option("--rcm-detector", default=RCM_DETECTOR, show_default=True)
 @click.option("--fcm-detector", default=FCM_DETECTOR, show_default=True)
+@click.option(
+    "--allow-swapped",
+    is_flag=True,
+    help="Stain a pair the input check refuses (FCM and RCM look swapped, or one image twice).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 def stain(
     scan_dir: Path | None,
@@ -139,6 +144,7 @@ def stain(
     accession_number: str | None,
     rcm_detector: str,
     fcm_detector: str,
+    allow_swapped: bool,
     as_json: bool,
 ) -> None:
     """Stain an RCM/FCM pair (--rcm/--fcm) or a Vivascope SCAN_DIR into a pyramidal TIFF (or
@@ -163,6 +169,7 @@ def stain(
             compression=compression,
             jpeg_quality=quality,
             mpp_um=mpp_um,
+            allow_swapped=allow_swapped,
         )
         check_output_path(output, overwrite, options)
         spec = StainSpec.from_settings(
@@ -190,11 +197,14 @@ def stage_names(stages: str | None) -> tuple[StageName, ...] | None:
 
 def print_stain_result(report: StainReport, output: Path, as_json: bool) -> None:
     """The report as JSON on stdout, or one summary line on stderr."""
+    flags = [report.qc.get("flag"), (report.inputs_check or {}).get("flag")]
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
+        for text in filter(None, flags):
+            click.echo(f"dscm: warning: {text}", err=True)
         return
     seconds, tiles = report.timings_s["total"], report.tiles
-    flag = f"; {report.qc['flag']}" if report.qc.get("flag") else ""
+    flag = "".join(f"; {text}" for text in flags if text)
     written = f"{output}"
     if report.dicom is not None:
         instances = len(report.dicom["instances"])

@@ -75,6 +75,23 @@ class PixelLimitExceeded(InputError):
     title = "Image too large"
 
 
+class InputsSwapped(InputError):
+    """The file given as FCM looks like reflectance and the RCM like fluorescence
+    (service.core.sanity); refused unless the caller allows it (allow_swapped)."""
+
+    code = "inputs_swapped"
+    http_status = 422
+    title = "FCM and RCM look swapped"
+
+
+class InputsIdentical(InputError):
+    """FCM and RCM are the same image (service.core.sanity)."""
+
+    code = "inputs_identical"
+    http_status = 422
+    title = "FCM and RCM are the same image"
+
+
 class ModelError(DscmError, RuntimeError):
     """A model file or its card is missing, inconsistent or fails to load."""
 

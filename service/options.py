@@ -50,6 +50,8 @@ class JobOptions:
     jpeg_quality: int = 90
     layers: tuple[ExtraLayer, ...] = ()
     mpp_um: float | None = None  # stated by the caller; overrides the files' resolution tags
+    # stain a pair the input check refuses (FCM/RCM look swapped, or one image twice) as given
+    allow_swapped: bool = False
 
     def __post_init__(self) -> None:
         if self.stages is not None:
@@ -76,6 +78,8 @@ class JobOptions:
                 stated[key] = tuple(stated[key])
         if "jpeg_quality" in stated:
             stated["jpeg_quality"] = int(stated["jpeg_quality"])
+        if "allow_swapped" in stated:
+            stated["allow_swapped"] = bool(stated["allow_swapped"])
         known = {key: value for key, value in stated.items() if key in _FIELDS}
         return cls(**known)
 

@@ -34,7 +34,8 @@ from service.core.models import (
 )
 from service.core.normalize import IntensityRange, estimate_range, normalize
 from service.core.quality import faithfulness_qc
-from service.errors import InputError, PixelSizeUnknown
+from service.core.sanity import ModeCheck, check_modes, same_image
+from service.errors import InputError, InputsIdentical, InputsSwapped, PixelSizeUnknown
 from service.options import DEFAULT_OPTIONS, DEFAULT_UID_ROOT, JobOptions, check_mpp_um
 from service.report import StainReport, TileCounts
 from service.slide import (
@@ -239,7 +240,8 @@ def plan_slide(
     started: float,
 ) -> SlideRun:
     """Phase 1, plan: open the pair, resolve its pixel size, measure its intensities on the
-    thumbnails and lay the tile grid (tissue tiles to compute, glass tiles to fill)."""
+    thumbnails, check that FCM and RCM are what they claim (refused: swapped or identical)
+    and lay the tile grid (tissue tiles to compute, glass tiles to fill)."""
     progress("prepare", 0, 1)
     info, rcm, fcm = open_pair(inputs, spec.max_pixels)
     models = models if models is not None else load_models(spec)
@@ -254,6 +256,7 @@ def plan_slide(
     mark = time.perf_counter()
     ranges, thumbs = measure_thumbnails(fcm, rcm)
     mask = tissue_mask(thumbs["fcm"], thumbs["rcm"])
+    inputs_check = check_inputs(thumbs, mask, spec.options.allow_swapped, (fcm, rcm))
     timings["thumbnail"] = time.perf_counter() - mark
     progress("prepare", 1, 1)
     tile_px, tiles, flags = lay_tile_grid(pixel, spec, mask, chain.halo_px)
@@ -271,7 +274,40 @@ def plan_slide(
         tissue=flags,
         reader=TileReader(work_fcm, work_rcm, ranges, tile_px, chain.halo_px),
         timings=timings,
+        inputs_check=inputs_check,
     )
+
+
+def check_inputs(
+    thumbs: dict[str, np.ndarray],
+    mask: np.ndarray,
+    allow: bool,
+    modes: tuple[OpenedMode, OpenedMode],
+) -> ModeCheck:
+    """The pair's input check (service.core.sanity) on the thumbnails, an identical pair
+    confirmed on one full-resolution crop of both ``modes`` (FCM, RCM); raises InputsSwapped
+    or InputsIdentical for a pair it refuses, unless the caller allows it."""
+    check = check_modes(thumbs["fcm"], thumbs["rcm"], mask, allow)
+    if check.outcome == "identical" and not same_image(*(centre_crop_of(m, mask) for m in modes)):
+        check = check_modes(thumbs["fcm"], thumbs["rcm"], mask, allow, look_for_identical=False)
+    if check.refused:
+        error = InputsIdentical if check.outcome == "identical" else InputsSwapped
+        raise error(check.message())
+    return check
+
+
+def centre_crop_of(mode: OpenedMode, mask: np.ndarray, side_px: int = 256) -> np.ndarray:
+    """A full-resolution crop of ``mode`` around the tissue pixel of the thumbnail ``mask``
+    nearest its centre (the centre itself without tissue)."""
+    height, width = mask.shape
+    ys, xs = (
+        np.nonzero(mask) if mask.any() else (np.asarray([height // 2]), np.asarray([width // 2]))
+    )
+    nearest = int(np.argmin((ys - height / 2) ** 2 + (xs - width / 2) ** 2))
+    scale_x, scale_y = mode.image.width / width, mode.image.height / height
+    l0_x = int((xs[nearest] + 0.5) * scale_x) - side_px // 2
+    l0_y = int((ys[nearest] + 0.5) * scale_y) - side_px // 2
+    return np.asarray(mode.read_padded(l0_x, l0_y, side_px, side_px), np.float32)
 
 
 def measure_thumbnails(
@@ -314,6 +350,7 @@ class SlideRun:
     tissue: list[bool]  # per tile: compute it (tissue) or fill it (glass)
     reader: TileReader
     timings: dict[str, float]
+    inputs_check: ModeCheck
     background: dict[str, np.ndarray] = field(default_factory=dict)
     writers: dict[str, PyramidWriter] = field(default_factory=dict)
     levels: list[Any] = field(default_factory=list)
@@ -478,6 +515,7 @@ class SlideRun:
             timings_s={k: round(v, 4) for k, v in self.timings.items()},
             background_rgb=[int(v) for v in self.background["stain"]],
             qc=self.qc,
+            inputs_check=self.inputs_check.to_dict(),
             extra_outputs={layer: str(self.layer_path(layer)) for layer in options.layers},
             dicom=series.to_dict() if series is not None else None,
         )

@@ -52,6 +52,8 @@ class StainReport:
     qc: dict[str, Any]  # the faithfulness check (service.core.quality.faithfulness_qc)
     extra_outputs: dict[str, str]  # layer -> path (the public view: file name)
     dicom: dict[str, Any] | None = None  # the DICOM series (service.slide.dicom.DicomSeries)
+    # is FCM fluorescence and RCM reflectance? (service.core.sanity.ModeCheck.to_dict)
+    inputs_check: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,8 +46,11 @@ def assert_clean_failure(result, output: Path, fragment: str) -> None:
 
 
 def good_gray(tmp_path: Path, name: str, size=(300, 400), dtype="uint8") -> Path:
-    fcm, _ = confocal_like(*size)
-    return write_gray(tmp_path / name, fcm, dtype)
+    """The fluorescence of a confocal-like pair, or its reflectance for an RCM file name or
+    folder (a pair of two identical images is refused as such)."""
+    fcm, rcm = confocal_like(*size)
+    is_rcm = name.startswith("rcm") or tmp_path.name == "DET#1"
+    return write_gray(tmp_path / name, rcm if is_rcm else fcm, dtype)
 
 
 def test_size_mismatch(tmp_path: Path) -> None:

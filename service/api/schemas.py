@@ -80,6 +80,12 @@ class JobCreate(BaseModel):
         description="Pixel size in um; overrides the files' resolution tags (required when "
         "they have none and the operator set no DSCM_DEFAULT_MPP_UM)",
     )
+    allow_swapped: bool = Field(
+        default=DEFAULT_OPTIONS.allow_swapped,
+        description="Stain a pair the input check refuses (the file sent as FCM looks like "
+        "reflectance and RCM like fluorescence, or both are one image) as given; the job "
+        "fails with inputs_swapped or inputs_identical without it",
+    )
     deliver_to: str | None = Field(
         default=None,
         pattern=NAME_PATTERN,
@@ -121,6 +127,7 @@ class JobCreate(BaseModel):
         "compression",
         "jpeg_quality",
         "mpp_um",
+        "allow_swapped",
         "deliver_to",
         "callback_url",
         mode="before",

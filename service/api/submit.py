@@ -88,6 +88,8 @@ def _fingerprinted_options(options: JobCreate) -> dict[str, Any]:
     for name in ("layers", "deliver_to", "callback_url"):
         if dumped.get(name) is None:
             dumped.pop(name, None)
+    if not dumped.get("allow_swapped"):
+        dumped.pop("allow_swapped", None)
     return dumped
 
 

@@ -75,6 +75,11 @@ _MULTIPART_BODY: dict[str, Any] = {
                             "maximum": MPP_RANGE_UM[1],
                             "description": "pixel size in um, when the files carry none",
                         },
+                        "allow_swapped": {
+                            "type": "boolean",
+                            "description": "stain a pair the input check refuses (FCM and "
+                            "RCM look swapped, or one image twice) as given",
+                        },
                         "deliver_to": {
                             "type": "string",
                             "description": "output_format=dicom: the destination (PACS) to "

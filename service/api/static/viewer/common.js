@@ -100,17 +100,35 @@ const Dscm = (() => {
     return job.label || job.external_id || "";
   }
 
-  // The per-slide faithfulness check (report.qc): a flag when the stain's nuclei do not follow
-  // FCM as closely as Gareau's linear stain does (docs/models.md).
+  // The per-slide checks, one badge: the faithfulness check (report.qc) flags a stain whose
+  // nuclei do not follow FCM as closely as Gareau's linear stain does; the input check
+  // (report.inputs_check) a pair whose FCM and RCM may be swapped (docs/models.md).
   function qcFlag(job) {
-    const qc = job.report && job.report.qc;
-    if (!qc || !qc.flag) return null;
+    const qc = (job.report && job.report.qc) || {};
+    const inputs = (job.report && job.report.inputs_check) || {};
+    const flags = [];
+    if (qc.flag) {
+      flags.push({
+        text: qc.flag,
+        title:
+          `Nuclei in this stain follow FCM at r = ${qc.nuc_r} against ${qc.nuc_r_gareau} for ` +
+          `Gareau's linear stain (ratio ${qc.ratio}, threshold ${qc.threshold}): compare with ` +
+          "the FCM layer before reading nuclei.",
+      });
+    }
+    if (inputs.flag) {
+      flags.push({
+        text: inputs.flag,
+        title:
+          `The input check reads this pair as ${inputs.outcome} (evidence ${inputs.evidence}` +
+          ` that FCM is fluorescence and RCM reflectance; doubtful at ` +
+          `${inputs.thresholds.doubtful}): compare the FCM and RCM layers before reading it.`,
+      });
+    }
+    if (!flags.length) return null;
     return {
-      text: qc.flag,
-      title:
-        `Nuclei in this stain follow FCM at r = ${qc.nuc_r} against ${qc.nuc_r_gareau} for ` +
-        `Gareau's linear stain (ratio ${qc.ratio}, threshold ${qc.threshold}): compare with ` +
-        "the FCM layer before reading nuclei.",
+      text: flags.map((f) => f.text).join("; "),
+      title: flags.map((f) => f.title).join("\n"),
     };
   }
 
