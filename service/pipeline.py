@@ -16,6 +16,7 @@ from service.config import Settings
 from service.core.backends import choose_backend
 from service.core.chain import StainChain, resolve_stages, round_up
 from service.core.colour import ColourTarget, load_colour_target
+from service.core.glass import estimate_glass_level
 from service.core.grid import (
     RESAMPLE_TOLERANCE,
     Tile,
@@ -240,8 +241,8 @@ def plan_slide(
     started: float,
 ) -> SlideRun:
     """Phase 1, plan: open the pair, resolve its pixel size, measure its intensities on the
-    thumbnails, check that FCM and RCM are what they claim (refused: swapped or identical)
-    and lay the tile grid (tissue tiles to compute, glass tiles to fill)."""
+    thumbnails, check that FCM and RCM are what they claim (refused: swapped or identical),
+    measure the glass level and lay the tile grid (tissue tiles to compute, glass to fill)."""
     progress("prepare", 0, 1)
     info, rcm, fcm = open_pair(inputs, spec.max_pixels)
     models = models if models is not None else load_models(spec)
@@ -257,6 +258,7 @@ def plan_slide(
     ranges, thumbs = measure_thumbnails(fcm, rcm)
     mask = tissue_mask(thumbs["fcm"], thumbs["rcm"])
     inputs_check = check_inputs(thumbs, mask, spec.options.allow_swapped, (fcm, rcm))
+    chain.glass_level = estimate_glass_level(thumbs["fcm"], thumbs["rcm"])
     timings["thumbnail"] = time.perf_counter() - mark
     progress("prepare", 1, 1)
     tile_px, tiles, flags = lay_tile_grid(pixel, spec, mask, chain.halo_px)
@@ -516,6 +518,7 @@ class SlideRun:
             background_rgb=[int(v) for v in self.background["stain"]],
             qc=self.qc,
             inputs_check=self.inputs_check.to_dict(),
+            glass_level=self.chain.glass_level.to_dict(),
             extra_outputs={layer: str(self.layer_path(layer)) for layer in options.layers},
             dicom=series.to_dict() if series is not None else None,
         )

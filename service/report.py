@@ -54,6 +54,7 @@ class StainReport:
     dicom: dict[str, Any] | None = None  # the DICOM series (service.slide.dicom.DicomSeries)
     # is FCM fluorescence and RCM reflectance? (service.core.sanity.ModeCheck.to_dict)
     inputs_check: dict[str, Any] | None = None
+    glass_level: dict[str, Any] | None = None  # per mode (service.core.glass.GlassLevel)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

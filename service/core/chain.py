@@ -15,6 +15,7 @@ import numpy as np
 
 from service.core.colour import ColourTarget, ColourTransfer, LabAccumulator, tissue_weight
 from service.core.filters import median3x3
+from service.core.glass import NO_GLASS_LEVEL, GlassLevel, below_glass_to_zero
 from service.core.models import NORM_SHARED, OnnxModel, pool_norm_stats
 from service.core.stain import gareau_stain
 from service.errors import InputError, ModelError
@@ -102,6 +103,8 @@ class StainChain:
             round_up(self.generator.card.halo_px, self.size_multiple_px) if self.generator else 0
         )
         self.norm_stats: np.ndarray | None = None
+        # the slide's glass level (service.core.glass): below it, Gareau sees no signal
+        self.glass_level: GlassLevel = NO_GLASS_LEVEL
         self.timer = StageTimer()
 
     @property
@@ -145,6 +148,8 @@ class StainChain:
             rcm = crop(median3x3(rcm), self.median_halo_px)
             self.timer.add("median", started)
         fcm = crop(fcm, self.despeckle_halo_px + self.median_halo_px)
+        fcm = below_glass_to_zero(fcm, self.glass_level.fcm)
+        rcm = below_glass_to_zero(rcm, self.glass_level.rcm)
         started = time.perf_counter()
         rgb = gareau_stain(fcm, rcm)
         self.timer.add("gareau", started)
