@@ -25,11 +25,13 @@ from service.errors import DscmError, InputError, OutputError
 from service.options import (
     COMPRESSIONS,
     DEFAULT_OPTIONS,
+    EXTRA_LAYERS,
     FCM_DETECTOR,
     JPEG_QUALITY_RANGE,
     OUTPUT_FORMATS,
     RCM_DETECTOR,
     STAGES,
+    ExtraLayer,
     JobOptions,
     OutputFormat,
     StageName,
@@ -74,6 +76,11 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
     "--stages",
     help=f"Comma-separated subset of {','.join(STAGES)} "
     "(default: the installed models' default chain, see `dscm models`).",
+)
+@click.option(
+    "--layers",
+    help=f"Comma-separated extra pyramids kept beside the stain: {','.join(EXTRA_LAYERS)} "
+    "(out.gareau.tif, ...; the service's viewer layers).",
 )
 @click.option(
     "--mpp",
@@ -127,6 +134,7 @@ def stain(
     fcm: Path | None,
     output: Path,
     stages: str | None,
+    layers: str | None,
     mpp_um: float | None,
     overwrite: bool,
     models_dir: Path | None,
@@ -165,6 +173,7 @@ def stain(
             raise InputError(f"{exc}") from exc
         options = JobOptions(
             stages=stage_names(stages),
+            layers=cast(tuple[ExtraLayer, ...], comma_names(layers) or ()),
             output_format=output_format,
             compression=compression,
             jpeg_quality=quality,
@@ -190,9 +199,13 @@ def stain(
 
 def stage_names(stages: str | None) -> tuple[StageName, ...] | None:
     """``--stages a,b`` as names (none or blank: the default); JobOptions checks them."""
-    if not stages:
-        return None
-    return cast(tuple[StageName, ...], tuple(n.strip() for n in stages.split(",") if n.strip()))
+    return cast(tuple[StageName, ...] | None, comma_names(stages))
+
+
+def comma_names(text: str | None) -> tuple[str, ...] | None:
+    """``a, b,`` as ``("a", "b")``; None for none or blank. JobOptions checks the names."""
+    names = tuple(dict.fromkeys(n.strip() for n in (text or "").split(",") if n.strip()))
+    return names or None
 
 
 def print_stain_result(report: StainReport, output: Path, as_json: bool) -> None:

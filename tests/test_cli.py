@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pyvips
 from click.testing import CliRunner
 from engine_fixtures import SAMPLE_SCAN
 from support.tmpfs import run_on_small_disk
@@ -157,3 +158,24 @@ def test_stain_onto_a_full_disk_fails_cleanly(make_pair, tmp_path: Path, room: s
     if room == "canvas":
         assert progress, "the canvas fitted, so staining ran before the disk filled"
     assert run.left_on_disk == []
+
+
+def test_layers_option_keeps_extra_pyramids_beside_the_stain(make_pair, tmp_path: Path) -> None:
+    """`--layers` as the API's layers field: one pyramid per layer, named after the output;
+    beside a DICOM series they are TIFFs named after its pyramid. Gareau only (no network)."""
+    inputs = make_pair(300, 400)
+    pair = ("--rcm", str(inputs.rcm), "--fcm", str(inputs.fcm), "--stages", "gareau")
+    result = invoke("stain", *pair, "-o", str(tmp_path / "o.tif"), "--layers", "fcm, gareau")
+    assert result.exit_code == 0, result.output
+    for name, bands in (("o.fcm.tif", 1), ("o.gareau.tif", 3)):
+        image = pyvips.Image.new_from_file(str(tmp_path / name))
+        assert (image.width, image.height, image.bands) == (400, 300, bands)
+    assert not (tmp_path / "o.rcm.tif").exists()
+    dicom = invoke(
+        "stain", *pair, "-o", str(tmp_path / "series"), "--format", "dicom", "--layers", "rcm"
+    )
+    assert dicom.exit_code == 0, dicom.output
+    assert (tmp_path / "series.tiff").is_file() and (tmp_path / "series.rcm.tiff").is_file()
+    bogus = invoke("stain", *pair, "-o", str(tmp_path / "b.tif"), "--layers", "fcm,nuclei")
+    assert bogus.exit_code == 4 and "unknown layer(s) nuclei" in bogus.stderr
+    assert not (tmp_path / "b.tif").exists()
