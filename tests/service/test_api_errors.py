@@ -15,7 +15,7 @@ from onnx_factory import make_colour_card
 from service_helpers import Keys, Pair, assert_problem, make_app, stained, submit, wait_for
 from starlette.requests import Request
 from support.pairs import write_gray_tiff
-from support.tmpfs import mount_tmpfs, unmount
+from support.tmpfs import fill, mount_tmpfs, unmount
 
 from service.api.problems import ApiError
 from service.api.uploads import receive_form
@@ -238,19 +238,6 @@ def test_delete_on_a_full_disk_is_507_not_500(
             assert purged.status_code == 200 and purged.json()["purged_at"], purged.text
     finally:
         unmount(disk)
-
-
-def fill(folder: Path) -> Path:
-    """Write zeros until the file system is full."""
-    filler = folder / "filler"
-    with filler.open("wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
-    return filler
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,19 @@ FAST: dict[str, Any] = {
 }
 
 
+def assert_series_in_archive(orthanc: Orthanc, settings: Settings, job: dict) -> list[str]:
+    """The SOP Instance UIDs of the job's series files, after checking the archive holds
+    exactly those instances."""
+    dicom = job["report"]["dicom"]
+    folder = settings.storage_dir / "results" / job["id"] / dicom["series"]
+    files = sorted(folder.glob("*.dcm"))
+    sops = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    assert job["delivery"]["instances"] == len(files) >= 1
+    stored = orthanc.series_instance_uids(dicom["study_instance_uid"], dicom["series_instance_uid"])
+    assert sorted(stored) == sorted(sops)
+    return [str(uid) for uid in sops]
+
+
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     yield from orthanc_running(tmp_path_factory, dicom=True)  # DICOMweb and a DICOM port
@@ -106,18 +119,10 @@ def test_a_dicom_job_ends_in_orthanc_with_its_uids_and_a_retry_adds_no_copy(
             assert delivery["destination"] == "orthanc" and delivery["attempts"] == 1
             assert job["state"] == "succeeded"
 
-            dicom = job["report"]["dicom"]
-            folder = settings.storage_dir / "results" / job["id"] / dicom["series"]
-            files = sorted(folder.glob("*.dcm"))
-            sops = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
-            assert delivery["instances"] == len(files) >= 1
-            stored = orthanc.series_instance_uids(
-                dicom["study_instance_uid"], dicom["series_instance_uid"]
-            )
-            assert sorted(stored) == sorted(sops)
+            sops = assert_series_in_archive(orthanc, settings, job)
             series = orthanc.json("/series")
             assert len(series) == 1
-            assert len(orthanc.json(f"/series/{series[0]}")["Instances"]) == len(files)
+            assert len(orthanc.json(f"/series/{series[0]}")["Instances"]) == len(sops)
 
             listed = client.get("/v1/jobs", headers=Keys.auth(keys.alice)).json()["items"]
             assert listed[0]["delivery"]["state"] == "delivered"
@@ -167,15 +172,7 @@ def test_a_dicom_job_delivered_by_c_store_lands_once_with_its_uids(
         job = delivered_job(client, keys.alice, stained(client, keys.alice, pair, options)["id"])
         delivery = job["delivery"]
         assert (delivery["state"], delivery["attempts"]) == ("delivered", 1), delivery
-        dicom = job["report"]["dicom"]
-        folder = settings.storage_dir / "results" / job["id"] / dicom["series"]
-        files = sorted(folder.glob("*.dcm"))
-        sops = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
-        assert delivery["instances"] == len(files) >= 1
-        stored = orthanc.series_instance_uids(
-            dicom["study_instance_uid"], dicom["series_instance_uid"]
-        )
-        assert sorted(stored) == sorted(sops)
+        sops = assert_series_in_archive(orthanc, settings, job)
         again = client.post(f"/v1/jobs/{job['id']}/deliveries", headers=Keys.auth(keys.alice))
         assert again.status_code == 202, again.text
         assert delivered_job(client, keys.alice, job["id"])["delivery"]["state"] == "delivered"
@@ -183,7 +180,7 @@ def test_a_dicom_job_delivered_by_c_store_lands_once_with_its_uids(
     # Stored as sent: the archive's copy has the file's transfer syntax (JPEG baseline).
     instance = orthanc.json("/instances")[0]
     syntax = orthanc.get(f"/instances/{instance}/metadata/TransferSyntax").text
-    assert syntax == pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert syntax == pydicom.uid.JPEGBaseline8Bit  # the writer's, as stored
 
 
 def test_a_dicom_job_without_deliver_to_goes_to_the_tenants_default(

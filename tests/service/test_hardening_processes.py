@@ -25,7 +25,7 @@ from processes import Cluster, cluster_for, get_job, poll, post_pair, tiff_files
 from service_helpers import FINISHED, Keys
 from support.polling import wait_until
 from support.processes import Proc
-from support.tmpfs import mount_tmpfs, unmount
+from support.tmpfs import fill, mount_tmpfs, unmount
 
 pytestmark = [
     pytest.mark.integration,
@@ -224,19 +224,6 @@ def test_an_upload_dripped_slowly_is_cut_off_at_its_deadline(cluster: Cluster, k
 
 
 # ---- 4d. a full disk -------------------------------------------------------------------------
-
-
-def fill(folder: Path) -> Path:
-    """Write zeros until the file system is full."""
-    filler = folder / "filler"
-    with filler.open("wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def test_an_upload_to_a_full_disk_is_507_and_readyz_says_so(

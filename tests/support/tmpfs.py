@@ -53,6 +53,19 @@ exit $code
 """
 
 
+def fill(folder: Path) -> Path:
+    """Write zeros until the file system holding ``folder`` is full; the filler file."""
+    filler = folder / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
 def run_on_small_disk(
     argv: list[str],
     disk: Path,
