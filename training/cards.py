@@ -103,6 +103,8 @@ def generator_card_info(
     checkpoint_dir: Path, generator_info: dict[str, Any], name: str = "generator"
 ) -> CardInfo:
     options = _options(checkpoint_dir)
+    if options.get("design") == "residual":
+        return residual_card_info(checkpoint_dir, generator_info, name)
     colour_card = options.get("colour_card", "")
     colour = f", then the colour stage ({colour_card})" if colour_card else ""
     if options.get("domain", "tcga") == "skin":
@@ -138,6 +140,39 @@ def generator_card_info(
             "stage_steps": options["stage_steps"],
             "batch_size": options["batch_size"],
             "discriminator_ndf": options["ndf"],
+            "wall_time_min": round(_elapsed_s(checkpoint_dir) / 60, 1),
+            "checkpoint": {k: v for k, v in generator_info.items() if k != "options"},
+        }
+    )
+    validation = {k: v for k, v in generator_info.items() if k.startswith("val_")}
+    return _card_info(name, training_data, splits, validation)
+
+
+def residual_card_info(
+    checkpoint_dir: Path, generator_info: dict[str, Any], name: str = "generator"
+) -> CardInfo:
+    """Provenance of a residual generator run (``training/train_residual.py``)."""
+    options = _options(checkpoint_dir)
+    used = ["train_skin (input and paired target; adversarial real H&E)", "val_skin (selection)"]
+    training_data, splits = _data_section(options, used)
+    training_data.update(
+        {
+            "input": "the colour stage's output for synthetic confocal (training/synthetic.py) "
+            "of train_skin: the exported despeckler, 3x3 median, Gareau, the colour stage "
+            f"({options.get('colour_card', '')}), statistics pooled per slide",
+            "target": "the true H&E of the same crop, moved to the colour card's look",
+            "despeckler": options.get("despeckle_onnx", ""),
+            "colour_card": options.get("colour_card", ""),
+            "recipe": "residual correction, identity at the start: paired L1 lambda "
+            f"{options['lambda_paired']:g}, LSGAN against real skin H&E of train_skin lambda "
+            f"{options['lambda_adv']:g} (PatchGAN ndf {options['ndf']}), nuclear faithfulness "
+            f"lambda {options['lambda_faithful']:g}; Adam {options['lr']:g} beta1 "
+            f"{options['beta1']:g}, linear decay over the second half",
+            "precision": "bf16 autocast" if options.get("bf16") else "fp32",
+            "device": options.get("device", "cpu"),
+            "crop_px": options["crop_px"],
+            "batch_size": options["batch_size"],
+            "time_budget_s": options.get("time_budget_s", 0),
             "wall_time_min": round(_elapsed_s(checkpoint_dir) / 60, 1),
             "checkpoint": {k: v for k, v in generator_info.items() if k != "options"},
         }

@@ -132,6 +132,42 @@ def cyclegan(stage_crops: str, stage_steps: str, **kwargs: object) -> None:
     train_cyclegan(options)
 
 
+@main.command()
+@click.option("--prepared", default=DEFAULT_PREPARED, show_default=True)
+@click.option("--out", "out_dir", default="runs/residual", show_default=True)
+@click.option("--despeckle-onnx", default="models/despeckle.onnx", show_default=True)
+@click.option("--colour-card", default="models/colour.json", show_default=True)
+@click.option("--ngf", default=16, show_default=True, help="64 = the paper's width")
+@click.option("--n-blocks", default=9, show_default=True)
+@click.option("--dilations", default="1,2,4,8", show_default=True, help="cycled over the blocks")
+@click.option("--ndf", default=32, show_default=True)
+@click.option("--crop-px", default=128, show_default=True)
+@click.option("--batch-size", default=4, show_default=True)
+@click.option("--steps", default=3000, show_default=True)
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--lambda-paired", default=10.0, show_default=True)
+@click.option("--lambda-adv", default=1.0, show_default=True)
+@click.option("--lambda-faithful", default=10.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint-every", default=100, show_default=True)
+@click.option("--threads", default=0, help="torch threads (0: all cores)")
+@click.option("--time-budget-s", default=0.0, help="stop after this much training time (0: none)")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto")
+@click.option("--bf16/--fp32", default=False, show_default=True, help="bf16 autocast")
+def residual(dilations: str, **kwargs: object) -> None:
+    """Train (or resume) the residual generator on top of the colour stage (skin, paired +
+    adversarial + nuclear terms)."""
+    from training.train_residual import ResidualOptions, train_residual
+
+    prepared = str(kwargs.pop("prepared"))
+    options = ResidualOptions(
+        prepared_dir=prepared,
+        dilations=tuple(_ints(dilations)),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    train_residual(options)
+
+
 @main.command("fit-colour")
 @click.argument("data_root", type=click.Path(exists=True, file_okay=False), default=DEFAULT_DATA)
 @click.option(

@@ -22,7 +22,7 @@ from service.core.chain import round_up
 from service.core.models import OnnxModel, file_sha256
 from training.networks import (
     Despeckler,
-    ResnetGenerator,
+    SharedNormGenerator,
     SharedStatsExport,
     count_parameters,
     receptive_radius_px,
@@ -74,7 +74,7 @@ def _export_despeckler(model: Despeckler, path: Path) -> None:
     )
 
 
-def _export_generator(model: ResnetGenerator, path: Path) -> None:
+def _export_generator(model: SharedNormGenerator, path: Path) -> None:
     wrapper = SharedStatsExport(model).eval()
     dummy = (torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, model.norm_stats_size), torch.ones(1))
     torch.onnx.export(
@@ -101,7 +101,7 @@ def check_against_torch(model: nn.Module, onnx_path: Path, seed: int = 0) -> flo
     worst = 0.0
     for height, width in ((96, 128), (132, 100)):
         with torch.no_grad():
-            if isinstance(model, ResnetGenerator):
+            if isinstance(model, SharedNormGenerator):
                 image = torch.rand(2, 3, height, width, generator=generator) * 2 - 1
                 _, own = model.forward_shared(
                     image, torch.zeros(2, model.norm_stats_size), torch.zeros(1)
@@ -128,17 +128,17 @@ def check_against_torch(model: nn.Module, onnx_path: Path, seed: int = 0) -> flo
 
 
 def halo_of(model: nn.Module) -> int:
-    if isinstance(model, ResnetGenerator):
-        return round_up(receptive_radius_px(model, 3, 257), GENERATOR_SIZE_MULTIPLE_PX)
+    if isinstance(model, SharedNormGenerator):
+        return round_up(receptive_radius_px(model, 3, 257), model.size_multiple_px)
     return receptive_radius_px(model, 1, 65)
 
 
 def build_card(model: nn.Module, onnx_path: Path, info: CardInfo) -> dict[str, Any]:
     """Every field of docs/models.md for an exported despeckler or generator."""
-    if isinstance(model, ResnetGenerator):
+    if isinstance(model, SharedNormGenerator):
         role, channels, value_range = "generator", 3, [-1.0, 1.0]
         extra: dict[str, Any] = {
-            "size_multiple_px": GENERATOR_SIZE_MULTIPLE_PX,
+            "size_multiple_px": model.size_multiple_px,
             "norm": "instance_shared",
             "norm_stats_size": model.norm_stats_size,
             "norm_stats_layers": list(model.norm_stats_layers),
@@ -182,7 +182,7 @@ def export_model(model: nn.Module, onnx_path: Path, info: CardInfo) -> dict[str,
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = onnx_path.with_name(f".{onnx_path.stem}.tmp.onnx")
     try:
-        if isinstance(model, ResnetGenerator):
+        if isinstance(model, SharedNormGenerator):
             _export_generator(model, tmp_path)
         elif isinstance(model, Despeckler):
             _export_despeckler(model, tmp_path)

@@ -134,7 +134,61 @@ class ResizeConv(nn.Module):
 UPSAMPLING = ("transpose", "resize")
 
 
-class ResnetGenerator(nn.Module):
+class SharedNormGenerator(nn.Module):
+    """A generator whose instance-norm layers are ``SharedInstanceNorm``: the
+    ``instance_shared`` contract of docs/models.md (``forward_shared``), RGB in [-1, 1].
+    Subclasses build ``self.model`` and may override ``_generate`` (the forward pass)."""
+
+    model: nn.Sequential
+    ngf: int
+    n_blocks: int
+    size_multiple_px: int = 4
+
+    @property
+    def norm_layers(self) -> list[SharedInstanceNorm]:
+        """Instance-norm layers in execution order (the order of the stats vector)."""
+        return [m for m in self.modules() if isinstance(m, SharedInstanceNorm)]
+
+    @property
+    def norm_stats_layers(self) -> tuple[int, ...]:
+        return tuple(layer.channels for layer in self.norm_layers)
+
+    @property
+    def norm_stats_size(self) -> int:
+        return 2 * sum(self.norm_stats_layers)
+
+    @property
+    def architecture(self) -> str:
+        raise NotImplementedError
+
+    def _generate(self, image: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(image)
+        return out
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self._generate(image)
+
+    def forward_shared(
+        self, image: torch.Tensor, norm_stats: torch.Tensor, norm_mix: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``instance_shared`` contract of docs/models.md: returns (output, tile_stats)."""
+        layers = self.norm_layers
+        offset = 0
+        for layer in layers:
+            size = 2 * layer.channels
+            layer.set_shared(norm_stats[:, offset : offset + size], norm_mix)
+            offset += size
+        try:
+            output = self._generate(image)
+            own = [layer.own_stats for layer in layers]
+            tile_stats = torch.cat([s for s in own if s is not None], dim=1)
+        finally:
+            for layer in layers:
+                layer.set_shared(None, None)
+        return output, tile_stats
+
+
+class ResnetGenerator(SharedNormGenerator):
     """Johnson-style ResNet generator laid out exactly like the reference ``ResnetGenerator``
     (junyanz/pytorch-CycleGAN-and-pix2pix, instance norm, no dropout), so its state_dict loads.
 
@@ -189,52 +243,95 @@ class ResnetGenerator(nn.Module):
         self.upsample = upsample
 
     @property
-    def norm_layers(self) -> list[SharedInstanceNorm]:
-        """Instance-norm layers in execution order (the order of the stats vector)."""
-        return [m for m in self.modules() if isinstance(m, SharedInstanceNorm)]
-
-    @property
-    def norm_stats_layers(self) -> tuple[int, ...]:
-        return tuple(layer.channels for layer in self.norm_layers)
-
-    @property
-    def norm_stats_size(self) -> int:
-        return 2 * sum(self.norm_stats_layers)
-
-    @property
     def architecture(self) -> str:
         if self.upsample == "transpose":
             return f"resnet_generator(ngf={self.ngf},n_blocks={self.n_blocks})"
         return f"resnet_generator(ngf={self.ngf},n_blocks={self.n_blocks},upsample={self.upsample})"
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(image)
-        return out
 
-    def forward_shared(
-        self, image: torch.Tensor, norm_stats: torch.Tensor, norm_mix: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``instance_shared`` contract of docs/models.md: returns (output, tile_stats)."""
-        layers = self.norm_layers
-        offset = 0
-        for layer in layers:
-            size = 2 * layer.channels
-            layer.set_shared(norm_stats[:, offset : offset + size], norm_mix)
-            offset += size
-        try:
-            output = self.model(image)
-            own = [layer.own_stats for layer in layers]
-            tile_stats = torch.cat([s for s in own if s is not None], dim=1)
-        finally:
-            for layer in layers:
-                layer.set_shared(None, None)
-        return output, tile_stats
+DILATIONS = (1, 2, 4, 8, 1, 2, 4, 8, 1)
+
+
+class DilatedBlock(nn.Module):
+    """``ResnetBlock`` with dilated 3x3 convolutions (reflection padding by the dilation)."""
+
+    def __init__(self, dim: int, dilation: int) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(dilation),
+            nn.Conv2d(dim, dim, 3, dilation=dilation, bias=True),
+            SharedInstanceNorm(dim),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(dilation),
+            nn.Conv2d(dim, dim, 3, dilation=dilation, bias=True),
+            SharedInstanceNorm(dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResidualGenerator(SharedNormGenerator):
+    """A learned correction on top of its input (the colour stage's output):
+    ``output = clamp(input + body(input), -1, 1)``, RGB in [-1, 1].
+
+    The body is stride-free: a 7x7 convolution to ``ngf`` channels, ``n_blocks`` residual
+    blocks of dilated 3x3 convolutions (dilations cycling 1, 2, 4, 8: context without
+    downsampling), and a 3x3 convolution to 3 channels that starts at zero, so an untrained
+    generator is exactly the identity. Without strides or upsampling every layer commutes with
+    a shift of the image, so the network cannot print a pattern locked to the pixel grid (the
+    4-px texture of the strided ResNet generator). Costs per pixel what the ResNet generator's
+    blocks at ``4 ngf`` channels on a quarter of the pixels cost.
+    """
+
+    size_multiple_px = 1
+    clamp_output = True
+
+    def __init__(
+        self, ngf: int = 16, n_blocks: int = 9, dilations: tuple[int, ...] = DILATIONS
+    ) -> None:
+        super().__init__()
+        if n_blocks < 1 or ngf < 1:
+            raise ValueError(f"ngf {ngf} and n_blocks {n_blocks} must be positive")
+        cycle = tuple(dilations) or (1,)
+        self.dilations = tuple(cycle[i % len(cycle)] for i in range(n_blocks))
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(3, ngf, 7, bias=True),
+            SharedInstanceNorm(ngf),
+            nn.ReLU(True),
+        ]
+        layers += [DilatedBlock(ngf, d) for d in self.dilations]
+        last = nn.Conv2d(ngf, 3, 3, bias=True)
+        layers += [nn.ReflectionPad2d(1), last]
+        self.model = nn.Sequential(*layers)
+        self.ngf = ngf
+        self.n_blocks = n_blocks
+        self.zero_last()
+
+    def zero_last(self) -> None:
+        """The last convolution at zero: the generator is the identity (after ``init_weights``
+        too, which the trainers call on every network)."""
+        last = self.model[-1]
+        assert isinstance(last, nn.Conv2d)
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
+
+    @property
+    def architecture(self) -> str:
+        dilations = "-".join(str(d) for d in self.dilations)
+        return f"residual_generator(ngf={self.ngf},n_blocks={self.n_blocks},dilations={dilations})"
+
+    def _generate(self, image: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = image + self.model(image)
+        return out.clamp(-1.0, 1.0) if self.clamp_output else out
 
 
 class SharedStatsExport(nn.Module):
     """Wraps a generator so that ``forward`` is ``forward_shared`` (what ONNX export traces)."""
 
-    def __init__(self, generator: ResnetGenerator) -> None:
+    def __init__(self, generator: SharedNormGenerator) -> None:
         super().__init__()
         self.generator = generator
 
@@ -283,6 +380,7 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "despeckle": Despeckler,
     "resnet_generator": ResnetGenerator,
+    "residual_generator": ResidualGenerator,
     "patchgan": PatchDiscriminator,
 }
 
@@ -308,6 +406,8 @@ def receptive_radius_px(model: nn.Module, channels: int, size_px: int = 257) -> 
     generator gets fixed identity statistics (``mix = 1``) as during tiled inference.
     """
     probe = copy.deepcopy(model).eval()
+    if isinstance(probe, ResidualGenerator):
+        probe.clamp_output = False  # saturated outputs would hide paths
     with torch.no_grad():
         for layer in probe.modules():
             if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
@@ -316,7 +416,7 @@ def receptive_radius_px(model: nn.Module, channels: int, size_px: int = 257) -> 
     image = torch.rand(1, channels, size_px, size_px, dtype=torch.float64) + 0.1
     image.requires_grad_(True)
     probe = probe.double()
-    if isinstance(probe, ResnetGenerator):
+    if isinstance(probe, SharedNormGenerator):
         stats = torch.zeros(1, probe.norm_stats_size, dtype=torch.float64)
         offset = 0
         for width in probe.norm_stats_layers:

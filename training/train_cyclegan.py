@@ -44,7 +44,13 @@ from training.common import (
 from training.data import load_split, load_split_with_cases
 from training.domains import build_domain_a, he_to_chw, load_despeckler_onnx
 from training.metrics import stain_metrics
-from training.networks import PatchDiscriminator, ResnetGenerator, create_model, init_weights
+from training.networks import (
+    PatchDiscriminator,
+    ResnetGenerator,
+    SharedNormGenerator,
+    create_model,
+    init_weights,
+)
 from training.speckle import random_crop_flip
 
 BEST_NAME = "best_generator.pt"
@@ -335,7 +341,7 @@ def stage_crop_px(options: CycleGanOptions, step: int) -> int:
     return options.stage_crops_px[-1]
 
 
-def translate(generator: ResnetGenerator, gareau_chw: np.ndarray) -> np.ndarray:
+def translate(generator: SharedNormGenerator, gareau_chw: np.ndarray) -> np.ndarray:
     """A whole image through G_A (own statistics), ``(3, H, W)`` [0, 1] in and out; the size is
     cropped to a multiple of 4."""
     height, width = (s - s % 4 for s in gareau_chw.shape[1:])
@@ -349,7 +355,7 @@ def translate(generator: ResnetGenerator, gareau_chw: np.ndarray) -> np.ndarray:
 
 
 def validate(
-    generator: ResnetGenerator, pairs: list[tuple[np.ndarray, np.ndarray]]
+    generator: SharedNormGenerator, pairs: list[tuple[np.ndarray, np.ndarray]]
 ) -> dict[str, float]:
     """Mean PSNR/SSIM/CIEDE2000 of G_A(Gareau) against the true H&E."""
     rows = []
@@ -466,9 +472,14 @@ def skin_domains(
 
 def load_generator(
     checkpoint_dir: Path, which: str = "best"
-) -> tuple[ResnetGenerator, dict[str, Any]]:
-    """G_A of a CycleGAN run: ``best`` (by validation PSNR) or ``last``; with its info."""
+) -> tuple[SharedNormGenerator, dict[str, Any]]:
+    """G_A of a CycleGAN run, or the generator of a residual run (``dscm-train residual``):
+    ``best`` (by validation PSNR) or ``last``; with its info."""
     options = json.loads((checkpoint_dir / "options.json").read_text())
+    if options.get("design") == "residual":
+        from training.train_residual import load_residual_generator
+
+        return load_residual_generator(checkpoint_dir, which)
     net = create_model(
         "resnet_generator",
         ngf=options["ngf"],

@@ -1,0 +1,158 @@
+"""The residual generator (issue 22, parts 4 and 5): identity at the start, no grid by
+construction, one training step in fp32 and bf16, resumable, and training/gpu/train.sh end to
+end on the CPU (a few steps on tiny data: a valid ONNX with its card, and the measures)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.core.cards import card_problems
+from service.core.models import OnnxModel
+from service.core.quality import checkerboard_db
+from training.networks import ResidualGenerator, init_weights
+from training.train_residual import ResidualGan, ResidualOptions, lr_at, train_residual
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_starts_at_the_identity_and_stays_in_range() -> None:
+    torch.manual_seed(0)
+    generator = ResidualGenerator(ngf=4, n_blocks=2)
+    init_weights(generator)
+    generator.zero_last()
+    image = torch.rand(2, 3, 40, 36) * 2 - 1
+    assert torch.equal(generator(image), image)
+    init_weights(generator, gain=0.5)
+    assert generator(image).abs().max() <= 1.0
+
+
+def test_shift_equivariant_so_no_grid() -> None:
+    """Stride-free: shifting the input by one pixel shifts the output by one pixel (a strided
+    network's output changes), and a smooth image stays free of a 2- or 4-px grid."""
+    torch.manual_seed(1)
+    generator = ResidualGenerator(ngf=8, n_blocks=2).eval()
+    init_weights(generator, gain=0.3)
+    image = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():  # fixed statistics, as in tiled inference
+        _, stats = generator.forward_shared(
+            image, torch.zeros(1, generator.norm_stats_size), torch.zeros(1)
+        )
+        out, _ = generator.forward_shared(image, stats, torch.ones(1))
+        shifted, _ = generator.forward_shared(image[:, :, 1:, 1:], stats, torch.ones(1))
+    inner = (slice(None), slice(None), slice(16, 40), slice(16, 40))
+    assert torch.allclose(out[:, :, 1:, 1:][inner], shifted[inner], atol=1e-5)
+    yy, xx = np.mgrid[0:256, 0:256] / 256.0
+    smooth = np.stack([0.5 + 0.3 * np.sin(6 * xx), 0.5 + 0.2 * np.cos(5 * yy), 0.6 + 0 * xx])
+    with torch.no_grad():
+        rgb = generator(torch.from_numpy(smooth[None] * 2 - 1).float())[0].numpy()
+    hwc = np.clip((np.moveaxis(rgb, 0, -1) + 1) * 127.5, 0, 255).astype(np.uint8)
+    assert checkerboard_db(hwc) < 3.0
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_one_step_moves_the_generator(tmp_path: Path, bf16: bool) -> None:
+    options = ResidualOptions(
+        prepared_dir="", out_dir=str(tmp_path), ngf=4, n_blocks=2, ndf=8, bf16=bf16
+    )
+    torch.manual_seed(0)
+    model = ResidualGan(options, torch.device("cpu"))
+    a, b, real = (torch.rand(2, 3, 48, 48) * 2 - 1 for _ in range(3))
+    for _ in range(2):  # the zero last layer moves first, then the body behind it
+        losses = model.step(a, b, real, lr=1e-3)
+    assert set(losses) == {"G_adv", "paired", "faithful", "D"}
+    assert all(np.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        assert not torch.equal(model.g(a), a)
+
+
+def test_learning_rate_decays_over_the_second_half() -> None:
+    options = ResidualOptions(prepared_dir="", out_dir="", steps=100, lr=1.0)
+    assert lr_at(options, 10, 0.0) == 1.0
+    assert lr_at(options, 75, 0.0) == pytest.approx(0.5)
+    timed = ResidualOptions(prepared_dir="", out_dir="", steps=10**6, lr=1.0, time_budget_s=100)
+    assert lr_at(timed, 1, 75.0) == pytest.approx(0.5) and lr_at(timed, 1, 120.0) == 0.0
+
+
+def test_resumes_where_it_stopped(prepared_dir: Path, tmp_path: Path) -> None:
+    def options(steps: int) -> ResidualOptions:
+        return ResidualOptions(
+            prepared_dir=str(prepared_dir),
+            out_dir=str(tmp_path / "run"),
+            despeckle_onnx="",
+            colour_card=str(REPO / "models" / "colour.json"),
+            ngf=4,
+            n_blocks=2,
+            ndf=8,
+            crop_px=48,
+            batch_size=1,
+            steps=steps,
+            checkpoint_every=2,
+            max_val_images=1,
+        )
+
+    run = train_residual(options(2))
+    first = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert first["step"] == 2
+    train_residual(options(3))
+    second = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert second["step"] == 3 and second["elapsed_s"] >= first["elapsed_s"]
+    rows = (run / "losses.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == [
+        "step-000002.pt",
+        "step-000003.pt",
+    ]
+
+
+def test_gpu_script_runs_on_the_cpu(fake_data_root: Path, tmp_path: Path) -> None:
+    """training/gpu/train.sh, a few CPU steps on tiny data: exports a valid ONNX with its card
+    (off by default) that the engine loads, and prints and writes the measures."""
+    out = tmp_path / "gpu"
+    env = {
+        **os.environ,
+        "DATA": str(fake_data_root),
+        "OUT": str(out),
+        "DEVICE": "cpu",
+        "BF16": "0",
+        "NGF": "4",
+        "BLOCKS": "2",
+        "NDF": "8",
+        "CROP_PX": "48",
+        "BATCH": "2",
+        "STEPS": "3",
+        "CKPT_EVERY": "2",
+        "PATCH_PX": "128",
+        "EVAL_IMAGES": "2",
+        "TEXTURE": "0",
+        "BUDGET_S": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        ["bash", str(REPO / "training" / "gpu" / "train.sh"), "--threads", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = json.loads((out / "models" / "generator.json").read_text())
+    assert card_problems(card) == []
+    assert card["role"] == "generator" and card["default"] is False
+    assert card["architecture"].startswith("residual_generator(ngf=4,n_blocks=2")
+    assert card["size_multiple_px"] == 1 and card["norm"] == "instance_shared"
+    assert card["training_data"]["checkpoint"]["step"] in (2, 3)
+    model = OnnxModel(out / "models" / "generator.onnx")
+    rgb = np.random.default_rng(0).random((1, 3, 37, 41), dtype=np.float32)
+    output, stats = model.run(rgb, norm_stats=None)
+    assert output.shape == rgb.shape and stats is not None
+    measures = json.loads((out / "measures.json").read_text())
+    assert set(measures["held_out_skin"]) == {"Gareau", "colour transfer", "colour + generator"}
+    assert "colour + generator" in done.stdout and "nuc_r=" in done.stdout
