@@ -42,7 +42,8 @@ DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; sites set DSC
 
 @dataclass(frozen=True)
 class JobOptions:
-    """How one slide is to be stained, as its caller stated it (the defaults live here)."""
+    """How one slide is to be stained and where its result goes, as its caller stated it (the
+    defaults live here; the API's JobCreate and the CLI's options are made from them)."""
 
     stages: tuple[StageName, ...] | None = None  # None: the installed models' default chain
     output_format: OutputFormat = "tiff"
@@ -52,6 +53,8 @@ class JobOptions:
     mpp_um: float | None = None  # stated by the caller; overrides the files' resolution tags
     # stain a pair the input check refuses (FCM/RCM look swapped, or one image twice) as given
     allow_swapped: bool = False
+    deliver_to: str | None = None  # a DICOM job's destination (service.integrations), by name
+    callback_url: str | None = None  # also send this job's signed events here
 
     def __post_init__(self) -> None:
         if self.stages is not None:

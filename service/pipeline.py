@@ -13,7 +13,7 @@ import numpy as np
 
 from service.case import NO_CASE, Case
 from service.config import Settings
-from service.core.backends import choose_backend
+from service.core.backends import Inference, Precision, choose_backend
 from service.core.chain import StainChain, resolve_stages, round_up
 from service.core.colour import ColourTarget, load_colour_target
 from service.core.glass import estimate_glass_level
@@ -121,8 +121,8 @@ class StainSpec:
     skip_background: bool = True
     stats_tiles: int = 8
     stats_crop_px: int = 384
-    inference: str = "auto"  # service.core.backends: auto, cpu, openvino, cuda
-    inference_precision: str = "auto"
+    inference: Inference = "auto"  # service.core.backends: auto, cpu, openvino, cuda
+    inference_precision: Precision = "auto"
     default_mpp_um: float | None = None  # the operator's fallback (DSCM_DEFAULT_MPP_UM)
     dicom_uid_root: str = DEFAULT_UID_ROOT  # the organisation's UID prefix (DSCM_DICOM_UID_ROOT)
     uid_seed: str | None = None  # the job id: a DICOM series' UIDs are the same every attempt

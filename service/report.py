@@ -111,16 +111,57 @@ def without_server_paths(value: Any) -> Any:
     return value
 
 
-def stored_dicom_series(stored: dict[str, Any] | None) -> str | None:
-    """The DICOM series folder a stored (public) report names, if the job wrote one."""
-    dicom = (stored or {}).get("dicom")
-    series = dicom.get("series") if isinstance(dicom, dict) else None
-    return series if isinstance(series, str) else None
+@dataclass(frozen=True)
+class DicomIds:
+    """The study and series a job's DICOM series is filed under in the archive."""
+
+    study_instance_uid: str | None
+    series_instance_uid: str | None
 
 
-def stored_layer_files(stored: dict[str, Any] | None) -> dict[str, str]:
-    """The extra layers a stored (public) report names: layer -> file name in the result folder."""
-    extra = (stored or {}).get("extra_outputs")
-    if not isinstance(extra, dict):
-        return {}
-    return {str(layer): name for layer, name in extra.items() if isinstance(name, str)}
+@dataclass(frozen=True)
+class PublicReport:
+    """A stain's report as a job stores and shows it (``StainReport.public``: files by name,
+    no server path anywhere). The stored JSON is read only through these properties, so its
+    shape, old records included, is known here and nowhere else."""
+
+    document: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, stored: dict[str, Any] | None) -> PublicReport | None:
+        """The stored column (None for jobs without a report); records written before the
+        public view existed are cleaned of server paths here."""
+        if not isinstance(stored, dict):
+            return None
+        return cls(without_server_paths(stored))
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as the API shows it (a copy)."""
+        return dict(self.document)
+
+    @property
+    def layer_files(self) -> dict[str, str]:
+        """The extra layers it names: layer -> file name in the job's result folder."""
+        extra = self.document.get("extra_outputs")
+        if not isinstance(extra, dict):
+            return {}
+        return {str(layer): name for layer, name in extra.items() if isinstance(name, str)}
+
+    @property
+    def dicom_series(self) -> str | None:
+        """The DICOM series folder it names (in the job's result folder), if it wrote one."""
+        series = self._dicom.get("series")
+        return series if isinstance(series, str) else None
+
+    @property
+    def dicom_ids(self) -> DicomIds:
+        """The study and series UIDs of its DICOM series (None where it wrote none)."""
+        study, series = (self._dicom.get(k) for k in ("study_instance_uid", "series_instance_uid"))
+        return DicomIds(
+            str(study) if study is not None else None, str(series) if series is not None else None
+        )
+
+    @property
+    def _dicom(self) -> dict[str, Any]:
+        dicom = self.document.get("dicom")
+        return dicom if isinstance(dicom, dict) else {}

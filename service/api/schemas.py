@@ -102,10 +102,19 @@ class JobCreate(BaseModel):
     def _check_as_job_options(self) -> JobCreate:
         """The rules between fields (a DICOM series is JPEG) are JobOptions', checked once."""
         try:
-            JobOptions.from_json(self.model_dump(mode="json"))
+            self.to_options()
         except InputError as exc:
             raise ValueError(exc.detail) from exc
         return self
+
+    def to_options(self) -> JobOptions:
+        """The options as the job records and the workers read them (InputError if invalid)."""
+        return JobOptions.from_json(self.model_dump(mode="json"))
+
+    @classmethod
+    def from_options(cls, options: JobOptions) -> JobCreate:
+        """A recorded job's options as the API shows them."""
+        return cls.model_validate(options.to_json())
 
     @field_validator("stages", "layers", mode="before")
     @classmethod

@@ -20,13 +20,12 @@ from service.api.schemas import (
     Progress,
 )
 from service.delivery.records import Delivery
-from service.jobs.job import Job, JobState
+from service.jobs.job import Job, JobState, StoredFile
 from service.jobs.links import API_PREFIX as API_PREFIX
 from service.jobs.links import VIEWER_PREFIX as VIEWER_PREFIX
 from service.jobs.links import job_url, viewer_url
 from service.options import RESULT_MEDIA_TYPE
 from service.progress import PROGRESS_SCALE
-from service.report import without_server_paths
 
 
 def _rounded_mpp_um(mpp_um: float | None) -> float | None:
@@ -59,13 +58,13 @@ def to_public(job: Job, delivery: Delivery | None = None) -> JobPublic:
         progress=Progress(done=done, total=total, percent=percent),
         attempts=job.attempts,
         max_attempts=job.max_attempts,
-        options=JobCreate.model_validate(job.options),
+        options=JobCreate.from_options(job.options),
         inputs=JobInputsPublic(
-            rcm=_input(inputs["rcm"]),
-            fcm=_input(inputs["fcm"]),
-            width_px=int(inputs["width_px"]),
-            height_px=int(inputs["height_px"]),
-            mpp_um=_rounded_mpp_um(inputs.get("mpp_um")),
+            rcm=_input(inputs.rcm),
+            fcm=_input(inputs.fcm),
+            width_px=inputs.width_px,
+            height_px=inputs.height_px,
+            mpp_um=_rounded_mpp_um(inputs.mpp_um),
         ),
         label=job.label,
         external_id=job.external_id,
@@ -75,7 +74,7 @@ def to_public(job: Job, delivery: Delivery | None = None) -> JobPublic:
         finished_at=job.finished_at,
         purged_at=job.purged_at,
         result=result,
-        report=without_server_paths(job.report),
+        report=job.report.to_json() if job.report else None,
         error=error,
         layers=job_layers(job),
         delivery=_delivery(delivery),
@@ -95,12 +94,9 @@ def _delivery(delivery: Delivery | None) -> DeliveryPublic | None:
     return DeliveryPublic.model_validate(delivery, from_attributes=True)
 
 
-def _input(data: dict[str, object]) -> InputFilePublic:
-    filename = data.get("filename")
+def _input(stored: StoredFile) -> InputFilePublic:
     return InputFilePublic(
-        filename=str(filename) if filename is not None else None,
-        size_bytes=int(str(data["size_bytes"])),
-        sha256=str(data["sha256"]),
+        filename=stored.filename, size_bytes=stored.size_bytes, sha256=stored.sha256
     )
 
 

@@ -24,7 +24,7 @@ from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
 from service.case import CASE_FIELDS
 from service.core.grid import check_work_pixels, work_size_px
 from service.errors import DscmError, InputError, ModelError, PixelSizeUnknown
-from service.jobs.job import Job, NewJob, new_job_id
+from service.jobs.job import Job, JobInputs, NewJob, StoredFile, new_job_id
 from service.options import check_mpp_um
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def replay(services: Services, tenant: str, key: str, print_: str) -> Job | None
 
 def same_request(job: Job, print_: str) -> Job:
     """``job``, if it was made by a request with this fingerprint; refused otherwise."""
-    if job.inputs.get("fingerprint") != print_:
+    if job.inputs.fingerprint != print_:
         raise ApiError(
             422,
             "idempotency_key_reused",
@@ -233,13 +233,13 @@ async def record_job(
     new = NewJob(
         id=job_id,
         tenant=tenant,
-        options=submission.options.model_dump(mode="json"),
+        options=submission.options.to_options(),
         inputs=recorded_inputs(submission, info),
         max_attempts=services.settings.max_attempts,
         idempotency_key=idempotency_key,
         label=submission.case.label,
         external_id=submission.case.external_id,
-        patient=submission.case.patient.to_json(),
+        patient=submission.case.patient,
     )
     try:
         related = outbound.rows(job_id, tenant) if outbound else []
@@ -253,25 +253,21 @@ async def record_job(
     return job, False
 
 
-def recorded_inputs(submission: Submission, info: PairInfo) -> dict[str, Any]:
+def recorded_inputs(submission: Submission, info: PairInfo) -> JobInputs:
     """What the job records of its inputs: each file's name, size and hash, the pair's size
     and pixel size, and the request's fingerprint."""
-    inputs: dict[str, Any] = {
-        name: {
-            "filename": f.filename,
-            "stored_name": f.path.name,
-            "size_bytes": f.size_bytes,
-            "sha256": f.sha256,
-        }
+    stored = {
+        name: StoredFile(f.filename, f.path.name, f.size_bytes, f.sha256)
         for name, f in submission.form.files.items()
     }
-    inputs.update(
+    return JobInputs(
+        rcm=stored["rcm"],
+        fcm=stored["fcm"],
         width_px=info.width_px,
         height_px=info.height_px,
         mpp_um=info.mpp_um,
         fingerprint=submission.fingerprint,
     )
-    return inputs
 
 
 def enqueue(services: Services, job_id: str, tenant: str) -> None:

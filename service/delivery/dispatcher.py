@@ -30,7 +30,7 @@ from service.jobs.files import JobFiles, series_files
 from service.jobs.job import Job, JobState
 from service.jobs.links import job_url
 from service.jobs.store import JobStore
-from service.report import stored_dicom_series
+from service.report import DicomIds
 
 log = logging.getLogger(__name__)
 # How a series goes to an archive, by the destination's kind: one module each.
@@ -51,7 +51,7 @@ class NothingToDeliver(Exception):
 def instances_to_send(files: JobFiles, job: Job) -> list[Path]:
     """The instance files of a succeeded DICOM job's series, in the order the result download
     serves them (service.jobs.files.series_files); NothingToDeliver when there are none."""
-    series = stored_dicom_series(job.report)
+    series = job.report.dicom_series if job.report else None
     if series is None:
         raise NothingToDeliver("the job's result is not a DICOM series (output_format=dicom)")
     if job.purged_at is not None:
@@ -106,10 +106,10 @@ class DispatchContext:
         }
         if event_type == "job.delivered":
             # Destination, instances and time come from the delivery's own transaction.
-            dicom = (job.report or {}).get("dicom") or {}
+            ids = job.report.dicom_ids if job.report else DicomIds(None, None)
             data["delivery"] = {
-                "study_instance_uid": dicom.get("study_instance_uid"),
-                "series_instance_uid": dicom.get("series_instance_uid"),
+                "study_instance_uid": ids.study_instance_uid,
+                "series_instance_uid": ids.series_instance_uid,
             }
         return data
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from service.case import Case
 from service.config import Settings
@@ -48,6 +48,11 @@ class StainRequest:
     uid_seed: str | None = None  # the job id: a DICOM series keeps its UIDs across attempts
 
 
+# What a stainer loads once per worker process and is handed back for every stain (the real one:
+# service.pipeline.ModelSet); the runner only keeps it, so to the runner it is opaque.
+LoadedModels = object
+
+
 class Stainer(Protocol):
     """What workers and the API need from the staining pipeline.
 
@@ -55,10 +60,10 @@ class Stainer(Protocol):
     `dscm worker`) pass it in, so the API package never imports the pipeline.
     """
 
-    def load_models(self, options: JobOptions, settings: Settings) -> Any: ...
+    def load_models(self, options: JobOptions, settings: Settings) -> LoadedModels: ...
 
     def stain(
-        self, request: StainRequest, settings: Settings, progress: Progress, models: Any
+        self, request: StainRequest, settings: Settings, progress: Progress, models: LoadedModels
     ) -> StainReport: ...
 
     def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None: ...
@@ -82,10 +87,10 @@ class WorkerContext:
     files: JobFiles
     stainer: Stainer
     stopping: threading.Event = field(default_factory=threading.Event)
-    _models: dict[tuple[str, ...] | None, Any] = field(default_factory=dict)  # by stages
+    _models: dict[tuple[str, ...] | None, LoadedModels] = field(default_factory=dict)  # by stages
     _models_pid: int = field(default_factory=os.getpid)
 
-    def models_for(self, options: JobOptions) -> Any:
+    def models_for(self, options: JobOptions) -> LoadedModels:
         # Sessions made before a fork are not safe in the child; reload once per process.
         if self._models_pid != os.getpid():
             self._models.clear()
@@ -179,7 +184,7 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
 
 def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
     store, files = ctx.store, ctx.files
-    options = job.stain_options
+    options = job.options
     result_name, thumb_name = f"{lease}{options.result_suffix}", f"{lease}.jpg"
     try:
         with Attempt(ctx, job.id, lease) as attempt:
@@ -191,8 +196,8 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
             pyramid = options.pyramid_path(result)  # the result itself, or beside a series
             thumb = files.result_path(job.id, thumb_name)
             request = StainRequest(
-                rcm=files.input_path(job.id, job.inputs["rcm"]["stored_name"]),
-                fcm=files.input_path(job.id, job.inputs["fcm"]["stored_name"]),
+                rcm=files.input_path(job.id, job.inputs.rcm.stored_name),
+                fcm=files.input_path(job.id, job.inputs.fcm.stored_name),
                 output=result,
                 options=options,
                 case=job.case,

@@ -9,13 +9,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from service.config import Settings
 from service.errors import DscmError
 from service.jobs.runner import Progress, StainRequest
 from service.options import JobOptions
 from service.report import StainReport
+
+if TYPE_CHECKING:  # the pipeline is imported when a stain needs it, not with this module
+    from service.pipeline import ModelSet
 
 
 class PipelineStainer:
@@ -25,18 +28,20 @@ class PipelineStainer:
         self._hash_lock = threading.Lock()
         self._hashes: dict[tuple[str, int, int], str] = {}
 
-    def load_models(self, options: JobOptions, settings: Settings) -> Any:
+    def load_models(self, options: JobOptions, settings: Settings) -> ModelSet:
         from service.pipeline import StainSpec, load_models
 
         return load_models(StainSpec.from_settings(settings, options))
 
     def stain(
-        self, request: StainRequest, settings: Settings, progress: Progress, models: Any
+        self, request: StainRequest, settings: Settings, progress: Progress, models: object
     ) -> StainReport:
         """Like `dscm stain`: the job's options and case over the worker's DSCM_* settings."""
-        from service.pipeline import StainSpec, stain_slide
+        from service.pipeline import ModelSet, StainSpec, stain_slide
         from service.slide import SlideInputs
 
+        if not isinstance(models, ModelSet):
+            raise TypeError(f"models loaded by another stainer: {type(models).__name__}")
         spec = StainSpec.from_settings(
             settings, request.options, request.case, uid_seed=request.uid_seed
         )

@@ -15,9 +15,12 @@ from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, upd
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.case import Patient
 from service.jobs.db import JobRow, make_engine, utc_now
-from service.jobs.job import ACTIVE_STATES, FINISHED_STATES, Job, JobState, NewJob
+from service.jobs.job import ACTIVE_STATES, FINISHED_STATES, Job, JobInputs, JobState, NewJob
+from service.options import JobOptions
 from service.progress import PROGRESS_SCALE
+from service.report import PublicReport
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
 ClaimOutcome = Literal["claimed", "missing", "finished", "busy", "exhausted"]
@@ -30,8 +33,13 @@ class Claim:
 
 
 def to_job(row: JobRow) -> Job:
+    """The typed job of a row: the one place the JSON columns become types."""
     values: dict[str, Any] = {name: getattr(row, name) for name in _JOB_FIELDS}
     values["state"] = JobState(row.state)
+    values["options"] = JobOptions.from_json(row.options or {})
+    values["inputs"] = JobInputs.from_json(row.inputs)
+    values["report"] = PublicReport.from_json(row.report)
+    values["patient"] = Patient(**(row.patient or {}))
     return Job(**values)
 
 
@@ -86,9 +94,9 @@ class JobStore:
             idempotency_key=new.idempotency_key,
             label=new.label,
             external_id=new.external_id,
-            patient=new.patient,
-            options=new.options,
-            inputs=new.inputs,
+            patient=new.patient.to_json(),
+            options=new.options.to_json(),
+            inputs=new.inputs.to_json(),
             progress_done=0,
             progress_total=0,
             attempts=0,

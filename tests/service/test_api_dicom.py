@@ -17,6 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from service_helpers import Keys, Pair, assert_problem, stained, submit
 
+from service.case import Patient
+
 DICOM_JOB = {
     "output_format": "dicom",
     "patient_id": "P-0042",
@@ -134,10 +136,10 @@ def test_delete_purges_the_series_and_the_patient_fields(
 ) -> None:
     job = stained(client, keys.alice, pair, DICOM_JOB)
     services = client.app.state.services  # type: ignore[attr-defined]
-    assert services.store.get(job["id"]).patient["patient_id"] == "P-0042"
+    assert services.store.get(job["id"]).patient.patient_id == "P-0042"
     deleted = client.delete(f"/v1/jobs/{job['id']}", headers=Keys.auth(keys.alice))
     assert deleted.status_code == 200
-    assert services.store.get(job["id"]).patient is None
+    assert services.store.get(job["id"]).patient == Patient()  # nothing stated any more
     assert not services.files.result_dir(job["id"]).exists()
     gone = client.get(job["links"]["result"], headers=Keys.auth(keys.alice))
     assert_problem(gone, 410, "purged")

@@ -58,6 +58,19 @@ def test_schema_lists_every_operation(api_app: FastAPI) -> None:
     assert labels == set(OPERATIONS)
 
 
+def test_the_submit_form_describes_every_field_the_api_takes(api_app: FastAPI) -> None:
+    """The multipart description is made from JobCreate and CaseIdentity, so a field added
+    there (the DICOM patient fields were missing from the hand-written one) is described."""
+    from service.api.schemas import CaseIdentity, JobCreate
+
+    body = api_app.openapi()["paths"]["/v1/jobs"]["post"]["requestBody"]
+    form = body["content"]["multipart/form-data"]["schema"]
+    expected = {"rcm", "fcm", *JobCreate.model_fields, *CaseIdentity.model_fields}
+    assert set(form["properties"]) == expected and form["required"] == ["rcm", "fcm"]
+    assert form["properties"]["output_format"]["enum"] == ["tiff", "ome-tiff", "dicom"]
+    assert form["properties"]["stages"]["type"] == "string"  # comma-separated in a form
+
+
 @pytest.mark.parametrize("label", OPERATIONS)
 def test_no_server_errors(api_app: FastAPI, keys: Keys, label: str) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", api_app)

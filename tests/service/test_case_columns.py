@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from sqlalchemy import Column, Index, MetaData, Table, create_engine, insert, inspect
+from support.jobs import job_inputs
 
 from service.jobs.db import JobRow, add_missing_columns, utc_now
 from service.jobs.job import NewJob, new_job_id
 from service.jobs.store import JobStore
+from service.options import JobOptions
 
 LABEL, EXTERNAL_ID = "Zebra-Quokka 7731, left cheek", "ZQK-7731/XQ"
 
@@ -28,7 +30,12 @@ def create_old_table(url: str) -> str:
     engine = create_engine(url)
     old.create_all(engine)
     job_id, now = new_job_id(), utc_now()
-    inputs = {"rcm": {"size_bytes": 1, "sha256": "a" * 64}, "fcm": {}, "width_px": 8}
+    # the inputs as every release's API recorded them
+    inputs = {
+        mode: {"filename": f"{mode}.tif", "stored_name": f"{mode}.tif", "size_bytes": 1,
+               "sha256": "a" * 64}
+        for mode in ("rcm", "fcm")
+    } | {"width_px": 8, "height_px": 8, "mpp_um": 0.75, "fingerprint": "f"}  # fmt: skip
     with engine.begin() as connection:
         connection.execute(
             insert(table).values(
@@ -52,7 +59,9 @@ def test_an_existing_database_gains_the_case_columns(database_url: str) -> None:
         assert "ix_dscm_jobs_tenant_external_id" in indexes
         kept = store.get(old_job)
         assert kept is not None and kept.label is None and kept.external_id is None
-        new = NewJob(new_job_id(), "t", {}, {}, 3, label=LABEL, external_id=EXTERNAL_ID)
+        new = NewJob(
+            new_job_id(), "t", JobOptions(), job_inputs(), 3, label=LABEL, external_id=EXTERNAL_ID
+        )
         store.create(new)
         found = store.list_jobs("t", None, 10, external_id=EXTERNAL_ID)
         assert [(job.id, job.label) for job in found] == [(new.id, LABEL)]

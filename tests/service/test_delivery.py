@@ -16,6 +16,7 @@ from typing import Any
 import pydicom
 import pytest
 from support.dicom_series import Series, write_series
+from support.jobs import job_inputs
 from support.orthanc import Orthanc, orthanc_running
 from support.polling import wait_until
 from support.ports import free_port
@@ -28,6 +29,7 @@ from service.delivery.outbox import OutboxStore, new_delivery
 from service.jobs.files import JobFiles, series_files
 from service.jobs.job import JobState, NewJob, new_job_id
 from service.jobs.store import JobStore, seconds_ago
+from service.options import JobOptions
 
 TENANT = "st-marys"
 FAST_RETRIES: dict[str, Any] = {
@@ -68,8 +70,8 @@ def succeeded_dicom_job(ctx: DispatchContext, count: int = 3, side_px: int = 64)
     new = NewJob(
         id=job_id,
         tenant=TENANT,
-        options={"output_format": "dicom"},
-        inputs={},
+        options=JobOptions(output_format="dicom"),
+        inputs=job_inputs(),
         max_attempts=1,
     )
     ctx.store.create(new, [new_delivery(job_id, TENANT, "pacs")])
@@ -160,7 +162,9 @@ def test_nothing_due_while_the_job_runs_and_a_failed_job_is_never_delivered(
 ) -> None:
     ctx = dispatch_context(make_settings(tmp_path, "http://127.0.0.1:9/dicom-web"))
     job_id = new_job_id()
-    new = NewJob(id=job_id, tenant=TENANT, options={}, inputs={}, max_attempts=1)
+    new = NewJob(
+        id=job_id, tenant=TENANT, options=JobOptions(), inputs=job_inputs(), max_attempts=1
+    )
     ctx.store.create(new, [new_delivery(job_id, TENANT, "pacs")])
     assert deliver_once(ctx) is None  # queued: nothing to send yet
     lease = "b" * 32

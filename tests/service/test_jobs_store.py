@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from service_helpers import Keys, Pair, SlowStainer, make_app, submit, wait_for
 from support.databases import postgres_url
+from support.jobs import job_inputs
 
 from service.config import Settings
 from service.jobs.files import JobFiles
@@ -17,6 +18,7 @@ from service.jobs.job import JobState, NewJob, new_job_id
 from service.jobs.runner import WorkerContext, run_job
 from service.jobs.store import JobStore, seconds_ago
 from service.jobs.sweeper import sweep_once
+from service.options import JobOptions
 
 
 @pytest.fixture
@@ -35,14 +37,8 @@ def files(tmp_path: Path) -> JobFiles:
 
 
 def new_job(tenant: str = "t", key: str | None = None, max_attempts: int = 2) -> NewJob:
-    inputs = {
-        "rcm": {"stored_name": "rcm.tif", "size_bytes": 1, "sha256": "a" * 64},
-        "fcm": {"stored_name": "fcm.tif", "size_bytes": 1, "sha256": "b" * 64},
-        "width_px": 8,
-        "height_px": 8,
-        "fingerprint": "f",
-    }
-    return NewJob(new_job_id(), tenant, {"stages": ["gareau"]}, inputs, max_attempts, key)
+    options = JobOptions(stages=("gareau",))
+    return NewJob(new_job_id(), tenant, options, job_inputs(), max_attempts, key)
 
 
 class ListQueue:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from support.jobs import job_inputs
 from support.ports import free_port
 from support.receivers import Answer, Receiver, always
 from support.settings import settings_in
@@ -23,6 +24,7 @@ from service.delivery.webhooks import signature
 from service.jobs.files import JobFiles
 from service.jobs.job import NewJob, new_job_id
 from service.jobs.store import JobStore, seconds_ago
+from service.options import JobOptions
 
 TENANT = "st-marys"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
@@ -68,7 +70,9 @@ def context(settings: Settings) -> DispatchContext:
 
 def finished_job(ctx: DispatchContext, succeed: bool = True, related: Any = ()) -> str:
     job_id = new_job_id()
-    new = NewJob(id=job_id, tenant=TENANT, options={}, inputs={}, max_attempts=1)
+    new = NewJob(
+        id=job_id, tenant=TENANT, options=JobOptions(), inputs=job_inputs(), max_attempts=1
+    )
     ctx.store.create(new, [new_hook(job_id, TENANT, None), *related])
     lease = "c" * 32
     ctx.store.claim(job_id, lease, seconds_ago(60))
@@ -285,7 +289,9 @@ def test_a_delivery_sends_job_delivered(tmp_path: Path, database_url: str) -> No
         )
         ctx = context(settings)
         job_id = new_job_id()
-        new = NewJob(id=job_id, tenant=TENANT, options={}, inputs={}, max_attempts=1)
+        new = NewJob(
+            id=job_id, tenant=TENANT, options=JobOptions(), inputs=job_inputs(), max_attempts=1
+        )
         ctx.store.create(
             new, [new_hook(job_id, TENANT, None), new_delivery(job_id, TENANT, "pacs")]
         )

@@ -65,7 +65,7 @@ async def retry_delivery(
         raise ApiError(409, "job_not_succeeded", "only a succeeded job can be delivered")
     if job.purged_at is not None:
         raise ApiError(410, "purged", "the job's result was deleted")
-    if not isinstance((job.report or {}).get("dicom"), dict):
+    if job.report is None or job.report.dicom_series is None:
         raise ApiError(
             409, "not_dicom", "the job's result is not a DICOM series (output_format=dicom)"
         )

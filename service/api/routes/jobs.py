@@ -20,101 +20,54 @@ from service.api.metrics import ACCEPT_SECONDS, SUBMISSIONS
 from service.api.problems import ApiError
 from service.api.published import published_path
 from service.api.routes.common import problems
-from service.api.schemas import JobList, JobPublic
+from service.api.schemas import CaseIdentity, JobCreate, JobList, JobPublic
 from service.api.serialise import API_PREFIX, decode_cursor, encode_cursor, job_url, to_public
 from service.api.submit import accept_job
-from service.case import EXTERNAL_ID_MAX_CHARS, EXTERNAL_ID_PATTERN, LABEL_MAX_CHARS
+from service.case import EXTERNAL_ID_MAX_CHARS, EXTERNAL_ID_PATTERN
 from service.errors import DscmError
 from service.jobs.job import JobState
 from service.options import (
-    COMPRESSIONS,
-    EXTRA_LAYERS,
-    JPEG_QUALITY_RANGE,
-    MPP_RANGE_UM,
-    OUTPUT_FORMATS,
     RESULT_MEDIA_TYPE,
-    STAGES,
 )
-from service.report import stored_dicom_series
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
 
 
-_MULTIPART_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["rcm", "fcm"],
-                    "properties": {
-                        "rcm": {"type": "string", "format": "binary", "description": "RCM image"},
-                        "fcm": {"type": "string", "format": "binary", "description": "FCM image"},
-                        "stages": {
-                            "type": "string",
-                            "description": f"comma-separated: {', '.join(STAGES)}",
-                            "example": "median,gareau",
-                        },
-                        "output_format": {"type": "string", "enum": list(OUTPUT_FORMATS)},
-                        "compression": {"type": "string", "enum": list(COMPRESSIONS)},
-                        "jpeg_quality": {
-                            "type": "integer",
-                            "minimum": JPEG_QUALITY_RANGE[0],
-                            "maximum": JPEG_QUALITY_RANGE[1],
-                        },
-                        "layers": {
-                            "type": "string",
-                            "description": "comma-separated extra outputs for the viewer: "
-                            f"{', '.join(EXTRA_LAYERS)} (default: none)",
-                            "example": ",".join(EXTRA_LAYERS),
-                        },
-                        "mpp_um": {
-                            "type": "number",
-                            "minimum": MPP_RANGE_UM[0],
-                            "maximum": MPP_RANGE_UM[1],
-                            "description": "pixel size in um, when the files carry none",
-                        },
-                        "allow_swapped": {
-                            "type": "boolean",
-                            "description": "stain a pair the input check refuses (FCM and "
-                            "RCM look swapped, or one image twice) as given",
-                        },
-                        "deliver_to": {
-                            "type": "string",
-                            "description": "output_format=dicom: the destination (PACS) to "
-                            "deliver the series to; default: the tenant's default destination",
-                        },
-                        "callback_url": {
-                            "type": "string",
-                            "format": "uri",
-                            "description": "also send the job's signed events here (a host "
-                            "the operator allows the tenant)",
-                        },
-                        "label": {
-                            "type": "string",
-                            "maxLength": LABEL_MAX_CHARS,
-                            "description": "the case's label (one line; never logged)",
-                        },
-                        "external_id": {
-                            "type": "string",
-                            "maxLength": EXTERNAL_ID_MAX_CHARS,
-                            "pattern": EXTERNAL_ID_PATTERN,
-                            "description": "the hospital's accession number (never logged)",
-                        },
-                    },
-                }
-            }
-        },
+def form_field(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-schema property as the multipart form sends it: optional (no null), a list as
+    one comma-separated string (repeating the field works too), no pydantic title."""
+    field = {k: v for k, v in schema.items() if k not in ("anyOf", "title", "default")}
+    stated = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    if stated:
+        field.update(stated[0])
+    if field.get("type") == "array":
+        names = field.pop("items").get("enum", [])
+        field["type"] = "string"
+        field["example"] = ",".join(names[:2])
+        field["description"] = f"{field.get('description', '')}: {', '.join(names)}"
+    return field
+
+
+def multipart_body() -> dict[str, Any]:
+    """The submit form's OpenAPI description, made from JobCreate and CaseIdentity: a field
+    added there is described here without a second copy."""
+    properties: dict[str, Any] = {
+        "rcm": {"type": "string", "format": "binary", "description": "RCM image"},
+        "fcm": {"type": "string", "format": "binary", "description": "FCM image"},
     }
-}
+    for model in (JobCreate, CaseIdentity):
+        for name, schema in model.model_json_schema()["properties"].items():
+            properties[name] = form_field(schema)
+    form = {"type": "object", "required": ["rcm", "fcm"], "properties": properties}
+    content = {"multipart/form-data": {"schema": form}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 @router.post(
     "",
     status_code=202,
     response_model=JobPublic,
-    openapi_extra=_MULTIPART_BODY,
+    openapi_extra=multipart_body(),
     responses=problems(400, 401, 403, 408, 413, 415, 422, 503, 507),
     summary="Submit an RCM/FCM pair for staining",
 )
@@ -223,7 +176,7 @@ def get_result(
     request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
 ) -> Response:
     job = find_job(services, principal, job_id)
-    series = stored_dicom_series(job.report)
+    series = job.report.dicom_series if job.report else None
     if series is not None and "image/tiff" not in request.headers.get("accept", "").lower():
         folder = published_path(services.files, job, series, "DICOM series", folder=True)
         return series_response(request, folder, job.id)
@@ -232,7 +185,7 @@ def get_result(
     if job.result_sha256:
         digest = base64.b64encode(bytes.fromhex(job.result_sha256)).decode()
         headers = {"Repr-Digest": f"sha-256=:{digest}:", "ETag": f'"{job.result_sha256}"'}
-    download_name = f"{job.id}{job.stain_options.pyramid_suffix}"
+    download_name = f"{job.id}{job.options.pyramid_suffix}"
     return file_response(request, path, RESULT_MEDIA_TYPE, download_name, headers)
 
 
