@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from service.errors import InputError
+from service.errors import InputError, PixelSizeUnknown
 
 StageName = Literal["despeckle", "median", "gareau", "colour", "generator"]
 ExtraLayer = Literal["gareau", "fcm", "rcm"]  # kept beside the stain when asked (viewer layers)
@@ -125,6 +125,29 @@ def check_mpp_um(name: str, value: float | None, hint: str = "") -> None:
     low, high = MPP_RANGE_UM
     if value is not None and not low <= value <= high:
         raise InputError(f"{name} must be {low}-{high} um/px, got {value:g}{hint}")
+
+
+PixelSizeSource = Literal["caller", "file", "operator default"]
+
+
+def stated_mpp_um(
+    caller: float | None, files: float | None, operator: float | None, how_to_state: str
+) -> tuple[float, PixelSizeSource]:
+    """The slide's pixel size and who stated it: the caller, else the files' resolution tags,
+    else the operator's default. PixelSizeUnknown when nobody does (a guess would mislead every
+    measurement made on the slide); InputError when the tags say what no confocal microscope
+    makes. ``how_to_state`` tells the caller how to say it (``--mpp``, the ``mpp_um`` field)."""
+    if caller is not None:
+        return caller, "caller"
+    if files is not None:
+        check_mpp_um("the files' resolution tags", files, f"; {how_to_state}")
+        return files, "file"
+    if operator is not None:
+        return operator, "operator default"
+    raise PixelSizeUnknown(
+        f"the images carry no pixel size (resolution tags): {how_to_state}, or set "
+        "DSCM_DEFAULT_MPP_UM for this site's scanner"
+    )
 
 
 def check_names(what: str, given: Iterable[str], known: tuple[str, ...]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +36,15 @@ from service.core.models import (
 from service.core.normalize import IntensityRange, estimate_range, normalize
 from service.core.quality import faithfulness_qc
 from service.core.sanity import ModeCheck, check_modes, same_image
-from service.errors import InputError, InputsIdentical, InputsSwapped, PixelSizeUnknown
-from service.options import DEFAULT_OPTIONS, DEFAULT_UID_ROOT, JobOptions, check_mpp_um
+from service.errors import InputError, InputsIdentical, InputsSwapped
+from service.options import (
+    DEFAULT_OPTIONS,
+    DEFAULT_UID_ROOT,
+    JobOptions,
+    PixelSizeSource,
+    check_mpp_um,
+    stated_mpp_um,
+)
 from service.report import StainReport, TileCounts
 from service.slide import (
     OpenedMode,
@@ -59,7 +66,7 @@ class PixelSize:
     """The slide's pixel size, where it came from, and the grid the networks run on."""
 
     mpp_um: float
-    source: Literal["file", "caller", "operator default"]
+    source: PixelSizeSource
     model_mpp_um: float | None  # what the chain's models were trained at
     work_width_px: int
     work_height_px: int
@@ -88,22 +95,11 @@ class PixelSize:
 def resolve_pixel_size(info: PairInfo, spec: StainSpec, model_mpp_um: float | None) -> PixelSize:
     """The caller's value, else the files' tags, else the operator's default; refused when
     nobody says (a wrong guess would mislead every measurement made on the slide)."""
-    if spec.options.mpp_um is not None:
-        mpp, source = spec.options.mpp_um, "caller"
-    elif info.mpp_um is not None:
-        mpp, source = info.mpp_um, "file"
-    elif spec.default_mpp_um is not None:
-        mpp, source = spec.default_mpp_um, "operator default"
-    else:
-        raise PixelSizeUnknown(
-            "the images carry no pixel size (resolution tags): state it with --mpp "
-            "(the API's mpp_um field), or set DSCM_DEFAULT_MPP_UM for this site's scanner"
-        )
-    if source == "file":
-        check_mpp_um("the files' resolution tags", mpp, "; state the pixel size with --mpp")
+    how = "state it with --mpp (the API's mpp_um field)"
+    mpp, source = stated_mpp_um(spec.options.mpp_um, info.mpp_um, spec.default_mpp_um, how)
     width, height = work_size_px(info.width_px, info.height_px, mpp, model_mpp_um)
     check_work_pixels((info.width_px, info.height_px), (width, height), mpp, spec.max_pixels)
-    return PixelSize(mpp, source, model_mpp_um, width, height)  # type: ignore[arg-type]
+    return PixelSize(mpp, source, model_mpp_um, width, height)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from service.api.services import Services
 from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
 from service.case import CASE_FIELDS
 from service.core.grid import check_work_pixels, work_size_px
-from service.errors import DscmError, InputError, ModelError, PixelSizeUnknown
+from service.errors import DscmError, InputError, ModelError
 from service.jobs.job import Job, JobInputs, NewJob, StoredFile, new_job_id
-from service.options import check_mpp_um
+from service.options import stated_mpp_um
 
 if TYPE_CHECKING:
     from service.slide import PairInfo
@@ -202,13 +202,8 @@ async def check_pixel_size(info: PairInfo, options: JobCreate, services: Service
     """Refuse, at submit time, what the worker would refuse: a pair whose pixel size nobody
     states or no confocal microscope makes, and one whose resampled size exceeds the limit."""
     settings = services.settings
-    mpp_um = options.mpp_um or info.mpp_um or settings.default_mpp_um
-    if mpp_um is None:
-        raise PixelSizeUnknown(
-            "the images carry no pixel size (resolution tags): send the mpp_um field"
-        )
-    if options.mpp_um is None and info.mpp_um is not None:
-        check_mpp_um("the files' resolution tags", mpp_um, "; send the mpp_um field")
+    how = "send the mpp_um field"
+    mpp_um, _ = stated_mpp_um(options.mpp_um, info.mpp_um, settings.default_mpp_um, how)
     model_mpp_um = await run_in_threadpool(
         services.stainer.trained_mpp_um, options.stages, settings.models_dir
     )
