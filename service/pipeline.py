@@ -73,16 +73,20 @@ class PixelSize:
 
     @property
     def resampled(self) -> bool:
+        """Whether the slide is resampled to the model's pixel size before staining."""
         return self.model_mpp_um is not None and self.work_mpp_um != self.mpp_um
 
     @property
     def work_mpp_um(self) -> float:
+        """The pixel size the chain works at: the model's when the slide's differs by more than
+        RESAMPLE_TOLERANCE, else the slide's own."""
         if self.model_mpp_um is None:
             return self.mpp_um
         ratio = self.mpp_um / self.model_mpp_um
         return self.model_mpp_um if abs(ratio - 1.0) > RESAMPLE_TOLERANCE else self.mpp_um
 
     def to_dict(self) -> dict[str, Any]:
+        """The pixel size, where it came from and the working size, for the report."""
         return {
             "mpp_um": round(self.mpp_um, 5),
             "source": self.source,
@@ -165,9 +169,12 @@ class ModelSet:
 
     @property
     def roles(self) -> list[str]:
+        """The roles of the loaded models, colour included when its card is loaded."""
         return [*self.models, *(["colour"] if self.colour else [])]
 
     def chain(self, requested: Sequence[str] | None) -> StainChain:
+        """The chain for the requested stages; InputError or ModelError for stages these models
+        cannot run."""
         stages = resolve_stages(requested, self.roles, self.default_off)
         return StainChain(
             stages, self.models.get("despeckle"), self.models.get("generator"), self.colour
@@ -251,9 +258,7 @@ def plan_slide(
     timings = {"open": time.perf_counter() - started}
 
     mark = time.perf_counter()
-    ranges, thumbs = measure_thumbnails(fcm, rcm)
-    mask = tissue_mask(thumbs["fcm"], thumbs["rcm"])
-    inputs_check = check_inputs(thumbs, mask, spec.options.allow_swapped, (fcm, rcm))
+    ranges, thumbs, mask, inputs_check = inspect_pair(fcm, rcm, spec.options.allow_swapped)
     chain.glass_level = estimate_glass_level(thumbs["fcm"], thumbs["rcm"])
     timings["thumbnail"] = time.perf_counter() - mark
     progress("prepare", 1, 1)
@@ -274,6 +279,23 @@ def plan_slide(
         timings=timings,
         inputs_check=inputs_check,
     )
+
+
+def inspect_pair(
+    fcm: OpenedMode, rcm: OpenedMode, allow_swapped: bool
+) -> tuple[dict[str, IntensityRange], dict[str, np.ndarray], np.ndarray, ModeCheck]:
+    """The pair on its thumbnails: each mode's intensity range, the normalised thumbnails, the
+    tissue mask, and the input check (InputsSwapped or InputsIdentical for a refused pair)."""
+    ranges, thumbs = measure_thumbnails(fcm, rcm)
+    mask = tissue_mask(thumbs["fcm"], thumbs["rcm"])
+    return ranges, thumbs, mask, check_inputs(thumbs, mask, allow_swapped, (fcm, rcm))
+
+
+def check_pair(inputs: SlideInputs, allow_swapped: bool, max_pixels: int) -> ModeCheck:
+    """The input check alone, as the API runs it before it accepts a job (the worker runs it
+    again as part of the plan): InputsSwapped or InputsIdentical for a pair it refuses."""
+    _, rcm, fcm = open_pair(inputs, max_pixels)
+    return inspect_pair(fcm, rcm, allow_swapped)[3]
 
 
 def check_inputs(
@@ -377,6 +399,7 @@ class SlideRun:
             if self.chain.needs_slide_stats:
 
                 def sampled() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                    """The sampled tiles for the statistics, reporting progress as they are read."""
                     for i, tile in enumerate(sample):
                         self.progress("statistics", i, len(sample))
                         yield self.reader.read(tile, crop_px)

@@ -35,6 +35,7 @@ FormModel = TypeVar("FormModel", bound=BaseModel)
 
 
 def parse_options(form: ReceivedForm) -> JobCreate:
+    """The job options from the form's fields (case fields apart); 422 for invalid options."""
     return _validated(JobCreate, {k: v for k, v in form.fields.items() if k not in CASE_FIELDS})
 
 
@@ -70,6 +71,8 @@ def check_stages(options: JobCreate, services: Services) -> None:
 
 
 def fingerprint(form: ReceivedForm, options: JobCreate, case: CaseIdentity) -> str:
+    """The sha256 of what defines the request: input hashes, options, case. A replayed Idempotency-
+    Key must carry the same one."""
     request: dict[str, Any] = {
         "rcm": form.files["rcm"].sha256,
         "fcm": form.files["fcm"].sha256,
@@ -140,6 +143,7 @@ async def accept_job(
         )
         info = await probe_upload(submission.form, services)
         await check_pixel_size(info, submission.options, services)
+        await check_pair(submission, services)
         job, replayed = await record_job(
             services, temp, submission, info, principal.tenant, idempotency_key, outbound
         )
@@ -209,6 +213,20 @@ async def check_pixel_size(info: PairInfo, options: JobCreate, services: Service
     )
     work_px = work_size_px(info.width_px, info.height_px, mpp_um, model_mpp_um)
     check_work_pixels((info.width_px, info.height_px), work_px, mpp_um, settings.max_pixels)
+
+
+async def check_pair(submission: Submission, services: Services) -> None:
+    """Refuse, at submit time, a pair the worker's input check would refuse (FCM and RCM
+    clearly swapped, or one image twice): 422 inputs_swapped / inputs_identical, unless the
+    request says allow_swapped."""
+    files = submission.form.files
+    await run_in_threadpool(
+        services.stainer.check_pair,
+        files["rcm"].path,
+        files["fcm"].path,
+        submission.options.allow_swapped,
+        services.settings.max_pixels,
+    )
 
 
 async def record_job(

@@ -74,6 +74,9 @@ class Stainer(Protocol):
     def check_stages(self, stages: Sequence[str] | None, models_dir: Path) -> None:
         """Raise InputError for an impossible stage list, ModelError for a missing model."""
 
+    def check_pair(self, rcm: Path, fcm: Path, allow_swapped: bool, max_pixels: int) -> None:
+        """Raise InputsSwapped or InputsIdentical for a pair the input check refuses."""
+
     def trained_mpp_um(self, stages: Sequence[str] | None, models_dir: Path) -> float | None:
         """The pixel size the chain for ``stages`` runs at (None: Gareau alone, any size)."""
 

@@ -81,7 +81,17 @@ class PipelineStainer:
             return True, "no models installed: median + gareau only"
         return True, ", ".join(f"{role}={path.name}" for role, path in sorted(found.items()))
 
+    def check_pair(self, rcm: Path, fcm: Path, allow_swapped: bool, max_pixels: int) -> None:
+        """The pipeline's input check on the uploaded pair (service.core.sanity), so that a
+        clearly swapped pair or one image twice is refused with 422 before it is queued."""
+        from service.pipeline import check_pair
+        from service.slide import SlideInputs
+
+        check_pair(SlideInputs(rcm, fcm), allow_swapped, max_pixels)
+
     def check_stages(self, stages: Sequence[str] | None, models_dir: Path) -> None:
+        """Raise InputError or ModelError for a stage list the installed models cannot run, reading
+        only the cards, so the API refuses it at submit."""
         from service.core.chain import resolve_stages
         from service.core.models import discover_stage_models, stages_off_by_default
 

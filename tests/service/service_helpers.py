@@ -160,6 +160,9 @@ class SlowStainer:
     def trained_mpp_um(self, stages: Sequence[str] | None, models_dir: Path) -> float | None:
         return None
 
+    def check_pair(self, rcm: Path, fcm: Path, allow_swapped: bool, max_pixels: int) -> None:
+        return None  # the fake stains any pair
+
 
 def fake_report(request: StainRequest, tiles: int) -> StainReport:
     """The report of a stain that computed ``tiles`` tiles into ``request.output``."""

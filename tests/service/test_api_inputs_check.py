@@ -1,12 +1,13 @@
-"""The API's face of the input check: a swapped pair fails with code inputs_swapped, the
-allow_swapped field stains it as given, and the report carries the check."""
+"""The API's face of the input check: a swapped pair (or one image twice) is refused at submit
+with 422 inputs_swapped (inputs_identical), the allow_swapped field stains it as given, and the
+report carries the check. Gareau only (no network runs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, submit, wait_for
+from service_helpers import Keys, Pair, assert_problem, submit, wait_for
 from support.pairs import confocal_like, write_gray
 
 
@@ -15,10 +16,12 @@ def test_swapped_pair_fails_with_its_code_unless_allowed(
 ) -> None:
     fcm, rcm = confocal_like(256, 320)
     given_swapped = Pair(write_gray(tmp_path / "r.tif", fcm), write_gray(tmp_path / "f.tif", rcm))
-    job = wait_for(client, keys.alice, submit(client, keys.alice, given_swapped).json()["id"])
-    assert job["state"] == "failed", job
-    assert job["error"]["code"] == "inputs_swapped"
-    assert "allow_swapped" in job["error"]["detail"]
+    refused = submit(client, keys.alice, given_swapped)  # refused before it is queued
+    body = assert_problem(refused, 422, "inputs_swapped")
+    assert "allow_swapped" in body["detail"]
+    assert client.get("/v1/jobs", headers=Keys.auth(keys.alice)).json()["items"] == []
+    same = Pair(given_swapped.fcm, given_swapped.fcm)
+    assert_problem(submit(client, keys.alice, same), 422, "inputs_identical")
 
     accepted = submit(client, keys.alice, given_swapped, data={"allow_swapped": "true"})
     assert accepted.status_code == 202, accepted.text
