@@ -305,6 +305,8 @@ class ProgressBar:
             click.echo("100 % done", err=True)
 
     def update(self, stage: str, done: int, total: int) -> None:
+        """Advance the bar; without a terminal, log each further tenth to stderr once the inputs
+        were checked."""
         fraction, message = overall_progress(stage, done, total)
         if self.task is not None:
             self.progress.update(self.task, completed=round(fraction * 1000), description=message)

@@ -234,14 +234,18 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
+        """DSCM_DATABASE_URL, or a SQLite file in the storage folder."""
         return self.database_url or f"sqlite:///{self.storage_dir.resolve() / 'dscm.sqlite3'}"
 
     @property
     def effective_visibility_timeout_s(self) -> float:
+        """DSCM_VISIBILITY_TIMEOUT_S, or twice the job time limit, so the broker does not redeliver
+        a job that is still running."""
         return self.visibility_timeout_s or 2 * self.job_time_limit_s
 
     @property
     def effective_api_keys_file(self) -> Path:
+        """DSCM_API_KEYS_FILE, or api-keys.json in the storage folder."""
         return self.api_keys_file or self.storage_dir / "api-keys.json"
 
     def integration(self, tenant: str) -> TenantIntegration:
@@ -249,6 +253,7 @@ class Settings(BaseSettings):
         return self.tenants.get(tenant, NO_INTEGRATION)
 
     def destination(self, name: str) -> Destination | None:
+        """The configured destination with this name, or None."""
         return next((d for d in self.destinations if d.name == name), None)
 
 

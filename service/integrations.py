@@ -197,6 +197,7 @@ def read_integrations(path: Path) -> Integrations:
     folder = path.parent
 
     def rebase(value: object) -> object:
+        """A non-empty file name made relative to the integrations file's folder."""
         return str(folder / value) if isinstance(value, str) and value else value
 
     for destination in data.get("destinations") or []:

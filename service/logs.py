@@ -75,6 +75,8 @@ class ContextFilter(logging.Filter):
     """Sets ``record.job_id`` and ``record.tenant`` (None when unknown); never drops a record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Fill in the job id and tenant from the record, the current context or the Celery task;
+        always True."""
         record.job_id = getattr(record, "job_id", None) or _JOB_ID.get() or _celery_job_id()
         record.tenant = getattr(record, "tenant", None) or _TENANT.get()
         return True
@@ -85,6 +87,8 @@ class RedactCaseFilter(logging.Filter):
     and string arguments, so that no access-log line carries a patient's identity."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact case values in the message and its string arguments; always True (nothing is
+        dropped)."""
         if isinstance(record.msg, str):
             record.msg = redact_case(record.msg)
         if isinstance(record.args, tuple):
@@ -108,6 +112,7 @@ class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "message", "job_id", "tenant", "host", "pid", ...extra}``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """One JSON line with the fixed fields, the record's extra fields and any exception text."""
         created = datetime.fromtimestamp(record.created, UTC)
         payload: dict[str, Any] = {
             "ts": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -136,6 +141,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s%(context)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        """The text line, with the job and tenant in brackets when known."""
         job_id, tenant = getattr(record, "job_id", None), getattr(record, "tenant", None)
         parts = [f"job={job_id}"] if job_id else []
         parts += [f"tenant={tenant}"] if tenant else []

@@ -57,6 +57,8 @@ class StainReport:
     glass_level: dict[str, Any] | None = None  # per mode (service.core.glass.GlassLevel)
 
     def to_dict(self) -> dict[str, Any]:
+        """The full report as nested dicts (`dscm stain --json` prints it; a job stores
+        ``public``)."""
         return asdict(self)
 
     def public(self, result_dir: Path) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class TileReader:
         return fcm, rcm
 
     def stop(self) -> None:
+        """Tell the reading thread to stop at its next tile."""
         self._stop.set()
 
     def batches(
@@ -55,6 +56,8 @@ class TileReader:
         blocks: queue.Queue[Any] = queue.Queue(maxsize=READ_QUEUE_BATCHES * batch_size)
 
         def produce() -> None:
+            """Read the tiles into the queue until done or stopped; an exception is queued for the
+            consumer."""
             try:
                 for tile in tiles:
                     item = (tile, *self.read(tile))

@@ -31,6 +31,7 @@ def create_app(stainer: Stainer, settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Start the Services with the app and close them when it stops."""
         app.state.services = Services.start(settings, stainer)
         try:
             yield

@@ -35,10 +35,12 @@ class Principal:
     key_id: str | None
 
     def has(self, role: KeyRole) -> bool:
+        """Whether the key holds ``role``; admin holds every role."""
         return role in self.roles or "admin" in self.roles
 
     @property
     def is_admin(self) -> bool:
+        """Whether the key holds the admin role."""
         return "admin" in self.roles
 
     @property
@@ -48,6 +50,7 @@ class Principal:
 
 
 def hash_key(key: str) -> str:
+    """The sha256 hex digest of an API key: the key file stores digests, never keys."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -58,6 +61,7 @@ def new_key() -> tuple[str, str]:
 
 
 def key_id_of(key: str) -> str | None:
+    """The id part of a ``dscm_<id>_<secret>`` key, or None for anything else."""
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         return None
@@ -65,6 +69,8 @@ def key_id_of(key: str) -> str | None:
 
 
 def read_key_file(path: Path) -> list[ApiKeyEntry]:
+    """The entries of the API key file, none when it does not exist; ValueError naming the file when
+    it is unreadable or malformed."""
     if not path.exists():
         return []
     try:
@@ -102,6 +108,7 @@ def add_key(path: Path, tenant: str, roles: list[str]) -> tuple[ApiKeyEntry, str
 
 
 def remove_key(path: Path, key_id: str) -> bool:
+    """Remove the key with this id from the key file; False when there was none."""
     entries = read_key_file(path)
     kept = [e for e in entries if e.id != key_id]
     if len(kept) == len(entries):
@@ -130,6 +137,8 @@ class Keyring:
         return (stat.st_mtime_ns, stat.st_size)
 
     def reload(self) -> None:
+        """Read the key file again (beside the keys given in settings) and swap the whole keyring at
+        once."""
         stamp = self._file_stamp()
         entries = self._static + read_key_file(self._path)
         by_id: dict[str, list[ApiKeyEntry]] = {}
@@ -146,14 +155,19 @@ class Keyring:
 
     @property
     def size(self) -> int:
+        """The number of keys loaded."""
         return sum(len(v) for v in self._by_id.values())
 
     def anonymous(self) -> Principal | None:
+        """The principal for requests without a key (submit and read, in DSCM_ANONYMOUS_TENANT), or
+        None when anonymous access is off."""
         if self._anonymous is None:
             return None
         return Principal(self._anonymous, frozenset({"submit", "read"}), None)
 
     def authenticate(self, key: str) -> Principal | None:
+        """The principal a key stands for, or None for a malformed or unknown key; the key file is
+        re-read when it changed and digests are compared in constant time."""
         key_id = key_id_of(key)
         if key_id is None:
             return None

@@ -18,6 +18,7 @@ _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bea
 
 
 def get_services(request: Request) -> Services:
+    """The app's Services; 503 not_started while the app starts or stops."""
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         raise ApiError(503, "not_started", "the service is starting or stopping")
@@ -31,6 +32,8 @@ CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)
 
 
 def get_principal(services: ServicesDep, credentials: CredentialsDep) -> Principal:
+    """Who sent the request: the API key's principal, or the anonymous one when allowed. 401 with a
+    Bearer challenge for no key or an unknown one."""
     challenge = {"WWW-Authenticate": 'Bearer realm="dscm"'}
     if credentials is None:
         anonymous = services.keyring.anonymous()
@@ -52,7 +55,10 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def require(role: KeyRole) -> Any:
+    """A dependency that returns the principal if it holds ``role``, else refuses with 403."""
+
     def check(principal: PrincipalDep) -> Principal:
+        """The principal, if it holds the role; 403 forbidden otherwise."""
         if not principal.has(role):
             raise ApiError(403, "forbidden", f"this API key lacks the {role!r} role")
         return principal

@@ -80,13 +80,16 @@ class _Spool(io.RawIOBase):
         self.buffer = bytearray()
 
     def writable(self) -> bool:
+        """Always True: the zip writer writes here."""
         return True
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
+        """Append to the buffer; returns the bytes taken (all of them)."""
         self.buffer += data
         return len(data)
 
     def drain(self) -> bytes:
+        """The bytes written since the last drain, emptying the buffer."""
         data, self.buffer = bytes(self.buffer), bytearray()
         return data
 

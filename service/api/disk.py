@@ -17,6 +17,7 @@ RETRY_AFTER_S = 60
 
 
 def storage_full(detail: str) -> ApiError:
+    """507 storage_full with Retry-After, closing the connection."""
     return ApiError(
         507,
         "storage_full",

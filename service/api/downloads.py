@@ -22,6 +22,8 @@ def file_response(
     filename: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> FileResponse:
+    """A FileResponse for ``path`` with Range checked; 410 purged when the file was deleted after
+    the job was looked up."""
     try:
         stat = path.stat()
     except FileNotFoundError as exc:  # deleted between the job lookup and now

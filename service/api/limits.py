@@ -34,6 +34,7 @@ def upload_body_cap(max_upload_bytes: int) -> int:
 
 
 def body_too_large(cap_bytes: int, what: str = "the request body") -> ApiError:
+    """413 body_too_large naming what exceeded ``cap_bytes``, closing the connection."""
     return ApiError(413, "body_too_large", f"{what} exceeds {cap_bytes} bytes", headers=dict(CLOSE))
 
 
@@ -52,6 +53,8 @@ class RequestLimits:
         self.upload_cap_bytes = upload_body_cap(max_upload_bytes)
 
     def cap_for(self, scope: Scope) -> int:
+        """The body cap of the request's route: the upload cap for POST /v1/jobs,
+        MAX_JSON_BODY_BYTES otherwise."""
         is_upload = scope["method"] == "POST" and scope["path"] == UPLOAD_PATH
         return self.upload_cap_bytes if is_upload else MAX_JSON_BODY_BYTES
 

@@ -45,6 +45,8 @@ class JobsCollector(Collector):
         self.services = services
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Job counts by state (absent if the database cannot be read) and the queue length (absent
+        if unknown); a scrape never fails on them."""
         jobs = GaugeMetricFamily("dscm_jobs", "Job records by state", labels=["state"])
         try:
             counts = self.services.store.counts_by_state()
@@ -93,6 +95,7 @@ class JobsCollector(Collector):
 
 
 def render_metrics(services: Services) -> bytes:
+    """The Prometheus text of the job gauges, the API's and the worker's registries."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobsCollector(services))
     return b"".join(generate_latest(r) for r in (registry, API_REGISTRY, WORKER_REGISTRY))

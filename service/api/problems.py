@@ -38,6 +38,8 @@ class ApiError(DscmError):
 
 
 def problem_body(path: str, status: int, code: str, title: str, detail: str) -> dict[str, Any]:
+    """An RFC 9457 problem body; ``code`` is also the machine-readable type
+    (urn:dscm:problem:<code>)."""
     return {
         "type": f"urn:dscm:problem:{code}",
         "title": title,
@@ -70,6 +72,7 @@ def _code_for_status(status: int) -> str:
 
 
 async def handle_dscm_error(request: Request, exc: Exception) -> JSONResponse:
+    """A DscmError as problem+json with its own status, code and headers; 5xx are logged."""
     assert isinstance(exc, DscmError)
     headers = getattr(exc, "headers", None)
     extra = getattr(exc, "extra", None) or {}
@@ -81,6 +84,7 @@ async def handle_dscm_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's HTTP errors (404 route, 405) as problem+json with a code made from the status."""
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
@@ -92,6 +96,8 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """Request validation errors as one 422 invalid_request, listing each error's location and
+    message."""
     assert isinstance(exc, RequestValidationError)
     errors = [
         {
@@ -108,6 +114,7 @@ async def handle_validation_error(request: Request, exc: Exception) -> JSONRespo
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Any other exception as a 500 that logs the traceback and shows the client no internals."""
     log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
         request.url.path,
@@ -119,6 +126,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    """Register the problem+json handlers, so no error leaves the API in another format."""
     app.add_exception_handler(DscmError, handle_dscm_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(RequestValidationError, handle_validation_error)

@@ -37,6 +37,8 @@ def check_workers(services: Services) -> Check:
 
 
 def run_checks(services: Services) -> list[Check]:
+    """The readiness checks: database, broker (or in-process worker), storage, models and, with a
+    broker, live workers."""
     broker = "worker" if services.worker is not None else "broker"
     models_ok, models_detail = services.stainer.check_models(services.settings.models_dir)
     checks = [

@@ -35,6 +35,8 @@ def _rounded_mpp_um(mpp_um: float | None) -> float | None:
 
 
 def to_public(job: Job, delivery: Delivery | None = None) -> JobPublic:
+    """The job as the API shows it: progress in percent, the result's size and hash once it can be
+    downloaded, the error of a failed or cancelled job, the delivery and links."""
     total, done = job.progress_total, job.progress_done
     if job.state == JobState.SUCCEEDED:  # also a record of an older release (tiles of tiles)
         done, total, percent = PROGRESS_SCALE, PROGRESS_SCALE, 100.0
@@ -101,11 +103,13 @@ def _input(stored: StoredFile) -> InputFilePublic:
 
 
 def encode_cursor(job: Job) -> str:
+    """An opaque page cursor: the job's creation time and id, URL-safe base64."""
     raw = f"{job.created_at.isoformat()}|{job.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The creation time and id in a cursor; 422 invalid_cursor for one this API did not make."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, job_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)

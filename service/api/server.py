@@ -63,31 +63,40 @@ class HeadTimeoutProtocol(H11Protocol):
         self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Accept the connection and start the deadline for its first request head."""
         super().connection_made(transport)
         self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Cancel the head deadline of a closed connection."""
         self._disarm_head_deadline()
         super().connection_lost(exc)
 
     def handle_events(self) -> None:
+        """Parse the bytes received; a complete request head stops the deadline."""
         cycle = self.cycle
         super().handle_events()
         if self.cycle is not cycle:  # a complete request head arrived
             self._disarm_head_deadline()
 
     def on_response_complete(self) -> None:
+        """After a response on a kept-alive connection, start the deadline for the next request
+        head."""
         super().on_response_complete()
         waiting = self.cycle is not None and self.cycle.response_complete  # no new request yet
         if waiting and not self.transport.is_closing():
             self._arm_head_deadline()
 
     def send_400_response(self, msg: str) -> None:
+        """Answer a malformed request with a problem+json 400 (not uvicorn's plain text) and
+        close."""
         self.transport.write(raw_problem(400, "malformed_request", msg))
         self.transport.close()
 
 
 def protocol_class(header_timeout_s: float) -> type[HeadTimeoutProtocol]:
+    """A protocol class whose connections must send a complete request head within
+    ``header_timeout_s`` (slow-loris defence)."""
     return type("HeadTimeoutProtocol", (HeadTimeoutProtocol,), {"head_timeout_s": header_timeout_s})
 
 
@@ -106,4 +115,6 @@ def server_config(app: FastAPI, settings: Settings, host: str, port: int, level:
 
 
 def run_server(app: FastAPI, settings: Settings, host: str, port: int, level: str) -> None:
+    """Serve ``app`` with uvicorn under server_config (head deadline, keep-alive, head size) until
+    stopped."""
     uvicorn.Server(server_config(app, settings, host, port, level)).run()

@@ -89,6 +89,8 @@ class Services:
         return services
 
     def close(self) -> None:
+        """Signal the embedded worker to stop, stop the sweeper and dispatcher, then close the queue
+        and the database."""
         if self.worker is not None:
             self.worker.stopping.set()
         self.sweeper.close()

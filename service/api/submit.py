@@ -71,8 +71,8 @@ def check_stages(options: JobCreate, services: Services) -> None:
 
 
 def fingerprint(form: ReceivedForm, options: JobCreate, case: CaseIdentity) -> str:
-    """The sha256 of what defines the request: input hashes, options, case. A replayed Idempotency-
-    Key must carry the same one."""
+    """The sha256 of what defines the request: input hashes, options, case. A replayed
+    Idempotency-Key must carry the same one."""
     request: dict[str, Any] = {
         "rcm": form.files["rcm"].sha256,
         "fcm": form.files["fcm"].sha256,

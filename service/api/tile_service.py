@@ -42,6 +42,7 @@ class TileService:
         self._opened: set[Path] = set()  # pyramids the cache may hold open
 
     def cache(self) -> DeepZoomCache:
+        """The shared Deep Zoom cache, made on first use (pyvips is imported only then)."""
         with self._lock:
             if self._cache is None:
                 from service.slide.deepzoom import DeepZoomCache
@@ -96,6 +97,7 @@ class TileService:
         return cache
 
     def dzi(self, job: Job, layer: ViewLayer) -> str:
+        """The DZI of a job's layer; 410 purged when the file went away after the checks."""
         path = self.layer_path(job, layer)
         try:
             return self._opening(path).slide(path).dzi_xml()

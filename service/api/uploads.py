@@ -42,6 +42,7 @@ class ReceivedForm:
 
 
 def too_large(max_bytes: int) -> ApiError:
+    """413 for an upload over ``max_bytes``, closing the connection so the rest is not read."""
     return ApiError(
         413,
         "upload_too_large",
@@ -51,6 +52,7 @@ def too_large(max_bytes: int) -> ApiError:
 
 
 def malformed(detail: str) -> ApiError:
+    """400 malformed_multipart with the reason."""
     return ApiError(400, "malformed_multipart", detail)
 
 
@@ -83,6 +85,7 @@ class _Receiver:
         self._value = bytearray()
 
     def callbacks(self) -> dict[str, Any]:
+        """The callbacks python-multipart's parser calls, bound to this receiver."""
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
@@ -95,6 +98,7 @@ class _Receiver:
         }
 
     def on_part_begin(self) -> None:
+        """Start a part; refuses (422) a form with more than MAX_PARTS parts."""
         self.parts += 1
         if self.parts > MAX_PARTS:
             raise ApiError(422, "too_many_fields", f"at most {MAX_PARTS} form parts are accepted")
@@ -103,6 +107,7 @@ class _Receiver:
         self._value = bytearray()
 
     def on_header_end(self) -> None:
+        """Keep one complete header of the current part (name lowercased)."""
         self._headers[bytes(self._header_field).decode("latin-1").lower()] = bytes(
             self._header_value
         )
@@ -110,6 +115,8 @@ class _Receiver:
         self._header_value.clear()
 
     def on_headers_finished(self) -> None:
+        """Decide where the part goes: a file field to a file in the upload folder, other fields to
+        memory. Refuses a part without a form-data name (400) and a file field sent twice (422)."""
         disposition, params = parse_options_header(self._headers.get("content-disposition", b""))
         name = params.get(b"name")
         if disposition != b"form-data" or name is None:
@@ -131,6 +138,8 @@ class _Receiver:
             raise ApiError(422, "unknown_option", detail)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        """Write file bytes to disk and hash them, or collect a field's value; refuses a file total
+        over max_bytes (413) and a field over MAX_FIELD_BYTES (422)."""
         chunk = data[start:end]
         if self._handle is not None and self._file is not None:
             self.file_bytes += len(chunk)
@@ -145,6 +154,8 @@ class _Receiver:
                 raise ApiError(422, "field_too_long", f"form field {self._name!r} is too long")
 
     def on_part_end(self) -> None:
+        """Finish the part: close and record the file with its sha256, or store the field's
+        value."""
         if self._file is not None and self._handle is not None:
             self._handle.close()
             self._file.sha256 = self._hash.hexdigest()
@@ -155,9 +166,11 @@ class _Receiver:
             self.form.fields.setdefault(self._name, []).append(value)
 
     def on_end(self) -> None:
+        """Note that the closing boundary arrived (a body cut short lacks it)."""
         self.ended = True
 
     def close(self) -> None:
+        """Close a file left open by a body that ended mid-part."""
         if self._handle is not None:
             self._handle.close()
 

@@ -48,6 +48,7 @@ def _unb64(text: str) -> bytes:
 
 
 def is_link_token(credential: str) -> bool:
+    """Whether a bearer credential is a viewer link token rather than an API key."""
     return credential.startswith(TOKEN_PREFIX)
 
 
@@ -62,6 +63,8 @@ class ViewerLinks:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ViewerLinks:
+        """Links signed with DSCM_VIEWER_SECRET, or with a random per-process key when it is unset
+        (links then die with the process; logged)."""
         if settings.viewer_secret is None:
             log.info(
                 "DSCM_VIEWER_SECRET is unset: viewer links are signed with a per-process key "

@@ -63,6 +63,8 @@ class Machine:
 
     @classmethod
     def probe(cls) -> Machine:
+        """What this machine offers: onnxruntime's providers, whether OpenVINO is installed, CPU
+        flags."""
         import onnxruntime as ort
 
         return cls(
@@ -73,10 +75,13 @@ class Machine:
 
     @property
     def cuda(self) -> bool:
+        """Whether onnxruntime can run on CUDA here."""
         return "CUDAExecutionProvider" in self.ort_providers
 
     @property
     def bf16_units(self) -> bool:
+        """Whether the CPU has bf16 units (AMX or AVX512-BF16), without which bf16 is not worth
+        it."""
         return bool(BF16_CPU_FLAGS & self.cpu_flags)
 
     @property
@@ -116,6 +121,7 @@ class Backend:
 
     @property
     def label(self) -> str:
+        """The backend's name and precision in one string, as the report and logs show them."""
         return f"{self.name} {self.precision}"
 
 
@@ -192,7 +198,8 @@ class Runner(Protocol):
     input_names: list[str]
     output_names: list[str]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the network on one batch of named inputs; the outputs in the model's order."""
 
 
 def open_runner(path: Path, backend: Backend, threads: int | None = None) -> Runner:
@@ -239,6 +246,8 @@ class OrtRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the session; with a bound device, through I/O binding so outputs are not copied per
+        call."""
         if self.bind_device is None:
             return list(self.session.run(None, dict(feeds)))
         return self.run_bound(feeds, self.bind_device)
@@ -302,6 +311,8 @@ class OpenVinoRunner:
         self._local = threading.local()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run on this thread's infer request (one per thread; requests are not thread-safe),
+        copying the outputs out because the request reuses their memory."""
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()

@@ -31,12 +31,16 @@ def resolve_stages(
     default_off: Iterable[str] = (),
 ) -> tuple[str, ...]:
     """Validate requested stages (canonical order). None means every stage that can run,
-    except installed models whose card keeps them out of the default (``default_off``)."""
+    except those the installed cards keep out of the default (``default_off``: a model whose
+    card says ``"default": false``, or ``median`` when the despeckler's card says
+    ``"median_after": false``)."""
     available = set(available_roles)
     if requested is None:
         off = set(default_off)
         return tuple(
-            s for s in STAGES if s in ("median", "gareau") or (s in available and s not in off)
+            s
+            for s in STAGES
+            if s == "gareau" or (s in available or s == "median") and s not in off
         )
     wanted = [s.strip() for s in requested if s.strip()]
     check_names("stage", sorted(set(wanted)), STAGES)
@@ -66,6 +70,7 @@ def common_mpp_um(cards: Iterable[Mapping[str, Any]]) -> float | None:
 
 
 def round_up(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple``."""
     return -(-value // multiple) * multiple
 
 
@@ -76,6 +81,7 @@ class StageTimer:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def add(self, stage: str, started_s: float) -> None:
+        """Add the seconds since ``started_s`` (perf_counter) to the stage's total."""
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started_s
 
 
@@ -123,6 +129,8 @@ class StainChain:
 
     @property
     def needs_shared_stats(self) -> bool:
+        """Whether the generator normalises with slide-wide statistics, which must be gathered
+        first."""
         return self.generator is not None and self.generator.card.norm == NORM_SHARED
 
     @property
@@ -160,6 +168,8 @@ class StainChain:
         return self.colour_stage(*self.gareau_input(fcm, rcm))
 
     def colour_stage(self, rgb: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """The tile with the colour card's transfer applied (pixels weighted by ``weight``), or
+        unchanged without a card."""
         if self.colour_transfer is None:
             return rgb
         started = time.perf_counter()

@@ -89,11 +89,13 @@ class LabStats:
     cov: tuple[tuple[float, ...], ...] | None = None  # 3 x 3; None: diagonal from ``std``
 
     def covariance(self) -> np.ndarray:
+        """The 3 x 3 Lab covariance: the card's own, or diagonal from the standard deviations."""
         if self.cov is not None:
             return np.asarray(self.cov, np.float64).reshape(3, 3)
         return np.diag(np.asarray(self.std, np.float64) ** 2)
 
     def to_dict(self) -> dict[str, Any]:
+        """The statistics rounded for a report or card (cov only when the card has one)."""
         out: dict[str, Any] = {
             "mean": [round(v, 3) for v in self.mean],
             "std": [round(v, 3) for v in self.std],
@@ -145,6 +147,8 @@ class ColourTarget:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ColourTarget:
+        """A target from a colour card's JSON; ModelError for another role, missing fields or a
+        covariance that is not positive definite."""
         try:
             if data["role"] != COLOUR_ROLE:
                 raise ModelError(f"not a colour card: role {data['role']!r}")
@@ -168,6 +172,7 @@ class ColourTarget:
             raise ModelError(f"colour card is incomplete or malformed: {exc!r}") from exc
 
     def to_summary(self) -> dict[str, Any]:
+        """The card's name, role, version and Lab statistics, as a report lists a model."""
         return {
             "name": self.name,
             "role": COLOUR_ROLE,
@@ -193,6 +198,7 @@ def find_colour_card(models_dir: Path) -> Path | None:
 
 
 def load_colour_target(path: Path) -> ColourTarget:
+    """The colour target of a colour card file; ModelError for a card that is not one."""
     return ColourTarget.from_dict(read_card_json(path))
 
 
@@ -234,6 +240,7 @@ class ColourTransfer:
         return np.ascontiguousarray(np.moveaxis(out, -1, -3))
 
     def to_dict(self) -> dict[str, Any]:
+        """The fitted transfer, rounded, for the report."""
         return {
             "matrix": [[round(v, 5) for v in row] for row in self.matrix],
             "offset": [round(v, 4) for v in self.offset],

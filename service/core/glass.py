@@ -42,6 +42,7 @@ class GlassLevel:
     rcm: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The glass levels rounded for the report."""
         return {"fcm": round(self.fcm, 4), "rcm": round(self.rcm, 4)}
 
 

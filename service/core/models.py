@@ -101,6 +101,7 @@ class ModelCard:
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file, read in chunks (model files are large)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while block := handle.read(chunk_bytes):
@@ -109,6 +110,8 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
 
 
 def read_card(card_path: Path) -> ModelCard:
+    """The model card at ``card_path``; ModelError when it is unreadable or does not follow the
+    schema."""
     return ModelCard.from_dict(read_card_json(card_path))
 
 
@@ -142,11 +145,16 @@ def discover_stage_models(models_dir: Path) -> dict[str, Path]:
 
 def stages_off_by_default(found: dict[str, Path]) -> tuple[str, ...]:
     """Installed stages whose card says ``"default": false``: one flag away, not run unasked
-    (a model shipped for comparison that measured worse than the default chain)."""
+    (a model shipped for comparison that measured worse than the default chain); and the
+    3x3 median when the default despeckler's card says ``"median_after": false`` (measured
+    better alone, docs/models.md)."""
     off = []
     for role, path in found.items():
-        if read_card_json(path.with_suffix(".json")).get("default") is False:
+        card = read_card_json(path.with_suffix(".json"))
+        if card.get("default") is False:
             off.append(role)
+        elif role == "despeckle" and card.get("median_after") is False:
+            off.append("median")
     return tuple(sorted(off))
 
 
@@ -195,6 +203,7 @@ class OnnxModel:
         return (unit * np.float32(high - low) + np.float32(low)).astype(np.float32, copy=False)
 
     def from_model_range(self, values: np.ndarray) -> np.ndarray:
+        """Network outputs mapped from the card's value range to 0..1, clipped."""
         low, high = self.card.value_range
         unit = (values - np.float32(low)) * np.float32(1.0 / (high - low))
         return np.clip(unit, 0.0, 1.0, out=unit)

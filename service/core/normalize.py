@@ -24,6 +24,7 @@ class IntensityRange:
     high: float
 
     def to_dict(self) -> dict[str, float]:
+        """The range as a dict for the report."""
         return asdict(self)
 
 

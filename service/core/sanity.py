@@ -64,6 +64,8 @@ class ModeCheck:
 
     @property
     def refused(self) -> bool:
+        """Whether the pair is refused: the modes look swapped or identical and the caller did not
+        allow it."""
         return self.outcome in ("swapped", "identical") and not self.allowed
 
     @property
@@ -93,6 +95,7 @@ class ModeCheck:
         return f"{found}: {fix}, or stain them as given with --allow-swapped (API: allow_swapped)"
 
     def to_dict(self) -> dict[str, Any]:
+        """The check, its evidence and thresholds, rounded for the report."""
         return {
             "outcome": self.outcome,
             "evidence": round(self.evidence, 4),

@@ -184,6 +184,8 @@ def _attempt_delivery(
         return str(exc)
 
     def keep_lease(_done: int) -> None:
+        """Extend the delivery's lease between instances; DeliveryError once another dispatcher took
+        it."""
         if not ctx.outbox.extend_delivery(delivery.job_id, lease, lease_s):
             raise DeliveryError("another dispatcher took the delivery over")
 
@@ -267,6 +269,7 @@ class Dispatcher:
         ]
 
     def start(self) -> None:
+        """Start the delivery and webhook threads."""
         for thread in self._threads:
             thread.start()
 
@@ -282,6 +285,7 @@ class Dispatcher:
                 self._stop.wait(interval_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the threads, waiting at most ``timeout_s`` for each to finish what it is sending."""
         self._stop.set()
         for thread in self._threads:
             if thread.is_alive():

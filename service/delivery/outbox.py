@@ -48,6 +48,7 @@ def retry_delay_s(attempts: int, base_s: float, cap_s: float) -> float:
 
 
 def new_hook(job_id: str, tenant: str, callback_url: str | None) -> JobHookRow:
+    """The job's webhook hook row, written with the job in the same transaction."""
     return JobHookRow(job_id=job_id, tenant=tenant, callback_url=callback_url, created_at=utc_now())
 
 
@@ -119,6 +120,7 @@ class OutboxStore:
     # ---- API side ----
 
     def delivery(self, job_id: str) -> Delivery | None:
+        """The job's delivery, or None when it has none."""
         with self._sessions() as session:
             row = session.get(DeliveryRow, job_id)
             return None if row is None else Delivery.of(row)
@@ -379,6 +381,8 @@ class OutboxStore:
         session.flush()
 
     def claim_event(self, lease_s: float) -> WebhookEvent | None:
+        """Lease one due, unleased pending webhook event for ``lease_s`` and return it, or None when
+        none is due or another dispatcher won each."""
         now = utc_now()
         due = (
             select(WebhookEventRow.id)
@@ -419,6 +423,8 @@ class OutboxStore:
         return None
 
     def event_sent(self, event_id: str, lease: str, status: int) -> bool:
+        """Mark the event sent with the receiver's status; False when ``lease`` no longer holds
+        it."""
         with self._sessions.begin() as session:
             result = session.execute(
                 update(WebhookEventRow)

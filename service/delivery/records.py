@@ -108,6 +108,7 @@ class Delivery:
 
     @classmethod
     def of(cls, row: DeliveryRow) -> Delivery:
+        """The delivery record of a row; next_attempt_at only while it is pending."""
         return cls(
             job_id=row.job_id,
             tenant=row.tenant,

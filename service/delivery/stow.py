@@ -47,6 +47,7 @@ def _multipart(path: Path, boundary: str) -> tuple[Iterator[bytes], int]:
     tail = f"\r\n--{boundary}--\r\n".encode()
 
     def chunks() -> Iterator[bytes]:
+        """The multipart body: head, the file in chunks, tail (never the whole file in memory)."""
         yield head
         with path.open("rb") as handle:
             while chunk := handle.read(_CHUNK_BYTES):

@@ -29,6 +29,7 @@ JOB_ID_LENGTH = 32
 
 
 def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC (the only kind the UTC columns accept)."""
     return datetime.now(UTC)
 
 
@@ -39,6 +40,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        """Store an aware time as naive UTC; refuses a naive datetime, whose zone is unknown."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -46,6 +48,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        """Read a stored naive time back as aware UTC."""
         return None if value is None else value.replace(tzinfo=UTC)
 
 

@@ -38,6 +38,8 @@ class JobFiles:
         self.tmp = root / "tmp"
 
     def create(self) -> None:
+        """Make the storage folders; an unusable results folder is left for readyz and the job to
+        report rather than stopping start-up."""
         for folder in (self.root, self.uploads, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
         # An unusable results folder is reported by readyz and by the job that needs it.
@@ -50,9 +52,12 @@ class JobFiles:
         return base / job_id
 
     def upload_dir(self, job_id: str) -> Path:
+        """The job's upload folder; ValueError for a string that is not a job id (no path
+        tricks)."""
         return self._job_dir(self.uploads, job_id)
 
     def result_dir(self, job_id: str) -> Path:
+        """The job's result folder; ValueError for a string that is not a job id."""
         return self._job_dir(self.results, job_id)
 
     def input_path(self, job_id: str, name: str) -> Path:
@@ -63,6 +68,8 @@ class JobFiles:
         return path
 
     def result_path(self, job_id: str, name: str) -> Path:
+        """A file in the job's result folder; ValueError for a name that leaves the folder or is
+        hidden (temporaries start with '.')."""
         path = self.result_dir(job_id) / name
         if path.parent != self.result_dir(job_id) or name.startswith("."):
             raise ValueError(f"bad result name {name!r}")
@@ -113,6 +120,7 @@ class JobFiles:
         return removed
 
     def adopt_upload(self, temp_dir: Path, job_id: str) -> Path:
+        """Move a finished upload folder into place as the job's inputs (one rename); returns it."""
         target = self.upload_dir(job_id)
         os.replace(temp_dir, target)
         return target
@@ -130,6 +138,7 @@ class JobFiles:
         return folder
 
     def purge_inputs(self, job_id: str) -> None:
+        """Remove the job's uploaded inputs, keeping its results; missing files are fine."""
         shutil.rmtree(self.upload_dir(job_id), ignore_errors=True)
 
     def check_writable(self) -> str:

@@ -34,6 +34,7 @@ FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 def new_job_id() -> str:
+    """A new random job id: 32 lowercase hex digits, the form is_job_id accepts."""
     return uuid.uuid4().hex
 
 
@@ -54,6 +55,8 @@ class StoredFile:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StoredFile:
+        """Read a stored input record; KeyError or ValueError when size or hash is missing or
+        malformed."""
         filename = data.get("filename")
         return cls(
             filename=str(filename) if filename is not None else None,
@@ -63,6 +66,7 @@ class StoredFile:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form stored in the job's inputs column (from_json reads it back)."""
         return {
             "filename": self.filename,
             "stored_name": self.stored_name,
@@ -99,6 +103,7 @@ class JobInputs:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form stored in the job's inputs column (from_json reads it back)."""
         return {
             "rcm": self.rcm.to_json(),
             "fcm": self.fcm.to_json(),
@@ -146,6 +151,8 @@ class Job:
 
     @property
     def finished(self) -> bool:
+        """Whether the job reached a final state (succeeded, failed or cancelled) and will not run
+        again."""
         return self.state in FINISHED_STATES
 
     @property

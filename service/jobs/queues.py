@@ -23,12 +23,14 @@ log = logging.getLogger(__name__)
 
 
 class JobQueue(Protocol):
-    def enqueue(self, job_id: str) -> None: ...
+    def enqueue(self, job_id: str) -> None:
+        """Hand the job to a worker; the job record is already stored and queued."""
 
     def held_job_ids(self) -> set[str] | None:
         """Job ids waiting in or delivered by the queue; None when the queue cannot be read."""
 
-    def length(self) -> int | None: ...
+    def length(self) -> int | None:
+        """Jobs waiting to be started, or None when the queue cannot be read (for metrics)."""
 
     def ping(self) -> None:
         """Raise if the queue cannot accept work."""
@@ -36,7 +38,8 @@ class JobQueue(Protocol):
     def live_workers(self, timeout_s: float) -> list[str]:
         """Names of the workers that answered within ``timeout_s`` (raise if none can be asked)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the queue's connections or threads; the queue is unusable afterwards."""
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -70,6 +73,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured by celery_config; not made current, so tests and the API can each
+    hold their own."""
     app = Celery("dscm", set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
@@ -81,6 +86,7 @@ def task_id_for(job_id: str) -> str:
 
 
 def job_id_of_task(task_id: str) -> str:
+    """The job id a task id was made from (task_id_for appends a suffix after the first '-')."""
     return task_id.split("-", 1)[0]
 
 
@@ -103,6 +109,7 @@ class CeleryQueue:
         )
 
     def enqueue(self, job_id: str) -> None:
+        """Send the stain task under the job's task id to this deployment's queue."""
         self.app.send_task(
             TASK_NAME,
             args=[job_id],
@@ -114,6 +121,8 @@ class CeleryQueue:
         return [self.queue_name] + [f"{self.queue_name}{self._PRIORITY_SEP}{p}" for p in (3, 6, 9)]
 
     def held_job_ids(self) -> set[str] | None:
+        """Job ids in the broker's queues and its unacked deliveries, so the sweeper requeues only
+        jobs nobody holds; None when Redis cannot be read."""
         import redis
 
         held: set[str] = set()
@@ -129,6 +138,7 @@ class CeleryQueue:
         return held
 
     def length(self) -> int | None:
+        """Messages in the broker's queues, or None when Redis cannot be read."""
         import redis
 
         try:
@@ -137,6 +147,7 @@ class CeleryQueue:
             return None
 
     def ping(self) -> None:
+        """Raise redis' error when the broker does not answer (readyz)."""
         self.redis.ping()
 
     def live_workers(self, timeout_s: float) -> list[str]:
@@ -145,6 +156,7 @@ class CeleryQueue:
         return sorted(name for reply in replies for name in reply)
 
     def close(self) -> None:
+        """Close the Redis client and the Celery app."""
         self.redis.close()
         self.app.close()
 
@@ -174,9 +186,11 @@ class InProcessQueue:
         )
 
     def start(self) -> None:
+        """Start the worker thread; jobs enqueued before this wait for it."""
         self._thread.start()
 
     def enqueue(self, job_id: str) -> None:
+        """Queue the job once: a job already waiting is not queued twice."""
         with self._lock:
             if job_id in self._pending:
                 return
@@ -184,17 +198,21 @@ class InProcessQueue:
         self._queue.put(job_id)
 
     def held_job_ids(self) -> set[str] | None:
+        """The waiting jobs and the one running now; never None, the queue is in memory."""
         with self._lock:
             return set(self._pending) | ({self._current} if self._current else set())
 
     def length(self) -> int | None:
+        """Jobs waiting in memory (the running one not counted)."""
         return self._queue.qsize()
 
     def ping(self) -> None:
+        """Raise RuntimeError when the worker thread has died."""
         if not self._thread.is_alive():
             raise RuntimeError("the in-process worker thread is not running")
 
     def live_workers(self, timeout_s: float) -> list[str]:
+        """The worker thread's name while it is alive, else none; ``timeout_s`` is not needed."""
         return [self._thread.name] if self._thread.is_alive() else []
 
     def _loop(self) -> None:
@@ -211,6 +229,8 @@ class InProcessQueue:
                     self._current = None
 
     def close(self, timeout_s: float = 30.0) -> None:
+        """Ask the thread to stop once the jobs already in memory ran (a sentinel at the end) and
+        wait at most ``timeout_s`` for it."""
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout_s)

@@ -60,13 +60,18 @@ class Stainer(Protocol):
     `dscm worker`) pass it in, so the API package never imports the pipeline.
     """
 
-    def load_models(self, options: JobOptions, settings: Settings) -> LoadedModels: ...
+    def load_models(self, options: JobOptions, settings: Settings) -> LoadedModels:
+        """Load what a stain with these options needs, once per worker process (the runner caches
+        it)."""
 
     def stain(
         self, request: StainRequest, settings: Settings, progress: Progress, models: LoadedModels
-    ) -> StainReport: ...
+    ) -> StainReport:
+        """Stain one job's slide pair with the loaded models, reporting progress; returns its
+        report."""
 
-    def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None: ...
+    def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None:
+        """Write a JPEG preview of the result, at most ``max_px`` on its longer side."""
 
     def check_models(self, models_dir: Path) -> tuple[bool, str]:
         """Whether the installed models can be loaded (cards parse, files match); and why."""
@@ -94,6 +99,8 @@ class WorkerContext:
     _models_pid: int = field(default_factory=os.getpid)
 
     def models_for(self, options: JobOptions) -> LoadedModels:
+        """The models for these options' stages, loaded once per process and stage list; dropped
+        after a fork, whose inherited sessions are not safe."""
         # Sessions made before a fork are not safe in the child; reload once per process.
         if self._models_pid != os.getpid():
             self._models.clear()

@@ -29,6 +29,7 @@ class PipelineStainer:
         self._hashes: dict[tuple[str, int, int], str] = {}
 
     def load_models(self, options: JobOptions, settings: Settings) -> ModelSet:
+        """The ModelSet for these options' stages, with the backend the settings choose."""
         from service.pipeline import StainSpec, load_models
 
         return load_models(StainSpec.from_settings(settings, options))
@@ -49,6 +50,7 @@ class PipelineStainer:
         return stain_slide(inputs, request.output, spec, progress, models)
 
     def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None:
+        """Write a JPEG preview of the TIFF result, at most ``max_px`` on its longer side."""
         from service.slide import write_thumbnail
 
         write_thumbnail(tiff, jpeg, max_px)

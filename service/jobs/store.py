@@ -51,9 +51,11 @@ class JobStore:
         self._sessions = sessionmaker(self.database, expire_on_commit=False)
 
     def close(self) -> None:
+        """Dispose of the engine's connection pool."""
         self.database.dispose()
 
     def ping(self) -> None:
+        """Run SELECT 1; raises the driver's error when the database is unreachable (readyz)."""
         with self.database.connect() as connection:
             connection.execute(text("SELECT 1"))
 
@@ -119,6 +121,8 @@ class JobStore:
             return earlier, False
 
     def find_by_idempotency_key(self, tenant: str, key: str) -> Job | None:
+        """The tenant's job submitted with this Idempotency-Key, or None; a retried submit replays
+        it."""
         with self._sessions() as session:
             row = session.scalars(
                 select(JobRow).where(JobRow.tenant == tenant, JobRow.idempotency_key == key)
@@ -162,6 +166,7 @@ class JobStore:
             return [to_job(row) for row in session.scalars(query)]
 
     def mark_enqueued(self, job_id: str) -> None:
+        """Stamp when a queued job was handed to the queue; a job no longer queued is left alone."""
         with self._sessions.begin() as session:
             self._update(
                 session, job_id, JobRow.state == JobState.QUEUED.value, enqueued_at=utc_now()
@@ -189,6 +194,8 @@ class JobStore:
             self._update(session, job_id, patient=None)
 
     def counts_by_state(self) -> dict[str, int]:
+        """The number of job records in each state present (a state with none is absent), for
+        metrics."""
         with self._sessions() as session:
             rows = session.execute(select(JobRow.state, func.count()).group_by(JobRow.state))
             return {state: int(count) for state, count in rows}
@@ -268,6 +275,8 @@ class JobStore:
         )
 
     def fail(self, job_id: str, lease: str, code: str, detail: str) -> bool:
+        """Mark the job failed with an error code and detail; False when ``lease`` is no longer this
+        attempt's (the job was taken over or cancelled)."""
         return self._update_leased(
             job_id,
             lease,
@@ -303,6 +312,8 @@ class JobStore:
             return list(session.scalars(query.order_by(JobRow.created_at)))
 
     def stale_running(self, stale_before: datetime) -> list[Job]:
+        """Running jobs whose last heartbeat is older than ``stale_before``: their worker was
+        lost."""
         query = select(JobRow).where(
             JobRow.state == JobState.RUNNING.value, JobRow.heartbeat_at < stale_before
         )
@@ -325,6 +336,8 @@ class JobStore:
             )
 
     def note_requeued(self, job_id: str) -> None:
+        """Count one more requeue of a queued job and stamp its enqueue time; others are left
+        alone."""
         with self._sessions.begin() as session:
             self._update(
                 session,
@@ -357,6 +370,8 @@ class JobStore:
             )
 
     def expired(self, finished_before: datetime) -> list[str]:
+        """Ids of finished jobs that finished before ``finished_before``: past retention, to
+        purge."""
         query = select(JobRow.id).where(
             JobRow.state.in_([s.value for s in FINISHED_STATES]),
             JobRow.finished_at < finished_before,
@@ -365,6 +380,7 @@ class JobStore:
             return list(session.scalars(query))
 
     def delete(self, job_id: str) -> None:
+        """Delete the job's record (its files are the caller's); a missing job is fine."""
         with self._sessions.begin() as session:
             session.execute(delete(JobRow).where(JobRow.id == job_id))
 
@@ -378,4 +394,5 @@ def _unheld(stale_before: datetime) -> ColumnElement[bool]:
 
 
 def seconds_ago(seconds: float) -> datetime:
+    """The UTC time ``seconds`` before now, for the store's age cut-offs."""
     return utc_now() - timedelta(seconds=seconds)

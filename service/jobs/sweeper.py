@@ -42,6 +42,8 @@ class SweepResult:
 def sweep_once(
     settings: Settings, store: JobStore, files: JobFiles, queue: JobQueue
 ) -> SweepResult:
+    """One pass: requeue or fail jobs whose worker was lost, re-send queued jobs the broker lost,
+    purge jobs past retention and orphan files; returns the counts."""
     result = SweepResult()
     stale_before = seconds_ago(settings.stale_after_s)
     just_sent: set[str] = set()
@@ -126,6 +128,7 @@ class Sweeper:
         self._thread = threading.Thread(target=self._loop, name="dscm-sweeper", daemon=True)
 
     def start(self) -> None:
+        """Start the sweeping thread; the first sweep runs after one interval."""
         self._thread.start()
 
     def _loop(self) -> None:
@@ -138,5 +141,6 @@ class Sweeper:
                 log.exception("sweep failed")
 
     def close(self) -> None:
+        """Stop sweeping, waiting up to 10 s for a sweep in progress."""
         self._stop.set()
         self._thread.join(timeout=10)

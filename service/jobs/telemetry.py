@@ -42,6 +42,8 @@ OUTCOMES = Counter(
 
 
 def observe_report(report: StainReport) -> None:
+    """Record a finished stain's per-stage and total seconds, tiles computed and tile rate in the
+    worker's Prometheus metrics."""
     timings = report.timings_s
     for stage, seconds in timings.items():
         if stage != "total":

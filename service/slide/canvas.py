@@ -85,6 +85,7 @@ class DiskCanvas:
             os.pwrite(self.fd, block[row].tobytes(), start + row * row_bytes)
 
     def close(self) -> None:
+        """Close the canvas file; closing twice is fine."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

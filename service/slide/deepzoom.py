@@ -62,6 +62,7 @@ class DeepZoom:
             )  # fmt: skip
 
     def dzi_xml(self) -> str:
+        """The Deep Zoom descriptor of the slide (JPEG tiles, their size and overlap)."""
         return (
             '<?xml version="1.0" encoding="UTF-8"?>'
             '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" '
@@ -113,6 +114,8 @@ class DeepZoomCache:
         self._lock = threading.Lock()
 
     def slide(self, path: Path) -> DeepZoom:
+        """The open slide at ``path``, opened again when the file changed; the least recently used
+        are dropped beyond max_slides."""
         mtime = path.stat().st_mtime
         with self._lock:
             cached = self._slides.get(path)
@@ -134,6 +137,8 @@ class DeepZoomCache:
                 del self._tiles[key]
 
     def tile(self, path: Path, level: int, column: int, row: int) -> bytes:
+        """One JPEG tile, cached by the file's path and mtime (a replaced file is not served stale),
+        least recently used evicted first."""
         key = (path, path.stat().st_mtime, level, column, row)
         with self._lock:
             if key in self._tiles:

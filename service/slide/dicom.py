@@ -50,7 +50,12 @@ class SeriesIds:
 
     @classmethod
     def make(cls, root: str, levels: int, seed: str | None, study: str | None) -> SeriesIds:
+        """The study, series and instance UIDs of a series with ``levels`` levels under ``root``;
+        the same ``seed`` gives the same UIDs (reproducible output), and ``study`` joins an existing
+        study."""
+
         def uid(what: str) -> str:
+            """A UID for one part of the series, derived from the seed when one is given."""
             entropy = None if seed is None else [seed, what]
             return str(generate_uid(prefix=root, entropy_srcs=entropy))
 
@@ -87,6 +92,7 @@ class DicomSeries:
     instances: list[DicomInstance] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The series for the report: its UIDs, instances and total bytes."""
         return {
             "series": str(self.folder),  # a job's public report names the folder only
             "study_instance_uid": self.study_instance_uid,
@@ -323,6 +329,8 @@ class _LargeReads(io.BytesIO):
     (its default is 8 KiB: 15 000 writes for a 15000 x 10000 level instead of 30)."""
 
     def read(self, size: int | None = -1, /) -> bytes:
+        """Read at least _WRITE_CHUNK_BYTES at a time, so pydicom writes a level in a few large
+        writes."""
         if size is not None and 0 <= size < _WRITE_CHUNK_BYTES:
             size = _WRITE_CHUNK_BYTES
         return super().read(size)

@@ -96,6 +96,7 @@ class PairInfo:
     fcm: ImageInfo
 
     def to_dict(self) -> dict[str, Any]:
+        """The pair's sizes and pixel size as a dict for the report."""
         return asdict(self)
 
 
@@ -177,6 +178,9 @@ def read_mpp_um(image: pyvips.Image) -> float | None:
 
 
 def probe_image(path: Path, max_pixels: int) -> tuple[ImageInfo, pyvips.Image]:
+    """The image's header info and the opened image; refuses (PixelLimitExceeded, InputError,
+    BandError) one over the pixel limit, too small, of an unsupported sample type or band count, or
+    with non-finite floats."""
     kind = sniff_format(path)
     image = open_image(path)
     pixels = image.width * image.height
@@ -302,6 +306,7 @@ class OpenedMode:
         return OpenedMode(image.cast(self.image.format), self.name)
 
     def thumbnail(self, max_side_px: int) -> np.ndarray:
+        """The image shrunk to at most ``max_side_px`` on its longer side, as a 2-D array."""
         return shrink_to_array(self.image, max_side_px, self.name)[..., 0]
 
     def read_padded(self, l0_x: int, l0_y: int, width_px: int, height_px: int) -> np.ndarray:

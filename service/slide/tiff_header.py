@@ -54,22 +54,27 @@ class _Layout:
 
     @property
     def count_fmt(self) -> str:  # entries in a directory
+        """struct format of a directory's entry count."""
         return "Q" if self.big else "H"
 
     @property
     def value_count_fmt(self) -> str:  # values in an entry
+        """struct format of an entry's value count."""
         return "Q" if self.big else "I"
 
     @property
     def offset_fmt(self) -> str:
+        """struct format of an offset."""
         return "Q" if self.big else "I"
 
     @property
     def entry_size(self) -> int:
+        """Bytes in one directory entry."""
         return 20 if self.big else 12
 
     @property
     def value_size(self) -> int:
+        """Bytes of an entry's inline value field (larger values are stored at an offset)."""
         return 8 if self.big else 4
 
 
@@ -183,6 +188,8 @@ def _read_first_directory(handle: BinaryIO, size: int, name: str) -> dict[int, n
 
 def _page0_chunks(tags: dict[int, np.ndarray], name: str) -> _Chunks:
     def first(tag: int, what: str, default: int | None = None) -> int:
+        """The first value of a tag, ``default`` when absent; CorruptSlide when a required tag is
+        missing."""
         values = tags.get(tag)
         if values is not None and len(values):
             return int(values[0])

@@ -95,6 +95,7 @@ class PyramidWriter:
             raise output_error(exc, self.output) from exc
 
     def fill(self, l0_x: int, l0_y: int, width_px: int, height_px: int, colour: np.ndarray) -> None:
+        """Write one solid colour over a level-0 rectangle."""
         shape = (height_px, width_px, self.bands)
         self.write(l0_x, l0_y, np.broadcast_to(np.asarray(colour, np.uint8), shape))
 
@@ -262,6 +263,8 @@ def read_levels(path: Path) -> list[PyramidLevel]:
 
 
 def output_error(exc: BaseException, output: Path) -> OutputError:
+    """The OutputError a user can act on for a write failure: disk full, permission denied, or
+    libvips' message with our temporary names replaced by the output's."""
     code = getattr(exc, "errno", None)
     if code == errno.ENOSPC or "No space" in str(exc):
         return OutputError(f"no space left to write {output.name}")

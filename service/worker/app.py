@@ -37,6 +37,8 @@ class ContextHolder:
         self._stopping = False  # inherited by a context made after the stop was asked for
 
     def get(self) -> WorkerContext:
+        """This process's worker context, made again after a fork (database engines and models do
+        not survive one)."""
         if self._context is None or self._pid != os.getpid():
             files = JobFiles(self.settings.storage_dir, self.settings.results_dir)
             files.create()
@@ -50,12 +52,15 @@ class ContextHolder:
         return self._context
 
     def stop(self) -> None:
+        """Tell the running job and any later context that the worker is shutting down."""
         self._stopping = True
         if self._context is not None:
             self._context.stopping.set()
 
 
 def create_worker_app(settings: Settings, stainer: Stainer | None = None) -> Celery:
+    """The Celery app of `dscm worker`: the stain task, plus the delivery dispatcher once the pool
+    is ready. ValueError without a broker URL."""
     if not settings.broker_url:
         raise ValueError("the Celery worker needs DSCM_BROKER_URL")
     app = make_celery(settings)
@@ -63,6 +68,8 @@ def create_worker_app(settings: Settings, stainer: Stainer | None = None) -> Cel
 
     @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
     def stain_job(task: Task, job_id: str) -> str:
+        """Run one job; a job released by a worker that is shutting down is sent again before this
+        delivery is acked, so it is not lost."""
         outcome = run_job(job_id, holder.get())
         if outcome in ("released", "stopping"):
             # Shutting down mid-job: the job is queued again before this delivery is acked.
@@ -76,12 +83,14 @@ def create_worker_app(settings: Settings, stainer: Stainer | None = None) -> Cel
     dispatchers: list[Dispatcher] = []
 
     def on_ready(**_: Any) -> None:
+        """Start this worker's delivery dispatcher once the pool is up."""
         files = JobFiles(settings.storage_dir, settings.results_dir)
         dispatcher = Dispatcher(settings, JobStore(settings.effective_database_url), files)
         dispatcher.start()
         dispatchers.append(dispatcher)
 
     def on_shutdown(**_: Any) -> None:
+        """Signal the running job to stop and close the dispatchers."""
         holder.stop()
         for dispatcher in dispatchers:
             dispatcher.close()

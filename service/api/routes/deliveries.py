@@ -50,6 +50,9 @@ _BODY: dict[str, Any] = {
 async def retry_delivery(
     request: Request, job_id: str, principal: SubmitterDep, services: ServicesDep
 ) -> DeliveryPublic:
+    """Queue a new delivery of a succeeded job's DICOM series to its destination, the one named in
+    the body, or the tenant's default. Refuses a job that did not succeed (409), a result that is
+    not DICOM (409) or purged (410), and a job without a destination (422)."""
     settings = services.settings
     body = await read_json_body(
         request,

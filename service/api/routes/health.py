@@ -18,6 +18,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/livez", response_model=Liveness, summary="The process is alive")
 def livez() -> Liveness:
+    """Always ok while the process answers HTTP; it checks nothing else."""
     return Liveness(status="ok")
 
 
@@ -28,6 +29,7 @@ def livez() -> Liveness:
     summary="Database, broker or worker, storage and models are usable",
 )
 async def readyz(request: Request, services: ServicesDep) -> Response:
+    """The readiness checks; 503 problem+json naming the failing required checks."""
     checks = await run_in_threadpool(run_checks, services)
     ready = all(check.ok for check in checks if check.required)
     body = [check.model_dump() for check in checks]
@@ -51,5 +53,7 @@ async def readyz(request: Request, services: ServicesDep) -> Response:
     summary="Prometheus metrics",
 )
 async def metrics(services: ServicesDep) -> Response:
+    """Job counts by state, queue length and the API's and worker's metrics in Prometheus text
+    format."""
     payload = await run_in_threadpool(render_metrics, services)
     return Response(payload, media_type=CONTENT_TYPE_LATEST)

@@ -78,6 +78,8 @@ async def create_job(
     services: ServicesDep,
     idempotency_key: Annotated[str | None, Header(max_length=255, min_length=1)] = None,
 ) -> JobPublic:
+    """Receive an RCM/FCM pair with options as multipart, check it, store and queue the job (202).
+    The same Idempotency-Key replays the first job."""
     started = time.perf_counter()
     try:
         require_room_for(request, services.files)
@@ -118,6 +120,8 @@ def list_jobs(
         ),
     ] = None,
 ) -> JobList:
+    """The caller's jobs, newest first, optionally by state or accession number, a page at a time
+    (``cursor`` continues from the last page)."""
     before = decode_cursor(cursor) if cursor else None
     jobs = services.store.list_jobs(principal.tenant_scope, state, limit + 1, before, external_id)
     page, more = jobs[:limit], len(jobs) > limit
@@ -140,6 +144,7 @@ def list_jobs(
     summary="State, progress, report or error of one job",
 )
 def get_job(job: ViewableJobDep, services: ServicesDep) -> JobPublic:
+    """The job's state, progress, report or error, with its delivery."""
     return to_public(job, services.outbox.delivery(job.id))
 
 
@@ -175,6 +180,8 @@ _RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
 def get_result(
     request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
 ) -> Response:
+    """The result: the DICOM series (multipart) of a DICOM job unless image/tiff is asked for, else
+    the TIFF with ETag, Repr-Digest and Range support."""
     job = find_job(services, principal, job_id)
     series = job.report.dicom_series if job.report else None
     if series is not None and "image/tiff" not in request.headers.get("accept", "").lower():
@@ -204,6 +211,7 @@ def get_result(
 def get_thumbnail(
     request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
 ) -> FileResponse:
+    """The JPEG preview of a finished job's result."""
     job = find_job(services, principal, job_id)
     path = published_path(services.files, job, job.thumbnail_name, "thumbnail")
     return file_response(request, path, "image/jpeg")
@@ -216,6 +224,8 @@ def get_thumbnail(
     summary="Cancel a queued or running job and delete its files",
 )
 async def delete_job(job_id: str, principal: SubmitterDep, services: ServicesDep) -> JobPublic:
+    """Cancel the job if it is queued or running and delete its files; the record stays, marked
+    purged. A full disk or database is 507/503 and the DELETE may be retried."""
     job = find_job(services, principal, job_id)
     try:  # a full disk or database is 507/503 (docs/api.md), the client may retry the DELETE
         await run_in_threadpool(services.store.cancel, job.id)

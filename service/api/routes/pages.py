@@ -45,11 +45,13 @@ def _template(name: str) -> str:
 
 @router.get("", response_class=HTMLResponse)
 def job_list_page() -> HTMLResponse:
+    """The job list page (a static HTML template)."""
     return HTMLResponse(_template("jobs.html"), headers=PAGE_HEADERS)
 
 
 @router.get("/{job_id}", response_class=HTMLResponse)
 def viewer_page(job_id: str) -> HTMLResponse:
+    """The viewer page of one job; 404 for a string that is not a job id."""
     if not is_job_id(job_id):
         raise ApiError(404, "job_not_found", "no such job")
     return HTMLResponse(_template("viewer.html"), headers=PAGE_HEADERS)

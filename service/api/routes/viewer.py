@@ -28,9 +28,12 @@ class _Digits(Convertor[str]):
     regex = "[0-9]+"
 
     def convert(self, value: str) -> str:
+        """Keep the matched digits as a string; tile_index turns them into a number or refuses
+        them."""
         return value
 
     def to_string(self, value: str) -> str:
+        """The digits as they are, for url_path_for."""
         return value
 
 
@@ -72,6 +75,7 @@ DZI_CACHE_CONTROL = "private, max-age=300"
 async def get_dzi(
     job: ViewableJobDep, services: ServicesDep, layer: ViewLayer = "stain"
 ) -> Response:
+    """The Deep Zoom descriptor of one layer of the job's result."""
     xml = await run_in_threadpool(services.tiles.dzi, job, layer)
     return Response(xml, media_type="application/xml", headers={"Cache-Control": DZI_CACHE_CONTROL})
 
@@ -93,6 +97,7 @@ async def get_tile(
     row: str,
     layer: ViewLayer = "stain",
 ) -> Response:
+    """One JPEG tile of a layer; 404 for a tile outside the pyramid."""
     index = (tile_index(level, "level"), tile_index(column, "column"), tile_index(row, "row"))
     data = await run_in_threadpool(services.tiles.tile, job, layer, *index)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": TILE_CACHE_CONTROL})
@@ -109,6 +114,8 @@ async def get_tile(
 async def create_viewer_link(
     request: Request, job_id: str, principal: ReaderDep, services: ServicesDep
 ) -> ViewerLink:
+    """A signed viewer URL and token for one job, valid for ``ttl_s`` (capped at the configured
+    maximum), opening on the view the body asks for."""
     # The body is read here, after the key was checked, and at most MAX_JSON_BODY_BYTES of it.
     settings = services.settings
     body = await read_json_body(
