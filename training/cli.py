@@ -1,4 +1,5 @@
-"""``dscm-train prepare | despeckle | cyclegan | export | import-reference | evaluate``."""
+"""``dscm-train prepare | despeckle | cyclegan | export | import-reference | evaluate |
+texture``."""
 
 from __future__ import annotations
 
@@ -198,6 +199,13 @@ def fit_colour(data_root: str, slide: str, card_path: str) -> None:
     is_flag=True,
     help='card says "default": false: installed, but it runs only when --stages names it',
 )
+@click.option(
+    "--median-after/--no-median-after",
+    default=False,
+    show_default=True,
+    help="despeckle: keep the 3x3 median after it in the default chain (measured worse with "
+    "the shipped despeckler, docs/models.md)",
+)
 def export(
     role: str,
     checkpoint_dir: str,
@@ -206,6 +214,7 @@ def export(
     which: str,
     notes: str,
     off_by_default: bool,
+    median_after: bool,
 ) -> None:
     """Export a checkpoint to ONNX (checked against torch) + its model card."""
     from training.cards import despeckle_card_info, generator_card_info
@@ -228,6 +237,7 @@ def export(
         )
     info.notes = notes
     info.default = not off_by_default
+    info.median_after = median_after or role != "despeckle"
     card = export_model(model, out, info)
     click.echo(f"wrote {out} ({card['parameters']} parameters, halo {card['halo_px']} px)")
 
@@ -243,6 +253,32 @@ def import_reference_command(checkpoint: str, onnx_path: str, name: str, licence
 
     card = import_reference(Path(checkpoint), Path(onnx_path), name, licence)
     click.echo(f"wrote {onnx_path} ({card['architecture']}, {card['parameters']} parameters)")
+
+
+@main.command()
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False), default=DEFAULT_DATA)
+@click.option("--prepared", default=DEFAULT_PREPARED, show_default=True)
+@click.option("--models", "models_dir", default="models", show_default=True)
+@click.option("--json", "json_path", default=None, help="also write the numbers here")
+@click.option(
+    "--median/--no-median",
+    default=True,
+    show_default=True,
+    help="the 3x3 median after the despeckler in every method's chain",
+)
+def texture(
+    data_root: str, prepared: str, models_dir: str, json_path: str | None, median: bool
+) -> None:
+    """SWD and C2ST alone (the texture part of evaluate): prints the table."""
+    from training.evaluate import load_methods
+    from training.report import texture_markdown
+    from training.texture_eval import evaluate_texture
+
+    methods = load_methods(Path(models_dir))
+    result = evaluate_texture(Path(data_root), Path(prepared), methods, median=median)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+    click.echo("\n".join(texture_markdown(result)))
 
 
 @main.command()

@@ -133,10 +133,12 @@ def stain_panels(
     return panels
 
 
-def skin_example(rgb: np.ndarray, methods: StainMethods) -> dict[str, np.ndarray]:
+def skin_example(
+    rgb: np.ndarray, methods: StainMethods, median: bool = True
+) -> dict[str, np.ndarray]:
     """One held-out skin image: synthetic confocal through every method, beside its H&E."""
     pair = synthesize_confocal(rgb, seed=EVAL_SEED)
-    view = chain_view(pair.fcm, pair.rcm, methods.despeckler)
+    view = chain_view(pair.fcm, pair.rcm, methods.despeckler, median)
     outputs = {name: images[0] for name, images in methods.outputs([view]).items()}
     truth = rgb.astype(np.float32) / 255.0
     return stain_panels(normalise_mode(pair.fcm), normalise_mode(pair.rcm), outputs, truth)
@@ -153,12 +155,22 @@ def load_methods(models_dir: Path) -> StainMethods:
     )
 
 
+def median_in_default_chain(models_dir: Path) -> bool:
+    """Whether the models folder's default chain runs the 3x3 median (the cards decide)."""
+    from service.core.chain import resolve_stages
+    from service.core.models import discover_stage_models, stages_off_by_default
+
+    found = discover_stage_models(models_dir)
+    return "median" in resolve_stages(None, found, stages_off_by_default(found))
+
+
 def evaluate_all(
     data_root: Path, prepared_dir: Path, models_dir: Path, figures_dir: Path, texture: bool = True
 ) -> dict[str, Any]:
     """Every evaluation (with ``texture``, SWD and C2ST too); figures under ``figures_dir``;
     returns the numbers."""
     methods = load_methods(models_dir)
+    median = median_in_default_chain(models_dir)
     fits = reference_fits(data_root)
     test = load_split_with_cases(prepared_dir, ("test",))
     skin = load_split_with_cases(prepared_dir, ("heldout_skin",))
@@ -166,8 +178,8 @@ def evaluate_all(
     test_clean = [clean_reflectance(rgb) for rgb in test_he + skin_he]
     results: dict[str, Any] = {
         "despeckle": evaluate_despeckle(test_clean, methods.despeckler),
-        "stain_skin": evaluate_skin(skin_he, [c for _, c in skin], methods, fits),
-        "stain_test_slides": evaluate_skin(test_he, [c for _, c in test], methods, fits),
+        "stain_skin": evaluate_skin(skin_he, [c for _, c in skin], methods, fits, median),
+        "stain_test_slides": evaluate_skin(test_he, [c for _, c in test], methods, fits, median),
         "reference_spread": reference_spread(fits),
         "counts": {
             "test_patches": len(test_he),
@@ -175,12 +187,13 @@ def evaluate_all(
             "skin_slides": sorted({c for _, c in skin}),
             "reference_slides": sorted(fits),
         },
+        "median_after_despeckler": median,
     }
     if texture:
         from training.texture_eval import evaluate_texture  # torch: only when asked
 
-        results["texture"] = evaluate_texture(data_root, prepared_dir, methods)
-    real = evaluate_real_crop(data_root, methods, fits)
+        results["texture"] = evaluate_texture(data_root, prepared_dir, methods, median=median)
+    real = evaluate_real_crop(data_root, methods, fits, median)
     if real is not None:
         results["stain_real_crop"], outputs = real
         fcm = normalise_mode(read_gray_unit(data_root / "confocal" / "crop-512-fcm.jpg"))
@@ -198,7 +211,7 @@ def evaluate_all(
     for case in sorted({c for _, c in skin}):  # the middle patch of each held-out skin slide
         members = [rgb for rgb, c in skin if c == case]
         save_panels(
-            skin_example(members[len(members) // 2], methods),
+            skin_example(members[len(members) // 2], methods, median),
             figures_dir / f"stain-example-skin-{case}.png",
             f"held-out skin ({case}): synthetic confocal -> stain, against the true H&E",
         )

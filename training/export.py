@@ -49,6 +49,8 @@ class CardInfo:
     licence: str = ""
     notes: str = ""
     default: bool = True  # False: installed but out of the default chain (one --stages away)
+    # despeckle only: False keeps the 3x3 median out of the default chain after this model
+    median_after: bool = True
 
 
 def _session(path: Path) -> Any:
@@ -172,6 +174,8 @@ def build_card(model: nn.Module, onnx_path: Path, info: CardInfo) -> dict[str, A
         card["notes"] = info.notes
     if not info.default:
         card["default"] = False
+    if not info.median_after:
+        card["median_after"] = False
     return card
 
 
