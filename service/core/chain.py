@@ -40,7 +40,7 @@ def resolve_stages(
         return tuple(
             s
             for s in STAGES
-            if s == "gareau" or (s in available or s == "median") and s not in off
+            if s == "gareau" or ((s in available or s == "median") and s not in off)
         )
     wanted = [s.strip() for s in requested if s.strip()]
     check_names("stage", sorted(set(wanted)), STAGES)
