@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +13,10 @@ from typing import Any
 
 import httpx
 from onnx_factory import make_eraser_generator
+from support.api import accepted, bearer, read_job, submit, wait_for
 from support.polling import wait_until
 from support.ports import free_port
+from support.processes import Proc
 
 from service.api.auth import hash_key, new_key
 
@@ -32,36 +31,34 @@ class Server:
     key: str
     tenant: str
     root: Path
-    popen: subprocess.Popen[bytes]
+    proc: Proc
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
+        return bearer(self.key)
+
+    def client(self, timeout_s: float = 60) -> httpx.Client:
+        """An HTTP client of the server (the caller closes it)."""
+        return httpx.Client(base_url=self.url, timeout=timeout_s)
 
     def submit(self, pair: dict[str, Path], **fields: str) -> dict[str, Any]:
+        """Submit the pair with the form ``fields``; it must be accepted."""
         files = {name: (path.name, path.read_bytes(), "image/tiff") for name, path in pair.items()}
-        answer = httpx.post(
-            f"{self.url}/v1/jobs", files=files, data=fields, headers=self.auth, timeout=60
-        )
-        assert answer.status_code == 202, answer.text
-        job: dict[str, Any] = answer.json()
-        return job
+        with self.client() as client:
+            return accepted(submit(client, self.key, files, fields))
 
     def job(self, job_id: str) -> dict[str, Any]:
-        answer = httpx.get(f"{self.url}/v1/jobs/{job_id}", headers=self.auth, timeout=10)
-        body: dict[str, Any] = answer.json()
-        return body
+        """The job as the API shows it now."""
+        with self.client() as client:
+            return read_job(client, self.key, job_id)
 
     def wait(self, job_id: str, timeout_s: float = 180) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while (job := self.job(job_id))["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, f"job still {job['state']}"
-            time.sleep(0.2)
-        return job
+        """The job once it finished; fails early if the server exits."""
+        with self.client() as client:
+            return wait_for(client, self.key, job_id, timeout_s=timeout_s, watch=[self.proc])
 
     def log(self) -> str:
-        path = self.root / "server.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.proc.output()
 
 
 def wait_drawn(browser: Any) -> None:
@@ -129,32 +126,18 @@ def running_server(root: Path, **extra_env: str) -> Iterator[Server]:
         **extra_env,
     )
     port = free_port()
-    with (root / "server.log").open("wb") as log:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host=127.0.0.1", f"--port={port}"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    running = Server(f"http://127.0.0.1:{port}", key, "st-marys", root, popen)
+    argv = [sys.executable, "-m", "service.cli", "serve", "--host=127.0.0.1", f"--port={port}"]
+    proc = Proc("server", argv, env, root / "server.log", cwd=REPO)
+    running = Server(f"http://127.0.0.1:{port}", key, "st-marys", root, proc)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert popen.poll() is None, f"the server exited:\n{running.log()[-3000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{running.url}/livez", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"no /livez:\n{running.log()[-3000:]}"
-            time.sleep(0.1)
+        wait_until(lambda: _live(running.url), 60, "/livez", interval_s=0.1, watch=[proc])
         yield running
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGTERM)
-        try:
-            popen.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, signal.SIGKILL)
-            popen.wait(5)
+        proc.stop(grace_s=15)
+
+
+def _live(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/livez", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

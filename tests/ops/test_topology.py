@@ -17,7 +17,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from ops_processes import (
     healthcheck_argv,
     healthy,
 )
+from support.api import FINISHED, accepted, read_job, submit
 from support.pairs import Texture, textured_tissue, write_uint8_tiff
 from support.polling import wait_until
 from support.ports import free_port
@@ -55,7 +55,6 @@ from support.processes import Proc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-FINISHED = ("succeeded", "failed", "cancelled")
 TENANT = "ops-hospital"
 # Small tiles, so that a 256 px pair has 16 tiles and a 4096 px pair runs for seconds.
 TILE_PX = "64"
@@ -244,29 +243,32 @@ def write_pair(folder: Path, size_px: int, seed: int) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def submit(client: httpx.Client, pair: tuple[Path, Path]) -> dict[str, Any]:
+def submit_pair(client: httpx.Client, pair: tuple[Path, Path]) -> dict[str, Any]:
+    """Submit the pair to the chain under test (STAGES); it must be accepted."""
     rcm, fcm = pair
     with rcm.open("rb") as r, fcm.open("rb") as f:
         files = {"rcm": ("rcm.tif", r, "image/tiff"), "fcm": ("fcm.tif", f, "image/tiff")}
-        response = client.post("/v1/jobs", files=files, data={"stages": STAGES})
-    assert response.status_code == 202, response.text
-    job: dict[str, Any] = response.json()
-    return job
+        return accepted(submit(client, None, files, {"stages": STAGES}))
 
 
 def wait_job(
     client: httpx.Client, job_id: str, topo: Topology, timeout_s: float = 90, **want: Any
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        if want and all(_matches(job, k, v) for k, v in want.items()):
-            return job
-        if not want and job["state"] in FINISHED:
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} is {job}, wanted {want}\n{topo.logs()}")
-        time.sleep(0.05)
+    """The job once it matches ``want`` (or, without ``want``, finished); AssertionError with
+    the job and the topology's logs after ``timeout_s``."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(read_job(client, None, job_id))
+        if want:
+            return all(_matches(seen, k, v) for k, v in want.items())
+        return seen["state"] in FINISHED
+
+    try:
+        wait_until(reached, timeout_s, f"job {job_id} to match {want or FINISHED}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen}\n{topo.logs()}") from None
+    return seen
 
 
 def _matches(job: dict[str, Any], key: str, value: Any) -> bool:
@@ -300,7 +302,7 @@ def test_compose_redis_settings_are_live(topology: Topology) -> None:
 def test_stain_a_pair_end_to_end(topology: Topology, tmp_path: Path) -> None:
     pair = write_pair(tmp_path / "pair", 256, seed=1)
     with topology.client() as client:
-        job = submit(client, pair)
+        job = submit_pair(client, pair)
         done = wait_job(client, job["id"], topology)
         assert done["state"] == "succeeded", f"{done}\n{topology.logs()}"
         assert done["progress"]["percent"] == 100.0 and done["attempts"] == 1
@@ -329,7 +331,7 @@ def test_two_workers_share_one_queue(topology: Topology, tmp_path: Path) -> None
     pair = write_pair(tmp_path / "pair", 256, seed=2)
     before = {name: succeeded_attempts(port) for name, (_, port) in topology.workers.items()}
     with topology.client() as client, ThreadPoolExecutor(6) as pool:
-        jobs = list(pool.map(lambda _: submit(client, pair), range(8)))
+        jobs = list(pool.map(lambda _: submit_pair(client, pair), range(8)))
         done = [wait_job(client, job["id"], topology) for job in jobs]
     assert [job["state"] for job in done] == ["succeeded"] * 8, topology.logs()
     after = {name: succeeded_attempts(port) for name, (_, port) in topology.workers.items()}
@@ -396,7 +398,7 @@ def test_sigterm_hands_the_running_job_to_another_worker(
     other worker finishes it."""
     pair = write_pair(tmp_path / "big", 4096, seed=3)
     with topology.client() as client:
-        job = submit(client, pair)
+        job = submit_pair(client, pair)
         wait_job(client, job["id"], topology, timeout_s=60, min_done=1)
         busy_name = holder_of(topology, job["id"])
         busy, _ = topology.workers.pop(busy_name)
@@ -423,7 +425,7 @@ def test_stopping_every_worker_leaves_the_job_in_the_queue(
     queued, for the next worker."""
     pair = write_pair(tmp_path / "big", 4096, seed=4)
     with topology.client() as client:
-        job = submit(client, pair)
+        job = submit_pair(client, pair)
         wait_job(client, job["id"], topology, timeout_s=60, min_done=1)
         workers = dict(topology.workers)
         topology.workers.clear()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from processes import Cluster
 from service_helpers import Keys, Pair, make_app
 from support.databases import postgres_url
 from support.pairs import write_gray_tiff
@@ -82,3 +83,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(make_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, keys: Keys) -> Iterator[Cluster]:
+    """Real processes (redis-server, `dscm serve`, Celery workers) under ``tmp_path``, none
+    started yet: the test starts what it needs. All are stopped at teardown."""
+    started = Cluster(tmp_path, [e.model_dump() for e in keys.entries])
+    try:
+        yield started
+    finally:
+        started.stop_all()

@@ -12,13 +12,12 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from service_helpers import FINISHED, Keys
+from support.api import FINISHED, accepted, read_job, submit, wait_for
 from support.polling import wait_until
 from support.ports import free_port
 from support.processes import Proc
@@ -103,6 +102,10 @@ class Cluster:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    def client(self, timeout_s: float = 30) -> httpx.Client:
+        """An HTTP client of the API (the caller closes it)."""
+        return httpx.Client(base_url=self.url, timeout=timeout_s)
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
@@ -123,14 +126,6 @@ def _worker_ready(proc: Proc) -> bool:
     return " ready." in proc.output()
 
 
-def cluster_for(root: Path, api_keys: list[dict[str, Any]]) -> Iterator[Cluster]:
-    cluster = Cluster(root, api_keys)
-    try:
-        yield cluster
-    finally:
-        cluster.stop_all()
-
-
 # ---- the API over real HTTP --------------------------------------------------------------------
 
 UploadFiles = dict[str, tuple[str, bytes, str]]
@@ -143,23 +138,14 @@ def tiff_files(rcm: bytes, fcm: bytes) -> UploadFiles:
 
 def post_pair(cluster: Cluster, key: str, files: UploadFiles, **data: str) -> dict[str, Any]:
     """Submit a job (Gareau only unless ``data`` says otherwise); it must be accepted."""
-    response = httpx.post(
-        f"{cluster.url}/v1/jobs",
-        files=files,
-        data={"stages": "gareau", **data},
-        headers=Keys.auth(key),
-        timeout=60,
-    )
-    assert response.status_code == 202, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    with cluster.client(timeout_s=60) as client:
+        return accepted(submit(client, key, files, data))
 
 
 def get_job(cluster: Cluster, key: str, job_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{cluster.url}/v1/jobs/{job_id}", headers=Keys.auth(key), timeout=30)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    """The job as the API shows it now (200 required)."""
+    with cluster.client() as client:
+        return read_job(client, key, job_id)
 
 
 def poll(
@@ -169,12 +155,7 @@ def poll(
     timeout_s: float = 60,
     states: tuple[str, ...] = FINISHED,
 ) -> dict[str, Any]:
-    """The job once it is in one of ``states``; AssertionError after ``timeout_s``."""
-    found: dict[str, Any] = {}
-
-    def reached() -> bool:
-        found.update(get_job(cluster, key, job_id))
-        return found["state"] in states
-
-    wait_until(reached, timeout_s, f"job {job_id} to reach {states}", interval_s=0.05)
-    return found
+    """The job once it is in one of ``states``; AssertionError after ``timeout_s`` (processes
+    are not watched: tests kill workers on purpose)."""
+    with cluster.client() as client:
+        return wait_for(client, key, job_id, states, timeout_s)

@@ -1,4 +1,5 @@
-"""Service test helpers: image pairs, keys, polling, problem checks, a fake stainer."""
+"""Service test helpers: image pairs, keys, problem checks, a fake stainer (submitting and
+waiting: support.api)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from support.api import accepted, bearer, submit, wait_for
 
 from service.api import create_app
 from service.config import ApiKeyEntry, Settings
@@ -20,8 +22,6 @@ from service.jobs.runner import Progress, Stainer, StainRequest
 from service.jobs.stainer import PipelineStainer
 from service.options import JobOptions
 from service.report import StainReport, TileCounts
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -48,45 +48,12 @@ class Keys:
 
     @staticmethod
     def auth(key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"}
+        return bearer(key)
 
 
 def make_app(settings: Settings, stainer: Stainer | None = None) -> FastAPI:
     """The API as `dscm serve` builds it (the real engine unless a fake is given)."""
     return create_app(stainer or PipelineStainer(), settings)
-
-
-def submit(
-    client: TestClient,
-    key: str | None,
-    pair: Pair,
-    data: dict[str, str] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Any:
-    auth = Keys.auth(key) if key else {}
-    return client.post(
-        "/v1/jobs",
-        files=pair.files(),
-        data={"stages": "gareau", **(data or {})},
-        headers={**auth, **(headers or {})},
-    )
-
-
-def wait_for(
-    client: TestClient,
-    key: str,
-    job_id: str,
-    states: tuple[str, ...] = FINISHED,
-    timeout_s: float = 30,
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=Keys.auth(key)).json()
-        if body["state"] in states:
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {body['state']} after {timeout_s} s: {body}")
-        time.sleep(0.05)
 
 
 def assert_problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -109,9 +76,8 @@ def stained(
     timeout_s: float = 30,
 ) -> dict[str, Any]:
     """Submit ``pair``, wait for the job and require that it succeeded; the finished job."""
-    accepted = submit(client, key, pair, data)
-    assert accepted.status_code == 202, accepted.text
-    job = wait_for(client, key, accepted.json()["id"], timeout_s=timeout_s)
+    job_id = accepted(submit(client, key, pair, data))["id"]
+    job = wait_for(client, key, job_id, timeout_s=timeout_s)
     assert job["state"] == "succeeded", job
     return job
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, assert_problem, make_app, submit, wait_for
+from service_helpers import Keys, Pair, assert_problem, make_app
+from support.api import submit, wait_for
 
 from service.cli import main
 from service.config import Settings

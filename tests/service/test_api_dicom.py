@@ -15,7 +15,8 @@ from email.policy import HTTP
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, assert_problem, stained, submit
+from service_helpers import Keys, Pair, assert_problem, stained
+from support.api import submit
 
 from service.case import Patient
 

@@ -12,8 +12,9 @@ import pytest
 import tifffile
 from fastapi.testclient import TestClient
 from onnx_factory import make_colour_card
-from service_helpers import Keys, Pair, assert_problem, make_app, stained, submit, wait_for
+from service_helpers import Keys, Pair, assert_problem, make_app, stained
 from starlette.requests import Request
+from support.api import submit, wait_for
 from support.pairs import write_gray_tiff
 from support.tmpfs import fill, mount_tmpfs, unmount
 

@@ -9,10 +9,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import httpx
 import pytest
 from processes import REPO, Cluster
 from service_helpers import Keys, Pair
+from support.api import accepted, submit
 
 SCRIPT = textwrap.dedent(
     """
@@ -79,21 +79,13 @@ def libvips_loaded(pid: int) -> bool:
 @pytest.mark.integration
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_dscm_serve_loads_pyvips_only_when_an_upload_needs_it(
-    tmp_path: Path, keys: Keys, pair: Pair
+    cluster: Cluster, keys: Keys, pair: Pair
 ) -> None:
-    cluster = Cluster(tmp_path, [e.model_dump() for e in keys.entries])
-    try:
-        cluster.start_redis()
-        api = cluster.start_api()  # DSCM_BROKER_URL is set: no embedded worker
-        auth = Keys.auth(keys.alice)
-        assert httpx.get(f"{cluster.url}/readyz", timeout=30).status_code == 200
-        assert httpx.get(f"{cluster.url}/v1/jobs", headers=auth, timeout=30).status_code == 200
+    cluster.start_redis()
+    api = cluster.start_api()  # DSCM_BROKER_URL is set: no embedded worker
+    with cluster.client() as client:
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/v1/jobs", headers=Keys.auth(keys.alice)).status_code == 200
         assert not libvips_loaded(api.pid), "dscm serve loaded libvips before any upload"
-        files = {"rcm": ("r.tif", pair.rcm.read_bytes()), "fcm": ("f.tif", pair.fcm.read_bytes())}
-        posted = httpx.post(
-            f"{cluster.url}/v1/jobs", files=files, data={"stages": "gareau"}, headers=auth
-        )
-        assert posted.status_code == 202, posted.text
-        assert libvips_loaded(api.pid), "the upload was probed without libvips?"
-    finally:
-        cluster.stop_all()
+        accepted(submit(client, keys.alice, pair))
+    assert libvips_loaded(api.pid), "the upload was probed without libvips?"

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, assert_problem, submit, wait_for
+from service_helpers import Keys, Pair, assert_problem
+from support.api import submit, wait_for
 from support.pairs import confocal_like, write_gray
 
 

@@ -13,7 +13,8 @@ import openslide
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import Keys, Pair, SlowStainer, assert_problem, make_app, submit, wait_for
+from service_helpers import Keys, Pair, SlowStainer, assert_problem, make_app
+from support.api import submit, wait_for
 
 from service.config import Settings
 

@@ -13,7 +13,8 @@ from typing import Any
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, assert_problem, make_app, stained, submit, wait_for
+from service_helpers import Keys, Pair, assert_problem, make_app, stained
+from support.api import submit, wait_for
 from support.orthanc import Orthanc, orthanc_running
 from support.polling import wait_until
 from support.receivers import Receiver, always

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import tifffile
 from fastapi.testclient import TestClient
-from processes import Cluster, cluster_for
-from service_helpers import Keys, Pair, assert_problem, submit, wait_for
+from processes import Cluster
+from service_helpers import Keys, Pair, assert_problem
+from support.api import submit, wait_for
 from support.polling import wait_until
 
 # Distinctive enough that any trace of them in a log is this test's case.
@@ -112,11 +112,6 @@ def test_idempotency_key_covers_the_case(client: TestClient, keys: Keys, pair: P
 
 
 # ---- never logged: real `dscm serve` and `dscm worker` processes ----
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, keys: Keys) -> Iterator[Cluster]:
-    yield from cluster_for(tmp_path, [e.model_dump() for e in keys.entries])
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from processes import Cluster, cluster_for, get_job, poll, post_pair
+from processes import Cluster, get_job, poll, post_pair
 from service_helpers import Keys, Pair
 from support.orthanc import Orthanc, require_orthanc
 from support.pairs import write_gray_tiff
@@ -36,11 +36,6 @@ RETRY_EVERY_S = {
     "DSCM_WEBHOOK_RETRY_BASE_S": "0.3",
     "DSCM_WEBHOOK_RETRY_MAX_S": "1",
 }
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, keys: Keys) -> Iterator[Cluster]:
-    yield from cluster_for(tmp_path, [e.model_dump() for e in keys.entries])
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,9 @@ import pytest
 import tifffile
 from hostile_inputs import gray_tiff_bytes, mutate
 from onnx_factory import make_colour_card
-from processes import Cluster, cluster_for
-from service_helpers import FINISHED, Keys
+from processes import Cluster
+from service_helpers import Keys
+from support.api import wait_for
 from support.polling import wait_until
 
 pytestmark = pytest.mark.integration
@@ -36,11 +36,6 @@ MAX_PIXELS = 1_000_000  # the server's DSCM_MAX_PIXELS: 512 x 512 px at 5 um/px 
 PIXEL_SIZES_UM = [0.05, 0.0999, 0.1, 0.75, 0.8, 2.0, 5.0, 5.0001, 50.0, 1e-300, 1e300, -1.0]
 FLOAT_LEVELS = [3e38, -3e38, float(np.finfo(np.float32).max), 2.0**60, 1e-45, 0.0, -1.0]
 MEMORY_SLACK_MIB = 48  # above the RSS after the warm-up jobs
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, keys: Keys) -> Iterator[Cluster]:
-    yield from cluster_for(tmp_path, [e.model_dump() for e in keys.entries])
 
 
 @dataclass
@@ -275,31 +270,21 @@ def test_fuzz_uploads_and_requests(cluster: Cluster, keys: Keys) -> None:
     auth = Keys.auth(keys.alice)
     with httpx.Client(base_url=cluster.url, timeout=30) as client:
 
-        def submit(what: str, body: bytes, content_type: str) -> None:
+        def post_raw(what: str, body: bytes, content_type: str) -> None:
             headers = {**auth, "Content-Type": content_type.strip(" \t").encode("latin-1")}
             response = tally.send(client, what, "POST", "/v1/jobs", content=body, headers=headers)
             if response is not None and response.status_code == 202:
                 tally.accepted.append(response.json()["id"])
 
         def finish(job_ids: list[str]) -> list[dict[str, Any]]:
-            done = []
-            for job_id in job_ids:
-                seen: dict[str, Any] = {}
-
-                def ended(job_id: str = job_id, seen: dict[str, Any] = seen) -> bool:
-                    seen.update(client.get(f"/v1/jobs/{job_id}", headers=auth).json())
-                    return seen["state"] in FINISHED
-
-                wait_until(ended, 60, f"job {job_id}", interval_s=0.02)
-                done.append(seen)
-            return done
+            return [wait_for(client, keys.alice, job_id, timeout_s=60) for job_id in job_ids]
 
         def pair_form(rcm_data: bytes) -> tuple[bytes, str]:
             parts = [("stages", None, b"gareau"), ("rcm", "r.tif", rcm_data), ("fcm", "f.tif", fcm)]
             return multipart(parts, "fuzzb0undary"), "multipart/form-data; boundary=fuzzb0undary"
 
         for _ in range(3):  # warm-up: the baseline is a server that has already stained
-            submit("warm-up", *pair_form(rcm))
+            post_raw("warm-up", *pair_form(rcm))
         warm = finish(tally.accepted)
         assert {job["state"] for job in warm} == {"succeeded"}, warm
         job = warm[0]
@@ -313,22 +298,22 @@ def test_fuzz_uploads_and_requests(cluster: Cluster, keys: Keys) -> None:
             data = base
             for _ in range(int(rng.integers(1, 4))):
                 data = mutate(data, rng, head_bytes=min(len(data), 400))
-            submit(f"tiff {i}", *pair_form(data))
+            post_raw(f"tiff {i}", *pair_form(data))
         for i in range(MULTIPART_CASES):
             body, content_type = mutated_form(rng, rcm, fcm)
-            submit(f"multipart {i}", body, content_type)
+            post_raw(f"multipart {i}", body, content_type)
         for i in range(OTHER_CASES):
             method, url, kwargs = hostile_request(rng, job, keys.alice)
             tally.send(client, f"{method} {url[:80]} #{i}", method, url, **kwargs)
         for i in range(RESAMPLE_CASES):
             parts, what = resample_form(rng)
-            submit(
+            post_raw(
                 f"resample {i} ({what})", multipart(parts, "b0"), "multipart/form-data; boundary=b0"
             )
             if tally.accepted and tally.accepted[-1] not in resampled:
                 resampled[tally.accepted[-1]] = what
         for i in range(FLOAT_CASES):
-            submit(
+            post_raw(
                 f"float {i}", multipart(float_form(rng), "b0"), "multipart/form-data; boundary=b0"
             )
         jobs = finish(tally.accepted)

@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 import pytest
 from hostile_inputs import gray_tiff_bytes, undecodable_tiff
-from processes import Cluster, cluster_for, get_job, poll, post_pair, tiff_files
-from service_helpers import FINISHED, Keys
+from processes import Cluster, get_job, poll, post_pair, tiff_files
+from service_helpers import Keys
+from support.api import FINISHED
 from support.polling import wait_until
 from support.processes import Proc
 from support.tmpfs import fill, mount_tmpfs, unmount
@@ -35,11 +36,6 @@ NEEDS_REDIS = pytest.mark.skipif(shutil.which("redis-server") is None, reason="n
 EMBEDDED = {"DSCM_BROKER_URL": ""}  # the API runs jobs in its own worker thread
 MIB = 1 << 20
 JOB_WAIT_S = 120  # dozens of jobs queue behind one slow worker
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, keys: Keys) -> Iterator[Cluster]:
-    yield from cluster_for(tmp_path, [e.model_dump() for e in keys.entries])
 
 
 # ---- /proc readings -------------------------------------------------------------------------

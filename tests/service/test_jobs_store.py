@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import Keys, Pair, SlowStainer, make_app, submit, wait_for
+from service_helpers import Keys, Pair, SlowStainer, make_app
+from support.api import submit, wait_for
 from support.databases import postgres_url
 from support.jobs import job_inputs
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import openslide
 import pytest
-from processes import Cluster, cluster_for, get_job, poll, post_pair
+from processes import Cluster, get_job, poll, post_pair
 from service_helpers import Keys, Pair
 from support.polling import wait_until
 from support.tmpfs import mount_tmpfs, unmount
@@ -23,12 +23,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
 ]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, keys: Keys) -> Iterator[Cluster]:
-    entries = [e.model_dump() for e in keys.entries]
-    yield from cluster_for(tmp_path, entries)
 
 
 def download(cluster: Cluster, key: str, job: dict[str, Any], target: Path) -> Path:

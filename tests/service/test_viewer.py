@@ -12,16 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import (
-    Keys,
-    Pair,
-    SlowStainer,
-    assert_problem,
-    make_app,
-    stained,
-    submit,
-    wait_for,
-)
+from service_helpers import Keys, Pair, SlowStainer, assert_problem, make_app, stained
+from support.api import submit, wait_for
 from support.pairs import write_gray_tiff
 from support.settings import settings_in
 
