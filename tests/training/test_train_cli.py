@@ -41,7 +41,8 @@ def test_prepare_train_export_evaluate(fake_data_root: Path, tmp_path: Path) -> 
     ])  # fmt: skip
     found = discover_stage_models(models)
     assert set(found) == {"despeckle", "generator", "colour"}
-    assert stages_off_by_default(found) == ("generator",)  # installed, one flag away
+    # installed, one flag away; the exported despeckler's card keeps the median out by default
+    assert stages_off_by_default(found) == ("generator", "median")
     card = json.loads((models / "generator.json").read_text())
     assert card["architecture"].endswith("upsample=resize)")  # no transposed convolutions
     assert card["splits"]["counts"]["train_skin"]["cases"] == 2 and card["licence"]
