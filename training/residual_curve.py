@@ -23,6 +23,7 @@ from typing import Any
 import click
 import numpy as np
 
+FINAL_IMAGES = 32  # evenly spaced held-out skin patches (of 129): CPU time
 COLUMNS = (
     ("crop_fd_skin", "real crop FD_skin"),
     ("crop_cb_db", "real crop cb_dB"),
@@ -97,6 +98,51 @@ def build_context(
     }
 
 
+def texture_rows(
+    data_root: Path, prepared: Path, methods: Any, names: tuple[str, ...], seconds: float = 90.0
+) -> dict[str, Any]:
+    """SWD (held-out slide and real crop, nearest training slide) and C2ST (critic trained on
+    the training slides, AUC on the held-out slide; and on the real crop's stain) of the named
+    methods, as ``texture_eval.evaluate_texture`` measures them, without the real-slide floors
+    (those do not depend on the generator: see ``dscm-train evaluate``)."""
+    from training.c2st import CriticOptions, c2st
+    from training.data import TRAIN_SKIN_SLIDES, load_split_with_cases
+    from training.texture_eval import (
+        CROP_PX,
+        TEXTURE_SEED,
+        SwdReference,
+        read_real_slides,
+        stained_patches,
+        stained_real_crop,
+    )
+
+    slides = read_real_slides(data_root)
+    real = {name: [im for _, im in crops] for name, crops in slides.items()}
+    reference = {name: ims for name, ims in real.items() if name in TRAIN_SKIN_SLIDES}
+    held_names = sorted(set(real) - set(reference))
+    train = [p for p in load_split_with_cases(prepared, ("train_skin",)) if p[1] in reference]
+    test = [p for p in load_split_with_cases(prepared, ("heldout_skin",)) if p[1] in held_names]
+    stained_train = stained_patches(train, methods)
+    stained_test = stained_patches(test, methods)
+    crops = stained_real_crop(data_root, methods)
+    every = [*stained_test[names[0]], *(im for ims in real.values() for im in ims)]
+    swd = SwdReference(real, min(CROP_PX, *(min(im.shape[:2]) for im in every)), TEXTURE_SEED)
+    reference_real = [im for ims in reference.values() for im in ims]
+    held_real = [im for name in held_names for im in real[name]]
+    rows: dict[str, Any] = {}
+    for name in names:
+        row: dict[str, Any] = {"held_out": swd.nearest(stained_test[name], reference)}
+        extra = {"real_crop": crops[name]} if name in crops else None
+        if extra:
+            row["real_crop"] = swd.nearest(crops[name], reference)
+        options = CriticOptions(max_seconds=seconds)
+        row["c2st"] = c2st(
+            reference_real, stained_train[name], held_real, stained_test[name], options, extra
+        )
+        rows[name] = row
+    return rows
+
+
 def plot_curve(rows: list[dict[str, Any]], png: Path) -> None:
     import matplotlib
 
@@ -124,6 +170,35 @@ def plot_curve(rows: list[dict[str, Any]], png: Path) -> None:
     plt.close(fig)
 
 
+def measure_final(run: Path, which: str, data_root: Path, prepared: Path, models: Path) -> None:
+    """The chosen checkpoint exported to RUN/final-models (off by default) and measured in
+    full; RUN/final.json."""
+    import shutil
+
+    from training.cards import generator_card_info
+    from training.evaluate import load_methods
+    from training.export import export_model
+    from training.residual_run import evaluate_models, measures_table
+    from training.stain_eval import CHAIN, COLOUR
+    from training.train_residual import load_residual_generator
+
+    folder = run / "final-models"
+    folder.mkdir(exist_ok=True)
+    for name in ("despeckle.onnx", "despeckle.json", "colour.json"):
+        shutil.copy2(models / name, folder / name)
+    generator, info = load_residual_generator(run, which)
+    card_info = generator_card_info(run, info, f"residual-generator-ngf{generator.ngf}")
+    card_info.default = False
+    export_model(generator, folder / "generator.onnx", card_info)
+    results = evaluate_models(data_root, prepared, folder, FINAL_IMAGES, False, 90.0)
+    results["texture"] = {
+        "methods": texture_rows(data_root, prepared, load_methods(folder), (COLOUR, CHAIN))
+    }
+    results["checkpoint"] = {k: v for k, v in info.items() if k != "options"}
+    (run / "final.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(measures_table(results), flush=True)
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", "data_root", default="../shared/data", show_default=True)
@@ -133,6 +208,12 @@ def plot_curve(rows: list[dict[str, Any]], png: Path) -> None:
 @click.option("--skin-images", default=16, show_default=True)
 @click.option("--json", "json_path", default="", help="default: RUN_DIR/curve.json")
 @click.option("--png", default="", help="the figure (default: RUN_DIR/curve.png)")
+@click.option(
+    "--final",
+    default="",
+    help="also measure this checkpoint (best, last or a snapshot) on 32 held-out "
+    "skin patches and the real crop, SWD and C2ST beside the colour stage's (RUN_DIR/final.json)",
+)
 def main(
     run_dir: str,
     data_root: str,
@@ -142,6 +223,7 @@ def main(
     skin_images: int,
     json_path: str,
     png: str,
+    final: str,
 ) -> None:
     """Measure the snapshots of a residual run; write the rows and the figure."""
     from training.cards import generator_card_info
@@ -149,13 +231,21 @@ def main(
     from training.train_residual import load_residual_generator, snapshot_names
 
     run = Path(run_dir)
+    if final:
+        measure_final(run, final, Path(data_root), Path(prepared), Path(models))
     context = build_context(Path(data_root), Path(prepared), Path(models), skin_images)
     names = snapshot_names(run)
     picked = [n for i, n in enumerate(names) if (i + 1) % every == 0 or n == names[-1]]
-    rows = [{"step": 0, "elapsed_s": 0.0, **measure_generator(None, context)}]
+    out_json = Path(json_path) if json_path else run / "curve.json"
+    done = {r["step"]: r for r in json.loads(out_json.read_text())} if out_json.is_file() else {}
+    rows = [done.get(0) or {"step": 0, "elapsed_s": 0.0, **measure_generator(None, context)}]
     print(json.dumps(rows[-1]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in picked:
+            step = int(name.removeprefix("step-").removesuffix(".pt"))
+            if step in done:  # measured by an earlier call
+                rows.append(done[step])
+                continue
             generator, info = load_residual_generator(run, name)
             onnx = Path(tmp) / "generator.onnx"
             export_model(generator, onnx, generator_card_info(run, info, "curve"))
@@ -164,7 +254,7 @@ def main(
             row |= measure_generator(onnx, context)
             rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
-    out_json = Path(json_path) if json_path else run / "curve.json"
+            out_json.write_text(json.dumps(rows, indent=1) + "\n")
     out_json.write_text(json.dumps(rows, indent=1) + "\n")
     plot_curve(rows, Path(png) if png else run / "curve.png")
 
