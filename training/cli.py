@@ -262,19 +262,21 @@ def import_reference_command(checkpoint: str, onnx_path: str, name: str, licence
 @click.option("--json", "json_path", default=None, help="also write the numbers here")
 @click.option(
     "--median/--no-median",
-    default=True,
-    show_default=True,
-    help="the 3x3 median after the despeckler in every method's chain",
+    default=None,
+    help="the 3x3 median after the despeckler in every method's chain (default: as the "
+    "models' cards decide the default chain)",
 )
 def texture(
-    data_root: str, prepared: str, models_dir: str, json_path: str | None, median: bool
+    data_root: str, prepared: str, models_dir: str, json_path: str | None, median: bool | None
 ) -> None:
     """SWD and C2ST alone (the texture part of evaluate): prints the table."""
-    from training.evaluate import load_methods
+    from training.evaluate import load_methods, median_in_default_chain
     from training.report import texture_markdown
     from training.texture_eval import evaluate_texture
 
     methods = load_methods(Path(models_dir))
+    if median is None:
+        median = median_in_default_chain(Path(models_dir))
     result = evaluate_texture(Path(data_root), Path(prepared), methods, median=median)
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
