@@ -102,6 +102,7 @@ def build_domain_a(
     seed: int = 0,
     colour: ColourTarget | None = None,
     cases: Sequence[str] | None = None,
+    median: bool = True,
 ) -> list[np.ndarray]:
     """Gareau RGB of the synthetic confocal of each H&E image (seed + index per image), through
     the colour stage when ``colour`` is given (statistics pooled per case: one slide each)."""
@@ -110,7 +111,7 @@ def build_domain_a(
     views = []
     for index, rgb in enumerate(he_images):
         pair = synthesize_confocal(rgb, seed=seed + index)
-        views.append(chain_view(pair.fcm, pair.rcm, despeckler))
+        views.append(chain_view(pair.fcm, pair.rcm, despeckler, median))
     case_of = list(cases) if cases is not None else ["slide"] * len(views)
     out: list[np.ndarray] = [np.empty(0)] * len(views)
     for case in sorted(set(case_of)):

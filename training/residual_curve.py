@@ -53,25 +53,26 @@ def measure_generator(
     )
     name = CHAIN if generator_onnx else COLOUR
     row: dict[str, Any] = {}
-    real = evaluate_real_crop(context["data_root"], methods, context["fits"])
+    median = context["median"]
+    real = evaluate_real_crop(context["data_root"], methods, context["fits"], median)
     if real is not None:
         for key in ("fd_skin", "cb_db", "nuc_r"):
             row[f"crop_{key}"] = real[0][name][key]
         row["crop_glass_rgb"] = real[0][name]["glass_rgb"]
-        crop = stained_real_crop(context["data_root"], methods)[name]
+        crop = stained_real_crop(context["data_root"], methods, median)[name]
         row["crop_swd"] = context["swd"].nearest(crop, context["reference"])["swd"]
     images, cases = context["skin"]
-    skin = evaluate_skin(images, cases, methods, context["fits"])["median"][name]
+    skin = evaluate_skin(images, cases, methods, context["fits"], median)["median"][name]
     for key in ("fd_skin", "cb_db", "nuc_r", "psnr_db", "ssim", "ciede2000"):
         row[f"skin_{key}"] = skin.get(key)
     row["skin_glass_white"] = skin.get("glass_white")
-    patches = stained_patches(context["held_out"], methods)[name]
+    patches = stained_patches(context["held_out"], methods, median)[name]
     row["skin_swd"] = context["swd"].nearest(patches, context["reference"])["swd"]
     return row
 
 
 def build_context(
-    data_root: Path, prepared: Path, models: Path, skin_images: int
+    data_root: Path, prepared: Path, models: Path, skin_images: int, median: bool = True
 ) -> dict[str, Any]:
     """What every snapshot is measured against, loaded once."""
     from service.core.colour import load_colour_target
@@ -95,11 +96,17 @@ def build_context(
         "held_out": held_out,
         "swd": SwdReference(real, CROP_PX, TEXTURE_SEED),
         "reference": TRAIN_SKIN_SLIDES,
+        "median": median,
     }
 
 
 def texture_rows(
-    data_root: Path, prepared: Path, methods: Any, names: tuple[str, ...], seconds: float = 90.0
+    data_root: Path,
+    prepared: Path,
+    methods: Any,
+    names: tuple[str, ...],
+    seconds: float = 90.0,
+    median: bool = True,
 ) -> dict[str, Any]:
     """SWD (held-out slide and real crop, nearest training slide) and C2ST (critic trained on
     the training slides, AUC on the held-out slide; and on the real crop's stain) of the named
@@ -122,9 +129,9 @@ def texture_rows(
     held_names = sorted(set(real) - set(reference))
     train = [p for p in load_split_with_cases(prepared, ("train_skin",)) if p[1] in reference]
     test = [p for p in load_split_with_cases(prepared, ("heldout_skin",)) if p[1] in held_names]
-    stained_train = stained_patches(train, methods)
-    stained_test = stained_patches(test, methods)
-    crops = stained_real_crop(data_root, methods)
+    stained_train = stained_patches(train, methods, median)
+    stained_test = stained_patches(test, methods, median)
+    crops = stained_real_crop(data_root, methods, median)
     every = [*stained_test[names[0]], *(im for ims in real.values() for im in ims)]
     swd = SwdReference(real, min(CROP_PX, *(min(im.shape[:2]) for im in every)), TEXTURE_SEED)
     reference_real = [im for ims in reference.values() for im in ims]
@@ -170,6 +177,12 @@ def plot_curve(rows: list[dict[str, Any]], png: Path) -> None:
     plt.close(fig)
 
 
+def run_median(run: Path) -> bool:
+    """Whether the run's input had the 3x3 median (runs before the option: it had)."""
+    median = json.loads((run / "options.json").read_text()).get("median")
+    return True if median is None else bool(median)
+
+
 def measure_final(run: Path, which: str, data_root: Path, prepared: Path, models: Path) -> None:
     """The chosen checkpoint exported to RUN/final-models (off by default) and measured in
     full; RUN/final.json."""
@@ -190,9 +203,11 @@ def measure_final(run: Path, which: str, data_root: Path, prepared: Path, models
     card_info = generator_card_info(run, info, f"residual-generator-ngf{generator.ngf}")
     card_info.default = False
     export_model(generator, folder / "generator.onnx", card_info)
-    results = evaluate_models(data_root, prepared, folder, FINAL_IMAGES, False, 90.0)
+    median = run_median(run)
+    results = evaluate_models(data_root, prepared, folder, FINAL_IMAGES, False, 90.0, median)
+    methods = load_methods(folder)
     results["texture"] = {
-        "methods": texture_rows(data_root, prepared, load_methods(folder), (COLOUR, CHAIN))
+        "methods": texture_rows(data_root, prepared, methods, (COLOUR, CHAIN), 90.0, median)
     }
     results["checkpoint"] = {k: v for k, v in info.items() if k != "options"}
     (run / "final.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
@@ -233,7 +248,9 @@ def main(
     run = Path(run_dir)
     if final:
         measure_final(run, final, Path(data_root), Path(prepared), Path(models))
-    context = build_context(Path(data_root), Path(prepared), Path(models), skin_images)
+    context = build_context(
+        Path(data_root), Path(prepared), Path(models), skin_images, run_median(run)
+    )
     names = snapshot_names(run)
     picked = [n for i, n in enumerate(names) if (i + 1) % every == 0 or n == names[-1]]
     out_json = Path(json_path) if json_path else run / "curve.json"

@@ -60,6 +60,7 @@ def evaluate_models(
     eval_images: int,
     texture: bool,
     critic_seconds: float,
+    median: bool = True,
 ) -> dict[str, Any]:
     """Real crop and held-out skin measures of Gareau, the colour stage and colour + this
     generator (and SWD, C2ST with ``texture``)."""
@@ -73,12 +74,12 @@ def evaluate_models(
     if eval_images > 0:
         skin = skin[:: max(len(skin) // eval_images, 1)][:eval_images]
     results: dict[str, Any] = {
-        "held_out_skin": evaluate_skin([r for r, _ in skin], [c for _, c in skin], methods, fits)[
-            "median"
-        ],
+        "held_out_skin": evaluate_skin(
+            [r for r, _ in skin], [c for _, c in skin], methods, fits, median
+        )["median"],
         "held_out_patches": len(skin),
     }
-    real = evaluate_real_crop(data_root, methods, fits)
+    real = evaluate_real_crop(data_root, methods, fits, median)
     if real is not None:
         results["real_crop"] = real[0]
     if texture:
@@ -86,7 +87,7 @@ def evaluate_models(
         from training.texture_eval import evaluate_texture
 
         critic = CriticOptions(max_seconds=critic_seconds)
-        results["texture"] = evaluate_texture(data_root, prepared, methods, critic)
+        results["texture"] = evaluate_texture(data_root, prepared, methods, critic, median)
     return results
 
 
@@ -185,8 +186,9 @@ def main(
         f"{card['parameters']} parameters, halo {card['halo_px']} px, default {default}",
         flush=True,
     )
+    median = bool(json.loads((out / "run" / "options.json").read_text())["median"])
     results = evaluate_models(
-        Path(data_root), prepared_dir, out / "models", eval_images, texture, critic_seconds
+        Path(data_root), prepared_dir, out / "models", eval_images, texture, critic_seconds, median
     )
     results["card"] = {k: card[k] for k in ("name", "architecture", "parameters", "halo_px")}
     results["wall_s"] = {

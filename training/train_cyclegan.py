@@ -453,13 +453,14 @@ def skin_domains(
     despeckler: Any,
     colour: ColourTarget | None,
     seed: int,
+    median: bool = True,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Aligned (A, B) of skin slides: B is each slide's H&E in the colour card's look (as it is
     without a card), A the chain's output for its synthetic confocal; statistics per slide."""
     items = load_split_with_cases(prepared, splits)
     images = [rgb for rgb, _ in items]
     cases = [case for _, case in items]
-    domain_a = build_domain_a(images, despeckler, seed, colour, cases)
+    domain_a = build_domain_a(images, despeckler, seed, colour, cases, median)
     domain_b: list[np.ndarray] = [np.empty(0)] * len(images)
     for case in sorted(set(cases)):
         members = [i for i, c in enumerate(cases) if c == case]

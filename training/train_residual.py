@@ -88,6 +88,17 @@ class ResidualOptions:
     device: str = "cpu"  # cpu, cuda or auto
     bf16: bool = False
     design: str = DESIGN  # read by load_generator and the card
+    median: bool | None = None  # the 3x3 median in the input; None: as the chain (card) does
+
+    def resolved_median(self) -> bool:
+        """The chain's rule: the median follows the despeckler unless its card says
+        ``"median_after": false``."""
+        if self.median is not None:
+            return self.median
+        card = Path(self.despeckle_onnx).with_suffix(".json") if self.despeckle_onnx else None
+        if card is None or not card.is_file():
+            return True
+        return json.loads(card.read_text()).get("median_after") is not False
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -226,13 +237,19 @@ def train_residual(options: ResidualOptions) -> Path:
         Path(options.despeckle_onnx) if options.despeckle_onnx else None
     )
     colour = load_colour_target(Path(options.colour_card)) if options.colour_card else None
-    domain_a, domain_b = skin_domains(prepared, ("train_skin",), despeckler, colour, options.seed)
-    val_a, val_b = skin_domains(prepared, ("val_skin",), despeckler, colour, options.seed + 100_000)
+    median = options.resolved_median()
+    options.median = median  # recorded in options.json: the input the generator learned on
+    domain_a, domain_b = skin_domains(
+        prepared, ("train_skin",), despeckler, colour, options.seed, median
+    )
+    val_a, val_b = skin_domains(
+        prepared, ("val_skin",), despeckler, colour, options.seed + 100_000, median
+    )
     val_pairs = list(zip(val_a, val_b, strict=True))[: options.max_val_images]
     if not domain_a:
         raise ValueError(f"{prepared} has no train_skin patches")
     print(
-        f"device {device}, bf16 {options.bf16}; {len(domain_a)} training pairs, "
+        f"device {device}, bf16 {options.bf16}, median {median}; {len(domain_a)} training pairs, "
         f"{len(val_pairs)} validation ({time.monotonic() - started:.0f} s to build)",
         flush=True,
     )

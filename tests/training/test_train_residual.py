@@ -156,3 +156,18 @@ def test_gpu_script_runs_on_the_cpu(fake_data_root: Path, tmp_path: Path) -> Non
     measures = json.loads((out / "measures.json").read_text())
     assert set(measures["held_out_skin"]) == {"Gareau", "colour transfer", "colour + generator"}
     assert "colour + generator" in done.stdout and "nuc_r=" in done.stdout
+
+
+def test_input_follows_the_chain_on_the_median(tmp_path: Path) -> None:
+    """The generator learns on what the chain gives it: the 3x3 median only where the
+    despeckler's card keeps it after the network (``median_after``)."""
+    onnx = tmp_path / "despeckle.onnx"
+    card = tmp_path / "despeckle.json"
+    options = ResidualOptions(prepared_dir="", out_dir="", despeckle_onnx=str(onnx))
+    assert options.resolved_median() is True  # no card: the paper's chain
+    card.write_text(json.dumps({"median_after": False}))
+    assert options.resolved_median() is False
+    card.write_text(json.dumps({}))
+    assert options.resolved_median() is True
+    options.median = False
+    assert options.resolved_median() is False
