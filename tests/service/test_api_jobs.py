@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import openslide
 import pytest
@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from service_helpers import Keys, Pair, SlowStainer, assert_problem, make_app
 from support.api import submit, wait_for
+from support.polling import wait_until
 
 from service.config import Settings
 
@@ -104,12 +105,13 @@ def test_result_is_409_until_done_and_cancel_stops_between_tiles(
         job_id = submit(client, keys.alice, pair).json()["id"]
         assert stainer.started.wait(10)
         auth = Keys.auth(keys.alice)
-        deadline = time.monotonic() + 10
-        while True:  # the stage reaches the record with the next heartbeat/progress write
-            running = wait_for(client, keys.alice, job_id, ("running",))
-            if running["stage"].startswith("staining") or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
+
+        def staining() -> dict[str, Any] | None:
+            # the stage reaches the record with the next heartbeat/progress write
+            job = wait_for(client, keys.alice, job_id, ("running",))
+            return job if job["stage"].startswith("staining") else None
+
+        running = wait_until(staining, 10, "the stage 'staining'", interval_s=0.02)
         assert running["stage"].startswith("staining")  # in words: "staining 12 of 500 tiles"
         assert 8 <= running["progress"]["percent"] < 93  # of the whole job, tiles span 8-93 %
         assert_problem(client.get(f"/v1/jobs/{job_id}/result", headers=auth), 409)
@@ -118,10 +120,9 @@ def test_result_is_409_until_done_and_cancel_stops_between_tiles(
         cancelled = client.delete(f"/v1/jobs/{job_id}", headers=auth)
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
         settings = make_settings()
-        for _ in range(100):
-            if stainer.stopped_at is not None:
-                break
-            time.sleep(0.02)
+        wait_until(
+            lambda: stainer.stopped_at is not None, 5, "the stainer to stop", interval_s=0.02
+        )
         assert stainer.stopped_at is not None and stainer.stopped_at < stainer.tiles
         assert not (settings.storage_dir / "uploads" / job_id).exists()
         leftovers = list((settings.storage_dir / "results").glob(f"{job_id}/*"))

@@ -97,15 +97,14 @@ def job_id_of(series: Series) -> str:
 
 def deliver_until_settled(ctx: DispatchContext, job_id: str, timeout_s: float = 30) -> Any:
     """Run delivery attempts (retries included) until the delivery is no longer pending."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def settled() -> Any:
         deliver_once(ctx)
         delivery = ctx.outbox.delivery(job_id)
         assert delivery is not None
-        if delivery.state != "pending":
-            return delivery
-        time.sleep(0.02)
-    raise AssertionError(f"delivery of {job_id} still pending after {timeout_s} s")
+        return delivery if delivery.state != "pending" else None
+
+    return wait_until(settled, timeout_s, f"the delivery of {job_id} to settle", interval_s=0.02)
 
 
 def assert_result_untouched(ctx: DispatchContext, series: Series) -> None:

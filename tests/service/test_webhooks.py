@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from support.jobs import job_inputs
+from support.polling import wait_until
 from support.ports import free_port
 from support.receivers import Answer, Receiver, always
 from support.settings import settings_in
@@ -84,14 +85,14 @@ def finished_job(ctx: DispatchContext, succeed: bool = True, related: Any = ()) 
 
 
 def send_until_settled(ctx: DispatchContext, job_id: str, timeout_s: float = 20) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """Run webhook sends (retries included) until every event of the job is sent or failed."""
+
+    def settled() -> Any:
         webhooks_once(ctx)
         events = ctx.outbox.events(job_id)
-        if events and all(e.state != "pending" for e in events):
-            return events
-        time.sleep(0.02)
-    raise AssertionError(f"events of {job_id} still pending: {ctx.outbox.events(job_id)}")
+        return events if events and all(e.state != "pending" for e in events) else None
+
+    return wait_until(settled, timeout_s, f"the events of {job_id} to settle", interval_s=0.02)
 
 
 def test_the_documented_check_accepts_a_real_event_and_catches_forgery_and_replay(

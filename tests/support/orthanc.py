@@ -13,10 +13,8 @@ and call ``orthanc.clear()`` where a test needs an empty archive.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from support.polling import wait_until
 from support.ports import free_port
 from support.processes import Proc
 
@@ -115,16 +114,18 @@ class Orthanc:
         self.proc = Proc(
             "orthanc", [str(ORTHANC_BINARY), str(config)], env, self.root / "orthanc.log"
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not self.proc.alive:
-                raise RuntimeError(f"Orthanc exited at start:\n{self.proc.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if self.get("/system").status_code == 200:
-                    return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"Orthanc did not answer within {START_TIMEOUT_S} s")
+        try:
+            wait_until(self._answers, START_TIMEOUT_S, "Orthanc", interval_s=0.1, watch=[self.proc])
+        except AssertionError as exc:
+            self.stop()
+            raise RuntimeError(f"Orthanc did not start: {exc}") from None
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return self.get("/system").status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> None:
         if self.proc is not None:
