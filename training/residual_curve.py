@@ -29,6 +29,7 @@ COLUMNS = (
     ("crop_cb_db", "real crop cb_dB"),
     ("crop_nuc_r", "real crop nuc_r"),
     ("crop_swd", "real crop SWD"),
+    ("crop_glass_min", "real crop glass, darkest channel"),
     ("skin_swd", "held-out SWD"),
     ("skin_psnr_db", "held-out PSNR (dB)"),
     ("skin_ssim", "held-out SSIM"),
@@ -156,6 +157,10 @@ def plot_curve(rows: list[dict[str, Any]], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [
+        {**r, "crop_glass_min": min(r["crop_glass_rgb"]) if r.get("crop_glass_rgb") else None}
+        for r in rows
+    ]
     minutes = [r["elapsed_s"] / 60 for r in rows]
     shown = [(key, label) for key, label in COLUMNS if any(r.get(key) is not None for r in rows)]
     cols = 3
