@@ -12,7 +12,8 @@
 #   DEVICE [auto]           cuda, cpu or auto (cuda when torch sees one)
 #   BF16 [1]                bf16 autocast (1) or fp32 (0)
 #   BUDGET_S [420]          training wall time, s (the run stops there with a checkpoint;
-#                           the 8-minute budget: 7 min of training + building the inputs)
+#                           inside the 8-minute training budget; prepare and the input
+#                           build come before it and are not counted)
 #   NGF [64] BLOCKS [9] NDF [64] CROP_PX [256] BATCH [16] STEPS [100000] CKPT_EVERY [250]
 #   EVAL_IMAGES [0: all held-out patches] TEXTURE [1: SWD and C2ST] CRITIC_S [90]
 #   PATCH_PX [512] PYTHON [.venv/bin/python if present, else python3]
