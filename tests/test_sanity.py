@@ -17,8 +17,9 @@ from service.core.normalize import estimate_range, normalize
 from service.core.sanity import check_modes
 from service.errors import InputsIdentical, InputsSwapped
 from service.options import JobOptions
-from service.pipeline import StainSpec, check_inputs, measure_thumbnails, stain_slide
+from service.pipeline import StainSpec, stain_slide
 from service.slide import SlideInputs, open_pair
+from service.slide.inspect import check_inputs, measure_thumbnails
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = SlideInputs(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.config import Settings
-from service.errors import DscmError
+from service.errors import CorruptSlide, DscmError
 from service.jobs.runner import Progress, StainRequest
 from service.options import JobOptions
 from service.report import StainReport
@@ -86,10 +86,13 @@ class PipelineStainer:
     def check_pair(self, rcm: Path, fcm: Path, allow_swapped: bool, max_pixels: int) -> None:
         """The pipeline's input check on the uploaded pair (service.core.sanity), so that a
         clearly swapped pair or one image twice is refused with 422 before it is queued."""
-        from service.pipeline import check_pair
         from service.slide import SlideInputs
+        from service.slide.inspect import check_pair
 
-        check_pair(SlideInputs(rcm, fcm), allow_swapped, max_pixels)
+        try:
+            check_pair(SlideInputs(rcm, fcm), allow_swapped, max_pixels)
+        except CorruptSlide:
+            return  # pixel data that does not decode fails the job when it runs (docs/api.md)
 
     def check_stages(self, stages: Sequence[str] | None, models_dir: Path) -> None:
         """Raise InputError or ModelError for a stage list the installed models cannot run, reading
