@@ -109,12 +109,8 @@ class JobOptions:
         return "tiff" if self.output_format == "dicom" else self.output_format
 
     def pyramid_path(self, output: Path) -> Path:
-        """Where the stained TIFF pyramid of ``output`` is: ``output`` itself for the TIFF
-        formats; beside a DICOM series folder ``out`` as ``out.tiff`` (the series is made
-        from it, the viewer and QuPath read it)."""
-        if self.output_format == "dicom":
-            return output.with_name(f"{output.name}.tiff")
-        return output
+        """Where the stained TIFF pyramid of ``output`` is (see ``pyramid_path``)."""
+        return pyramid_path(output, self.output_format)
 
 
 _FIELDS = frozenset(JobOptions.__dataclass_fields__)
@@ -125,6 +121,15 @@ def check_mpp_um(name: str, value: float | None, hint: str = "") -> None:
     low, high = MPP_RANGE_UM
     if value is not None and not low <= value <= high:
         raise InputError(f"{name} must be {low}-{high} um/px, got {value:g}{hint}")
+
+
+def pyramid_path(output: Path, output_format: OutputFormat) -> Path:
+    """Where the stained TIFF pyramid of ``output`` is: ``output`` itself for the TIFF
+    formats; beside a DICOM series folder ``out`` as ``out.tiff`` (the series is made from it,
+    the viewer and QuPath read it)."""
+    if output_format == "dicom":
+        return output.with_name(f"{output.name}.tiff")
+    return output
 
 
 PixelSizeSource = Literal["caller", "file", "operator default"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import pyvips
 from support.pairs import confocal_like, write_gray
+from support.shared_data import real_crop
 
 from service.core.glass import NO_GLASS_LEVEL, below_glass_to_zero, estimate_glass_level
 from service.options import JobOptions
@@ -104,12 +105,12 @@ def test_below_glass_to_zero_keeps_tissue_and_zero() -> None:
 
 
 @pytest.mark.skipif(
-    not Path("/work/shared/data/confocal/crop-512-fcm.jpg").is_file(),
+    not real_crop("fcm").is_file(),
     reason="the real Vivascope crop is not on this machine",
 )
 def test_real_crop_all_tissue_gets_no_level() -> None:
     units = []
     for mode in ("fcm", "rcm"):
-        pixels = pyvips.Image.new_from_file(f"/work/shared/data/confocal/crop-512-{mode}.jpg")
+        pixels = pyvips.Image.new_from_file(str(real_crop(mode)))
         units.append(unit(pixels.numpy()))
     assert estimate_glass_level(*units) == NO_GLASS_LEVEL

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from support.pairs import Texture, confocal_like, textured_tissue, write_gray, write_gray_tiff
+from support.shared_data import real_crop
 from support.slides import write_slide_pair
 
 from service.cli import main
@@ -26,8 +27,7 @@ SAMPLE = SlideInputs(
     rcm=ROOT / "samples/skin-scan/DET#1/highres_raw.tif",
     fcm=ROOT / "samples/skin-scan/DET#2/highres_raw.tif",
 )
-CROP = Path("/work/shared/data/confocal")
-REAL_CROP = SlideInputs(rcm=CROP / "crop-512-rcm.jpg", fcm=CROP / "crop-512-fcm.jpg")
+REAL_CROP = SlideInputs(rcm=real_crop("rcm"), fcm=real_crop("fcm"))
 needs_crop = pytest.mark.skipif(
     not REAL_CROP.fcm.is_file(), reason="the real Vivascope crop is not on this machine"
 )

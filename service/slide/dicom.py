@@ -26,6 +26,7 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
+from service import __version__
 from service.case import Case
 from service.errors import OutputError
 from service.options import DEFAULT_UID_ROOT
@@ -200,7 +201,7 @@ def _level_dataset(
     ds.Manufacturer = _MANUFACTURER
     ds.ManufacturerModelName = _MODEL_NAME
     ds.DeviceSerialNumber = "1"
-    ds.SoftwareVersions = _software_version()
+    ds.SoftwareVersions = f"dscm {__version__}"
     # Image pixel: 8-bit RGB, JPEG baseline frames as the TIFF writer made them (no colour
     # transform: the streams carry Adobe's RGB marker).
     ds.SamplesPerPixel = 3
@@ -354,15 +355,6 @@ def _ds(value: float) -> str:
     """A Decimal String of at most 16 characters."""
     text = f"{value:.10g}"
     return text if len(text) <= 16 else f"{value:.6e}"
-
-
-def _software_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"dscm {version('dscm')}"
-    except PackageNotFoundError:
-        return "dscm"
 
 
 _SRGB: bytes | None = None

@@ -19,7 +19,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
@@ -28,7 +28,7 @@ import pyvips
 
 from service.case import NO_CASE, Case
 from service.errors import OutputError
-from service.options import DEFAULT_UID_ROOT, Compression, JobOptions, OutputFormat
+from service.options import DEFAULT_UID_ROOT, Compression, OutputFormat, pyramid_path
 from service.slide.canvas import DiskCanvas
 from service.slide.dicom import DicomSeries, write_series
 from service.slide.reader import pyramid_pages
@@ -187,7 +187,7 @@ class PyramidWriter:
     @property
     def pyramid(self) -> Path:
         """The published TIFF pyramid: the output, or the file beside a DICOM series."""
-        return JobOptions(output_format=self.output_format).pyramid_path(self.output)
+        return pyramid_path(self.output, self.output_format)
 
     def publish(self) -> list[PyramidLevel]:
         """Atomically rename the saved pyramid (and series) to its final name; returns the
@@ -197,12 +197,7 @@ class PyramidWriter:
             if self.series is not None:
                 shutil.rmtree(self.output, ignore_errors=True)  # --overwrite was checked
                 os.replace(self.tmp_series, self.output)
-                self.series = DicomSeries(
-                    self.output,
-                    self.series.study_instance_uid,
-                    self.series.series_instance_uid,
-                    self.series.instances,
-                )
+                self.series = replace(self.series, folder=self.output)
         except OSError as exc:
             self.abort()
             raise output_error(exc, self.output) from exc

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyvips
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from support.shared_data import SHARED_DATA as SHARED_DATA
 
 
 def he_like(height: int, width: int, seed: int) -> np.ndarray:
