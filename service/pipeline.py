@@ -53,6 +53,7 @@ from service.slide import (
     read_overview,
 )
 from service.slide.inspect import inspect_pair
+from service.slide.live import LEDGER_NAME, LivePlan, TileLedger, canvas_name
 from service.tile_reader import TileReader
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -123,6 +124,8 @@ class StainSpec:
     default_mpp_um: float | None = None  # the operator's fallback (DSCM_DEFAULT_MPP_UM)
     dicom_uid_root: str = DEFAULT_UID_ROOT  # the organisation's UID prefix (DSCM_DICOM_UID_ROOT)
     uid_seed: str | None = None  # the job id: a DICOM series' UIDs are the same every attempt
+    live_dir: Path | None = None  # where the canvases and the tile ledger go while staining, for
+    # the viewer and region workers (service.slide.live); None: private names beside the output
 
     def __post_init__(self) -> None:
         if self.tile_px < 64 or self.tile_px % 16:
@@ -224,6 +227,7 @@ def stain_slide(
     except BaseException:
         run.discard_outputs()
         raise
+    run.close_ledger()
     run.check_faithfulness()
     return run.report(started)
 
@@ -311,6 +315,7 @@ class SlideRun:
     inputs_check: ModeCheck
     background: dict[str, np.ndarray] = field(default_factory=dict)
     writers: dict[str, PyramidWriter] = field(default_factory=dict)
+    ledger: TileLedger | None = None  # with a live folder: which tiles are in the canvases
     levels: list[Any] = field(default_factory=list)
     qc: dict[str, object] = field(default_factory=dict)
 
@@ -347,9 +352,17 @@ class SlideRun:
             self.background = self.chain.background(self.spec.options.layers)
 
     def open_writers(self) -> None:
-        """One pyramid writer for the stain and one per extra layer, at the input's size."""
+        """One pyramid writer for the stain and one per extra layer, at the input's size; with a
+        live folder, their canvases go there, with the plan and an empty tile ledger."""
         info, pixel, output = self.info, self.pixel, self.output
         work_size = (pixel.work_width_px, pixel.work_height_px)
+        live = self.spec.live_dir
+        layers = self.spec.options.layers
+        bands: dict[str, int] = {"stain": 3}
+        bands.update({layer: 1 if layer in ("fcm", "rcm") else 3 for layer in layers})
+        if live is not None:
+            live.mkdir(parents=True, exist_ok=True)
+            self.ledger = TileLedger(live / LEDGER_NAME, len(self.tiles), create=True)
         self.writers["stain"] = PyramidWriter(
             output,
             info.width_px,
@@ -359,16 +372,29 @@ class SlideRun:
             case=self.spec.case,
             uid_root=self.spec.dicom_uid_root,
             uid_seed=self.spec.uid_seed,
+            canvas_path=live / canvas_name("stain") if live else None,
         )
-        for layer in self.spec.options.layers:
+        for layer in layers:
             self.writers[layer] = PyramidWriter(
                 self.layer_path(layer),
                 info.width_px,
                 info.height_px,
                 pixel.mpp_um,
-                bands=1 if layer in ("fcm", "rcm") else 3,
+                bands=bands[layer],
                 work_size_px=work_size,
+                canvas_path=live / canvas_name(layer) if live else None,
             )
+        if live is not None:
+            LivePlan(
+                width_px=info.width_px,
+                height_px=info.height_px,
+                work_width_px=pixel.work_width_px,
+                work_height_px=pixel.work_height_px,
+                tile_px=self.tile_px,
+                tiles=len(self.tiles),
+                mpp_um=pixel.mpp_um,
+                bands=bands,
+            ).save(live)
 
     @property
     def pyramid(self) -> Path:
@@ -388,6 +414,12 @@ class SlideRun:
                 for name, writer in self.writers.items():
                     colour = self.background[name]
                     writer.fill(tile.l0_x, tile.l0_y, tile.width_px, tile.height_px, colour)
+                self.mark_done([tile])
+
+    def mark_done(self, tiles: Sequence[Tile]) -> None:
+        """Record in the live folder's ledger that these tiles are in every canvas."""
+        if self.ledger is not None:
+            self.ledger.mark([tile.index for tile in tiles])
 
     def stain_tiles(self) -> None:
         """Phase 4, tiles: tissue tiles in batches through the chain, each layer written."""
@@ -404,6 +436,7 @@ class SlideRun:
                     for name, block in {"stain": stained, **kept}.items():
                         pixels = block[i, : tile.height_px, : tile.width_px]
                         self.writers[name].write(tile.l0_x, tile.l0_y, pixels)
+                self.mark_done([tile for tile, _, _ in batch])
                 done += len(batch)
                 self.progress("tiles", done, total)
         self.timings["read"] = self.reader.busy_s
@@ -421,9 +454,15 @@ class SlideRun:
                 self.writers[layer].publish()
             self.levels = self.writers["stain"].publish()
 
+    def close_ledger(self) -> None:
+        """Close the live folder's ledger (the folder itself is the caller's to remove)."""
+        if self.ledger is not None:
+            self.ledger.close()
+
     def discard_outputs(self) -> None:
         """After a failure or a cancel: stop reading, and leave no output behind."""
         self.reader.stop()
+        self.close_ledger()
         for writer in self.writers.values():
             writer.abort()
         for layer in self.spec.options.layers:

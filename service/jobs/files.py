@@ -4,6 +4,7 @@
     <results_dir>/<job id>/<lease>.tiff|.jpg           outputs, one private name per attempt
     <results_dir>/<job id>/<lease>.<layer>.tiff        extra layers (gareau, fcm, rcm), if asked
     <results_dir>/<job id>/<lease>.dcm/level-<n>.dcm   a DICOM series; its pyramid <lease>.dcm.tiff
+    <results_dir>/<job id>/<lease>.live/               while staining: canvases, tile ledger
     <storage_dir>/tmp/upload-<uuid>/                    uploads still being received
 
 Paths are built only from validated job ids and names this module makes, never from client text.
@@ -85,6 +86,13 @@ class JobFiles:
         if path.resolve().parent != self.result_dir(job_id).resolve():
             raise ValueError(f"{name!r} is outside the job's result folder")
         return path
+
+    def live_dir(self, job_id: str, lease: str) -> Path:
+        """An attempt's live folder (service.slide.live): its canvases and tile ledger while it
+        stains, read by the viewer and written by region workers; removed with the attempt."""
+        if not lease.isalnum():
+            raise ValueError(f"bad lease {lease!r}")
+        return self.result_dir(job_id) / f"{lease}.live"
 
     def remove_attempt_files(self, job_id: str, lease: str) -> None:
         """Delete what one attempt published under its private name (``<lease>.*``), and the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -46,6 +47,7 @@ class StainRequest:
     options: JobOptions
     case: Case
     uid_seed: str | None = None  # the job id: a DICOM series keeps its UIDs across attempts
+    live_dir: Path | None = None  # the attempt's live folder (JobFiles.live_dir)
 
 
 # What a stainer loads once per worker process and is handed back for every stain (the real one:
@@ -212,6 +214,7 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
                 options=options,
                 case=job.case,
                 uid_seed=job.id,
+                live_dir=files.live_dir(job.id, lease),
             )
             attempt.progress("load_models", 0, 1)
             models = ctx.models_for(options)
@@ -233,6 +236,8 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
         if not store.succeed(job.id, lease, public, *published):
             _discard(files, job.id, lease)
             return "lost"
+        # the published pyramid replaces the live folder (a viewer open on it reloads the pyramid)
+        shutil.rmtree(files.live_dir(job.id, lease), ignore_errors=True)
         files.purge_inputs(job.id)
         telemetry.observe_report(report)
         return "succeeded"

@@ -44,7 +44,11 @@ class PipelineStainer:
         if not isinstance(models, ModelSet):
             raise TypeError(f"models loaded by another stainer: {type(models).__name__}")
         spec = StainSpec.from_settings(
-            settings, request.options, request.case, uid_seed=request.uid_seed
+            settings,
+            request.options,
+            request.case,
+            uid_seed=request.uid_seed,
+            live_dir=request.live_dir,
         )
         inputs = SlideInputs(request.rcm, request.fcm)
         return stain_slide(inputs, request.output, spec, progress, models)

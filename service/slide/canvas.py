@@ -60,11 +60,21 @@ def _header(width_px: int, height_px: int, bands: int) -> tuple[bytes, int]:
 class DiskCanvas:
     """``height x width`` RGB (or gray) pixels in a TIFF file, written by tile."""
 
-    def __init__(self, path: Path, width_px: int, height_px: int, bands: int = 3) -> None:
+    def __init__(
+        self, path: Path, width_px: int, height_px: int, bands: int = 3, create: bool = True
+    ) -> None:
+        """``create``: a new, preallocated file (refused when one exists); otherwise the canvas
+        another process created at ``path`` with the same size, opened to write more tiles."""
         if bands not in (1, 3):
             raise ValueError(f"a canvas has 1 or 3 bands, not {bands}")
         self.path, self.width_px, self.height_px, self.bands = path, width_px, height_px, bands
         header, self.data_offset = _header(width_px, height_px, bands)
+        if not create:
+            self.fd = os.open(path, os.O_RDWR)
+            if os.fstat(self.fd).st_size < self.data_offset + width_px * height_px * bands:
+                self.close()
+                raise ValueError(f"{path} is not a {width_px} x {height_px} x {bands} canvas")
+            return
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.posix_fallocate(self.fd, 0, self.data_offset + width_px * height_px * bands)

@@ -59,9 +59,12 @@ class PyramidWriter:
         case: Case = NO_CASE,
         uid_root: str = DEFAULT_UID_ROOT,
         uid_seed: str | None = None,
+        canvas_path: Path | None = None,
     ) -> None:
-        """``work_size_px`` (width, height): the grid tiles are written on when the slide is
-        stained at another resolution; the pyramid is resized back to ``width x height``.
+        """``canvas_path``: where the uncompressed canvas goes (a live folder's, which the viewer
+        and region workers read and write: service.slide.live); a private name beside the
+        output by default. ``work_size_px`` (width, height): the grid tiles are written on when
+        the slide is stained at another resolution; the pyramid is resized back to the slide size.
         ``case``: in the ImageDescription of a tiff (every level), the OME Image's Description
         of an ome-tiff, the patient, study and specimen of a DICOM series. ``uid_root`` and
         ``uid_seed`` make a series' UIDs (service.slide.dicom.SeriesIds)."""
@@ -73,7 +76,8 @@ class PyramidWriter:
         self.width_px, self.height_px, self.mpp_um = width_px, height_px, mpp_um
         self.work_width_px, self.work_height_px = work_size_px or (width_px, height_px)
         stem = f".{output.name}.{uuid.uuid4().hex[:8]}"
-        self.canvas_path = output.parent / f"{stem}.canvas.tif"
+        self.canvas_path = canvas_path or output.parent / f"{stem}.canvas.tif"
+        self.own_canvas = canvas_path is None  # a live folder's canvas is its owner's to remove
         self.tmp_path = output.parent / f"{stem}.partial.tif"
         self.tmp_series = output.parent / f"{stem}.partial.dcm"
         self.canvas: DiskCanvas | None = None
@@ -116,8 +120,9 @@ class PyramidWriter:
             self.abort()
             raise
         finally:
-            with contextlib.suppress(OSError):
-                self.canvas_path.unlink()
+            if self.own_canvas:
+                with contextlib.suppress(OSError):
+                    self.canvas_path.unlink()
 
     def _full_size(self) -> pyvips.Image:
         """The canvas at the slide's own size (resized back when it was stained at another)."""

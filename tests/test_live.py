@@ -1,0 +1,96 @@
+"""The live folder: which tiles of a slide being stained are in its canvases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pyvips
+
+from service.core.grid import tile_grid
+from service.errors import JobCancelled
+from service.options import JobOptions
+from service.pipeline import StainSpec, stain_slide
+from service.slide.canvas import DiskCanvas
+from service.slide.live import LEDGER_NAME, LivePlan, TileLedger, canvas_name
+
+
+def test_the_ledger_counts_exactly_the_tiles_written_and_the_canvas_is_the_pyramid(
+    make_pair, tmp_path: Path
+) -> None:
+    """Gareau only (no model), lossless: at every progress call the ledger holds exactly the
+    tiles the pipeline reports done; afterwards the canvas equals the pyramid's level 0."""
+    inputs = make_pair(700, 1100, tissue_fraction=0.5)
+    live = tmp_path / "job.live"
+    spec = StainSpec(
+        models_dir=tmp_path / "none",
+        tile_px=256,
+        live_dir=live,
+        options=JobOptions(compression="lossless"),
+    )
+    seen: list[tuple[int, int]] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "tiles":
+            with TileLedger(live / LEDGER_NAME, total) as ledger:
+                seen.append((done, int(ledger.done().sum())))
+
+    report = stain_slide(inputs, tmp_path / "out.tif", spec, progress).to_dict()
+    assert report["tiles"]["skipped"] > 0  # glass tiles are marked too
+    assert seen and all(done == marked for done, marked in seen)
+    assert seen[-1][0] == report["tiles"]["total"]
+    plan = LivePlan.load(live)
+    assert (plan.width_px, plan.height_px, plan.tile_px) == (1100, 700, 256)
+    assert plan.tiles == len(tile_grid(1100, 700, 256)) == report["tiles"]["total"]
+    assert plan.bands == {"stain": 3}
+    canvas = pyvips.Image.tiffload(str(live / canvas_name("stain"))).numpy()
+    pyramid = pyvips.Image.tiffload(str(tmp_path / "out.tif")).numpy()
+    assert np.array_equal(canvas, pyramid)
+
+
+def test_without_a_live_folder_no_canvas_is_left(make_pair, tmp_path: Path) -> None:
+    inputs = make_pair(300, 300)
+    stain_slide(inputs, tmp_path / "o.tif", StainSpec(models_dir=tmp_path / "none", tile_px=128))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".o.tif")) == []
+
+
+def test_a_cancelled_stain_leaves_the_ledger_short_of_the_grid(make_pair, tmp_path: Path) -> None:
+    inputs = make_pair(512, 512, tissue_fraction=1.0)
+    live = tmp_path / "job.live"
+    spec = StainSpec(
+        models_dir=tmp_path / "none", tile_px=128, skip_background=False, live_dir=live
+    )
+
+    def cancel(stage: str, done: int, total: int) -> None:
+        if stage == "tiles" and done >= 3:
+            raise JobCancelled("cancelled")
+
+    with pytest.raises(JobCancelled):
+        stain_slide(inputs, tmp_path / "o.tif", spec, cancel)
+    with TileLedger(live / LEDGER_NAME, 16) as ledger:
+        assert 3 <= ledger.done().sum() < 16
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_second_process_writes_into_an_existing_canvas(tmp_path: Path) -> None:
+    path = tmp_path / "c.tif"
+    first = DiskCanvas(path, 40, 30)
+    second = DiskCanvas(path, 40, 30, create=False)
+    second.write(8, 4, np.full((5, 6, 3), 200, np.uint8))
+    first.close()
+    second.close()
+    image = pyvips.Image.tiffload(str(path)).numpy()
+    assert (image[4:9, 8:14] == 200).all() and image.sum() == 200 * 5 * 6 * 3
+    with pytest.raises(ValueError, match="not a 80 x 30 x 3 canvas"):
+        DiskCanvas(path, 80, 30, create=False)
+    with pytest.raises(FileExistsError):
+        DiskCanvas(path, 40, 30)
+
+
+def test_the_ledger_refuses_tiles_outside_its_grid(tmp_path: Path) -> None:
+    with TileLedger(tmp_path / "l", 4, create=True) as ledger:
+        ledger.mark([0, 3])
+        assert ledger.done().tolist() == [True, False, False, True]
+        with pytest.raises(IndexError):
+            ledger.mark(4)
