@@ -22,6 +22,7 @@ from service.core.grid import (
     Tile,
     check_work_pixels,
     tile_grid,
+    tissue_first,
     tissue_tiles,
     work_size_px,
 )
@@ -422,8 +423,9 @@ class SlideRun:
             self.ledger.mark([tile.index for tile in tiles])
 
     def stain_tiles(self) -> None:
-        """Phase 4, tiles: tissue tiles in batches through the chain, each layer written."""
-        todo, total = self.todo, len(self.tiles)
+        """Phase 4, tiles: tissue tiles in batches through the chain, each layer written; the
+        tissue's centre first, for a viewer watching (the statistics sample grid order)."""
+        todo, total = tissue_first(self.tiles, self.tissue), len(self.tiles)
         layers = self.spec.options.layers
         with self._timed("tiles"):
             done = total - len(todo)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pyvips
 
-from service.core.grid import tile_grid
+from service.core.grid import tile_grid, tissue_first
 from service.errors import JobCancelled
 from service.options import JobOptions
 from service.pipeline import StainSpec, stain_slide
@@ -94,3 +95,30 @@ def test_the_ledger_refuses_tiles_outside_its_grid(tmp_path: Path) -> None:
         assert ledger.done().tolist() == [True, False, False, True]
         with pytest.raises(IndexError):
             ledger.mark(4)
+
+
+def test_tissue_tiles_are_computed_from_the_tissue_centre_outwards(
+    make_pair, tmp_path: Path
+) -> None:
+    """Tissue first (issue 20): the tiles nearest the tissue's centre are computed first, and a
+    stain watched through a live folder is the same file as one without (whole-image equality
+    is test_pipeline's)."""
+    tiles = tile_grid(1024, 768, 256)  # 4 x 3
+    flags = [tile.l0_y > 0 for tile in tiles]  # tissue in the lower two rows
+    order = [tile.index for tile in tissue_first(tiles, flags)]
+    assert sorted(order) == [t.index for t in tiles if t.l0_y > 0]
+    assert set(order[:4]) == {5, 6, 9, 10}  # the four tiles around the centre (512, 512)
+    inputs = make_pair(768, 768, tissue_fraction=1.0)
+    live = tmp_path / "job.live"
+    spec = StainSpec(models_dir=tmp_path / "none", tile_px=256, skip_background=False)
+    first: list[int] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "tiles" and done == 1:
+            with TileLedger(live / LEDGER_NAME, total) as ledger:
+                first.extend(np.flatnonzero(ledger.done()).tolist())
+
+    stain_slide(inputs, tmp_path / "a.tif", replace(spec, live_dir=live), progress)
+    assert first == [4]  # the centre of the 3 x 3 grid
+    stain_slide(inputs, tmp_path / "b.tif", spec)
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
