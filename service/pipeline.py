@@ -54,7 +54,7 @@ from service.slide import (
     read_overview,
 )
 from service.slide.inspect import inspect_pair
-from service.slide.live import LEDGER_NAME, LivePlan, TileLedger, canvas_name
+from service.slide.live import LEDGER_NAME, LivePlan, TileLedger, canvas_name, save_overview
 from service.tile_reader import TileReader
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -386,6 +386,7 @@ class SlideRun:
                 canvas_path=live / canvas_name(layer) if live else None,
             )
         if live is not None:
+            save_overview(live, self.thumbs["fcm"], self.thumbs["rcm"])
             LivePlan(
                 width_px=info.width_px,
                 height_px=info.height_px,

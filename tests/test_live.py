@@ -14,7 +14,7 @@ from service.errors import JobCancelled
 from service.options import JobOptions
 from service.pipeline import StainSpec, stain_slide
 from service.slide.canvas import DiskCanvas
-from service.slide.live import LEDGER_NAME, LivePlan, TileLedger, canvas_name
+from service.slide.live import LEDGER_NAME, OVERVIEW_NAME, LivePlan, TileLedger, canvas_name
 
 
 def test_the_ledger_counts_exactly_the_tiles_written_and_the_canvas_is_the_pyramid(
@@ -45,6 +45,8 @@ def test_the_ledger_counts_exactly_the_tiles_written_and_the_canvas_is_the_pyram
     assert (plan.width_px, plan.height_px, plan.tile_px) == (1100, 700, 256)
     assert plan.tiles == len(tile_grid(1100, 700, 256)) == report["tiles"]["total"]
     assert plan.bands == {"stain": 3}
+    overview = pyvips.Image.new_from_file(str(live / OVERVIEW_NAME))
+    assert overview.bands == 3 and abs(overview.width / overview.height - 1100 / 700) < 0.01
     canvas = pyvips.Image.tiffload(str(live / canvas_name("stain"))).numpy()
     pyramid = pyvips.Image.tiffload(str(tmp_path / "out.tif")).numpy()
     assert np.array_equal(canvas, pyramid)

@@ -3,6 +3,8 @@
 A worker that stains a job's slide keeps, in the attempt's live folder on shared storage:
 
     plan.json            the grid (LivePlan): sizes, tile size, tile count, the canvases
+    overview.jpg         Gareau's stain of the slide's thumbnails (slide coordinates), which the
+                         viewer shows, greyed, where tiles are not yet stained
     <name>.canvas.tif    one uncompressed canvas per output ("stain", and each extra layer)
     tiles.done           the ledger: one byte per grid tile, 1 once the tile is in every canvas
 
@@ -19,14 +21,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyvips
+
+from service.core.stain import gareau_stain
 
 PLAN_NAME = "plan.json"
 LEDGER_NAME = "tiles.done"
+OVERVIEW_NAME = "overview.jpg"
 
 
 def canvas_name(output: str) -> str:
     """The canvas file of one output ("stain", "gareau", "fcm", "rcm") in a live folder."""
     return f"{output}.canvas.tif"
+
+
+def save_overview(folder: Path, fcm_unit: np.ndarray, rcm_unit: np.ndarray) -> None:
+    """Write overview.jpg atomically: Gareau's stain of the normalised thumbnails (values in
+    [0, 1]), the picture of the whole slide a viewer shows before its tiles are stained."""
+    rgb = (gareau_stain(fcm_unit, rcm_unit).transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
+    tmp = folder / f".{OVERVIEW_NAME}.tmp"
+    tmp.write_bytes(pyvips.Image.new_from_array(rgb, interpretation="srgb").jpegsave_buffer(Q=85))
+    os.replace(tmp, folder / OVERVIEW_NAME)
 
 
 @dataclass(frozen=True)
@@ -99,3 +114,36 @@ class TileLedger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+REGIONS_NAME = "regions.json"
+
+
+@dataclass(frozen=True)
+class RegionPlan:
+    """What a region worker needs besides the live plan: the tiles of each region, the chain's
+    slide-wide state (measured once, before the regions) and what the chain was."""
+
+    regions: list[list[int]]  # grid tile indices per region, in computing order
+    stages: list[str]
+    layers: list[str]
+    models_sha256: list[str]  # the networks the chain ran: a worker with others refuses
+    halo_px: int
+    batch_size: int
+    ranges: dict[str, dict[str, float]]  # IntensityRange per mode
+    chain_state: dict[str, object]  # StainChain.slide_state()
+
+    def save(self, folder: Path) -> None:
+        """Write regions.json atomically."""
+        tmp = folder / f".{REGIONS_NAME}.tmp"
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, folder / REGIONS_NAME)
+
+    @classmethod
+    def load(cls, folder: Path) -> RegionPlan:
+        """Read regions.json; OSError when absent, ValueError when malformed."""
+        data = json.loads((folder / REGIONS_NAME).read_text())
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"bad region plan in {folder}: {exc}") from exc
