@@ -18,6 +18,7 @@ from service.core.filters import median3x3
 from service.core.glass import NO_GLASS_LEVEL, GlassLevel, below_glass_to_zero
 from service.core.models import NORM_SHARED, OnnxModel, pool_norm_stats
 from service.core.stain import gareau_stain
+from service.core.stain_lut import StainLut
 from service.errors import InputError, ModelError
 from service.options import STAGES, check_names
 
@@ -102,6 +103,7 @@ class StainChain:
         # the slide's colour transfer: identity until estimate_slide_stats measured the slide
         self.colour_transfer = ColourTransfer.fit(None, colour.lab) if colour else None
         self.slide_lab: LabAccumulator | None = None
+        self._lut: StainLut | None = None
         self.despeckle_halo_px = self.despeckle.card.halo_px if self.despeckle else 0
         self.median_halo_px = MEDIAN_HALO_PX if "median" in self.stages else 0
         self.size_multiple_px = self.generator.card.size_multiple_px if self.generator else 1
@@ -138,12 +140,10 @@ class StainChain:
         """Whether a stage needs statistics of the whole slide before the first tile."""
         return self.needs_shared_stats or self.colour is not None
 
-    def gareau_input(self, fcm: np.ndarray, rcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Stages up to Gareau on ``(N, S + 2 halo, S + 2 halo)`` blocks in [0, 1].
-
-        Returns ``(N, 3, S + 2 g, S + 2 g)`` Gareau RGB, g being the generator's halo, and the
-        colour stage's tissue weight ``(N, S + 2 g, S + 2 g)``.
-        """
+    def despeckled(self, fcm: np.ndarray, rcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stages before Gareau on ``(N, S + 2 halo, S + 2 halo)`` blocks in [0, 1]: the
+        despeckler and the median on RCM; both modes cropped to ``S + 2 g``, g being the
+        generator's halo."""
         if self.despeckle is not None:
             started = time.perf_counter()
             out, _ = self.despeckle.run(rcm[:, None])
@@ -155,7 +155,18 @@ class StainChain:
             started = time.perf_counter()
             rcm = crop(median3x3(rcm), self.median_halo_px)
             self.timer.add("median", started)
-        fcm = crop(fcm, self.despeckle_halo_px + self.median_halo_px)
+        return crop(fcm, self.despeckle_halo_px + self.median_halo_px), rcm
+
+    def gareau_input(self, fcm: np.ndarray, rcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stages up to Gareau on ``(N, S + 2 halo, S + 2 halo)`` blocks in [0, 1].
+
+        Returns ``(N, 3, S + 2 g, S + 2 g)`` Gareau RGB, g being the generator's halo, and the
+        colour stage's tissue weight ``(N, S + 2 g, S + 2 g)``.
+        """
+        return self.gareau_of(*self.despeckled(fcm, rcm))
+
+    def gareau_of(self, fcm: np.ndarray, rcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gareau's RGB and the tissue weight of despeckled blocks (the glass ramp first)."""
         fcm = below_glass_to_zero(fcm, self.glass_level.fcm)
         rcm = below_glass_to_zero(rcm, self.glass_level.rcm)
         started = time.perf_counter()
@@ -163,17 +174,33 @@ class StainChain:
         self.timer.add("gareau", started)
         return rgb, tissue_weight(fcm, rcm)
 
-    def generator_input(self, fcm: np.ndarray, rcm: np.ndarray) -> np.ndarray:
-        """Stages up to the colour stage: what the generator (or the output) gets."""
-        return self.colour_stage(*self.gareau_input(fcm, rcm))
-
-    def colour_stage(self, rgb: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        """The tile with the colour card's transfer applied (pixels weighted by ``weight``), or
-        unchanged without a card."""
+    @property
+    def stain_lut(self) -> StainLut | None:
+        """Gareau + the colour stage as one table (service.core.stain_lut), for this slide's
+        glass level and colour transfer; rebuilt when either changes. None without a colour
+        stage (Gareau alone is a few passes already)."""
         if self.colour_transfer is None:
-            return rgb
+            return None
+        if self._lut is None or not self._lut.fits(self.glass_level, self.colour_transfer):
+            started = time.perf_counter()
+            self._lut = StainLut.build(self.glass_level, self.colour_transfer)
+            self.timer.add("colour_table", started)
+        return self._lut
+
+    def generator_input(self, fcm: np.ndarray, rcm: np.ndarray) -> np.ndarray:
+        """Stages up to the colour stage: what the generator (or the output) gets,
+        ``(N, 3, S + 2 g, S + 2 g)`` float32."""
+        fcm, rcm = self.despeckled(fcm, rcm)
+        return self.colour_rgb(fcm, rcm)
+
+    def colour_rgb(self, fcm: np.ndarray, rcm: np.ndarray) -> np.ndarray:
+        """Gareau + colour of despeckled blocks as float32 RGB (through the slide's table), or
+        Gareau alone without a colour card."""
+        lut = self.stain_lut
+        if lut is None:
+            return self.gareau_of(fcm, rcm)[0]
         started = time.perf_counter()
-        out = self.colour_transfer.apply(rgb, weight)
+        out = lut.float_chw(fcm, rcm)
         self.timer.add("colour", started)
         return out
 
@@ -192,10 +219,18 @@ class StainChain:
         for mode, block in (("fcm", fcm), ("rcm", rcm)):
             if mode in layers:
                 kept[mode] = to_uint8_hwc(crop(block, self.halo_px)[:, None])
-        rgb, weight = self.gareau_input(fcm, rcm)
+        fcm, rcm = self.despeckled(fcm, rcm)
         if "gareau" in layers:
-            kept["gareau"] = to_uint8_hwc(crop(rgb, self.generator_halo_px))
-        rgb = self.colour_stage(rgb, weight)
+            gareau, _ = self.gareau_of(fcm, rcm)
+            kept["gareau"] = to_uint8_hwc(crop(gareau, self.generator_halo_px))
+        lut = self.stain_lut
+        if self.generator is None and lut is not None:
+            # Gareau + colour straight to uint8 pixels: one lookup, no float image
+            started = time.perf_counter()
+            out = lut.uint8_hwc(fcm, rcm)
+            self.timer.add("colour", started)
+            return out, kept
+        rgb = self.colour_rgb(fcm, rcm)
         if self.generator is not None:
             started = time.perf_counter()
             rgb, _ = self.generator.run(rgb, norm_stats=self.norm_stats, norm_mix=1.0)
@@ -229,6 +264,35 @@ class StainChain:
             self.norm_stats = pool_norm_stats(
                 np.concatenate(collected), self.generator.card.norm_stats_layers
             )
+
+    def slide_state(self) -> dict[str, object]:
+        """What estimate_slide_stats and the glass level measured, as JSON values, for workers
+        that stain other regions of the same slide (restore_slide_state)."""
+        transfer = None
+        if self.colour_transfer is not None:  # exact values (the report's are rounded)
+            matrix = [list(row) for row in self.colour_transfer.matrix]
+            transfer = {"matrix": matrix, "offset": list(self.colour_transfer.offset)}
+        norm = None if self.norm_stats is None else self.norm_stats.astype(np.float32).tolist()
+        return {
+            "glass_level": [self.glass_level.fcm, self.glass_level.rcm],
+            "colour_transfer": transfer,
+            "norm_stats": norm,
+            "norm_stats_shape": None if self.norm_stats is None else list(self.norm_stats.shape),
+        }
+
+    def restore_slide_state(self, state: Mapping[str, Any]) -> None:
+        """Take the slide-wide state another process measured (slide_state); the tiles this
+        chain stains then equal that process's."""
+        fcm, rcm = state["glass_level"]
+        self.glass_level = GlassLevel(float(fcm), float(rcm))
+        transfer = state.get("colour_transfer")
+        if transfer is not None and self.colour is not None:
+            matrix = tuple(tuple(float(v) for v in row) for row in transfer["matrix"])
+            offset = tuple(float(v) for v in transfer["offset"])
+            self.colour_transfer = ColourTransfer(matrix, (offset[0], offset[1], offset[2]))
+        if state.get("norm_stats") is not None:
+            stats = np.asarray(state["norm_stats"], np.float32)
+            self.norm_stats = stats.reshape(state["norm_stats_shape"])
 
     def colour_report(self) -> dict[str, object] | None:
         """What the colour stage did to this slide: target, measured slide look, the map."""
