@@ -7,7 +7,7 @@ import math
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NoReturn, cast
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, cast
 
 import click
 from rich.console import Console
@@ -380,6 +380,7 @@ def models(models_dir: Path | None, as_json: bool) -> None:
         click.echo(f"{role:<10} {card.get('name')} v{card.get('version')} ({state})")
         if "architecture" in card:
             click.echo(f"           {card['architecture']}, halo {card.get('halo_px')} px")
+            click.echo(f"           runs on {describe_model_backend(found[role], card)}")
         trained = card_mpp_um(card)
         if trained:
             click.echo(f"           trained at {trained} um/px")
@@ -398,6 +399,24 @@ def describe_backend() -> str:
     settings = get_settings()
     try:
         backend = choose_backend(settings.inference, settings.inference_precision)
+    except DscmError as error:
+        return f"unavailable: {error.detail}"
+    return f"{backend.label} ({backend.reason})"
+
+
+def describe_model_backend(path: Path, card: dict[str, Any]) -> str:
+    """The backend one model runs on here, and why: under ``auto`` on a CPU with bf16 units,
+    the timed probe's figures (measured once per machine and model, then cached)."""
+    import os
+
+    from service.core.backend_probe import settle_backend
+    from service.core.backends import choose_backend
+
+    settings = get_settings()
+    try:
+        backend = choose_backend(settings.inference, settings.inference_precision)
+        threads = settings.threads or os.cpu_count() or 1
+        backend = settle_backend(backend, path, str(card.get("sha256")), threads)
     except DscmError as error:
         return f"unavailable: {error.detail}"
     return f"{backend.label} ({backend.reason})"

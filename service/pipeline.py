@@ -502,6 +502,7 @@ class SlideRun:
             stages=list(chain.stages),
             models=[m.card.to_summary() for m in networks],
             providers=sorted({m.provider for m in networks}),
+            backend_reason={m.card.role: m.backend.reason for m in networks},
             normalisation={mode: r.to_dict() for mode, r in self.ranges.items()},
             tiles=TileCounts(
                 total=len(self.tiles),

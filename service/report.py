@@ -55,6 +55,8 @@ class StainReport:
     # is FCM fluorescence and RCM reflectance? (service.core.sanity.ModeCheck.to_dict)
     inputs_check: dict[str, Any] | None = None
     glass_level: dict[str, Any] | None = None  # per mode (service.core.glass.GlassLevel)
+    # per model role, why it runs on its backend (service.core.backend_probe: the probe's times)
+    backend_reason: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The full report as nested dicts (`dscm stain --json` prints it; a job stores

@@ -59,9 +59,11 @@ def test_auto_prefers_cuda_when_onnxruntime_has_it() -> None:
 
 
 @pytest.mark.parametrize("flag", ["amx_bf16", "avx512_bf16"])
-def test_auto_takes_openvino_bf16_on_cpus_with_bf16_units(flag: str) -> None:
+def test_auto_times_openvino_bf16_per_model_on_cpus_with_bf16_units(flag: str) -> None:
+    """bf16 only where it measures faster for the model (tests/test_backend_probe.py)."""
     backend = choose_backend("auto", "auto", machine(openvino=True, flags=AVX2 | {flag}))
-    assert (backend.name, backend.precision) == ("openvino", "bf16")
+    assert (backend.name, backend.precision) == ("cpu", "fp32")
+    assert backend.contender == Backend("openvino", "bf16")
 
 
 def test_auto_stays_on_onnxruntime_where_openvino_fp32_is_not_faster() -> None:
@@ -145,6 +147,10 @@ def test_report_names_the_backend_that_ran(make_pair, shared_models: Path, tmp_p
     spec = StainSpec(models_dir=shared_models, tile_px=256, inference="cpu", threads=1)
     report = stain_slide(make_pair(300, 400, **MODEL_MPP), tmp_path / "out.tif", spec).to_dict()
     assert report["providers"] == ["CPUExecutionProvider fp32"]
+    assert report["backend_reason"] == {
+        "despeckle": "DSCM_INFERENCE=cpu",
+        "generator": "DSCM_INFERENCE=cpu",
+    }
 
 
 # ---- the accuracy guard, on the shipped models ----
@@ -332,6 +338,8 @@ def test_dscm_models_says_which_backend_runs(monkeypatch: pytest.MonkeyPatch) ->
         result = CliRunner().invoke(main, ["models", "--models", str(SHIPPED)])
         assert result.exit_code == 0, result.output
         lines[requested] = next(x for x in result.output.splitlines() if x.startswith("inference:"))
+        if requested == "cpu":  # each model says where it runs, and why
+            assert "           runs on cpu fp32 (DSCM_INFERENCE=cpu)" in result.output.splitlines()
     get_settings.cache_clear()
     assert lines["cpu"] == "inference: cpu fp32 (DSCM_INFERENCE=cpu)"
     if not Machine.probe().cuda:

@@ -9,9 +9,12 @@ The model card keeps one ONNX file per model; backend and precision are run-time
 - ``cuda``: onnxruntime-gpu's CUDA provider (the ``[gpu]`` extra) with IO binding; fp32, or fp16
   on request (the graph is converted at load time, inputs and outputs stay fp32).
 
-``auto`` takes CUDA when onnxruntime has it, OpenVINO bf16 on CPUs with bf16 units, OpenVINO fp32
-on the CPU classes where it measured faster than onnxruntime (``OPENVINO_FP32_FASTER_ON``), and
-onnxruntime CPU otherwise. docs/performance.md has the measurements behind these rules.
+``auto`` takes CUDA when onnxruntime has it, and onnxruntime CPU fp32 otherwise, unless OpenVINO
+is installed and might be faster here (bf16 on CPUs with bf16 units, fp32 on the CPU classes in
+``OPENVINO_FP32_FASTER_ON``): then each model is timed on both at load, once per machine and
+model (service.core.backend_probe), and OpenVINO runs the model only where it measured faster
+without needing more memory. bf16 without AMX tile units is emulated in part and was slower
+than onnxruntime fp32 on a large generator (issue 21). docs/performance.md has the measurements.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class Machine:
     ort_providers: tuple[str, ...]
     openvino: bool
     cpu_flags: frozenset[str]
+    cpu_model: str = ""  # /proc/cpuinfo's model name: with the flags, the probe cache's key
 
     @classmethod
     def probe(cls) -> Machine:
@@ -71,6 +75,7 @@ class Machine:
             ort_providers=tuple(ort.get_available_providers()),
             openvino=importlib.util.find_spec("openvino") is not None,
             cpu_flags=read_cpu_flags(),
+            cpu_model=read_cpu_field("model name"),
         )
 
     @property
@@ -100,24 +105,31 @@ class Machine:
 
 def read_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The first CPU's feature flags (Linux); empty where /proc/cpuinfo is not readable."""
+    return frozenset(read_cpu_field("flags", cpuinfo).split())
+
+
+def read_cpu_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The first CPU's ``name`` field of /proc/cpuinfo (Linux); "" where it is not readable."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return frozenset()
+        return ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() == name:
+            return value.strip()
+    return ""
 
 
 @dataclass(frozen=True)
 class Backend:
-    """A runtime, the precision it runs at, and why it was chosen."""
+    """A runtime, the precision it runs at, and why it was chosen; under ``auto``, possibly a
+    contender to time against it per model when the model is loaded (backend_probe)."""
 
     name: BackendName
     precision: RunPrecision
     reason: str = ""
+    contender: Backend | None = None
 
     @property
     def label(self) -> str:
@@ -139,8 +151,14 @@ def choose_backend(
         raise ModelError(f"unknown inference precision {precision!r}; choose {PRECISION_CHOICES}")
     machine = machine or Machine.probe()
     name: BackendName
+    contender: Backend | None = None
     if requested == "auto":
-        name, reason = _auto_backend(machine)
+        name, reason, contender = _auto_backend(machine)
+        if precision != "auto" and contender is not None:
+            # a stated precision is not timed: OpenVINO where only it runs that precision
+            if precision not in PRECISIONS_OF[name] and precision in PRECISIONS_OF["openvino"]:
+                name, reason = "openvino", f"auto: only OpenVINO runs {precision} on this CPU"
+            contender = None
     else:
         name, reason = requested, f"DSCM_INFERENCE={requested}"  # type: ignore[assignment]
     if name == "cuda" and not machine.cuda:
@@ -159,7 +177,7 @@ def choose_backend(
         reason += f", DSCM_INFERENCE_PRECISION={precision}"
     if chosen not in PRECISIONS_OF[name]:
         raise ModelError(f"the {name} backend runs {', '.join(PRECISIONS_OF[name])}, not {chosen}")
-    return Backend(name, chosen, reason)
+    return Backend(name, chosen, reason, contender)
 
 
 def backend_from_env(environ: Mapping[str, str] | None = None) -> Backend:
@@ -172,22 +190,26 @@ def backend_from_env(environ: Mapping[str, str] | None = None) -> Backend:
     )
 
 
-def _auto_backend(machine: Machine) -> tuple[BackendName, str]:
+def _auto_backend(machine: Machine) -> tuple[BackendName, str, Backend | None]:
+    """The backend ``auto`` starts from, why, and the contender each model is timed against."""
     if machine.cuda:
-        return "cuda", "auto: onnxruntime has the CUDA provider"
+        return "cuda", "auto: onnxruntime has the CUDA provider", None
     if machine.openvino and machine.bf16_units:
-        return (
-            "openvino",
-            f"auto: OpenVINO installed and the CPU has bf16 units ({machine.cpu_class})",
-        )
+        reason = f"auto: the CPU has bf16 units ({machine.cpu_class}): timed per model"
+        return "cpu", reason, Backend("openvino", "bf16")
     if machine.openvino and machine.cpu_class in OPENVINO_FP32_FASTER_ON:
-        return "openvino", f"auto: OpenVINO fp32 measured faster on {machine.cpu_class} CPUs"
+        reason = f"auto: OpenVINO fp32 measured faster on {machine.cpu_class} CPUs: timed per model"
+        return "cpu", reason, Backend("openvino", "fp32")
     if machine.openvino:
-        return "cpu", (
-            f"auto: no bf16 units ({machine.cpu_class}) and OpenVINO fp32 not measured faster "
-            "there: onnxruntime CPU"
+        return (
+            "cpu",
+            (
+                f"auto: no bf16 units ({machine.cpu_class}) and OpenVINO fp32 not measured faster "
+                "there: onnxruntime CPU"
+            ),
+            None,
         )
-    return "cpu", "auto: no GPU provider, no OpenVINO: onnxruntime CPU"
+    return "cpu", "auto: no GPU provider, no OpenVINO: onnxruntime CPU", None
 
 
 class Runner(Protocol):

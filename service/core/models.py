@@ -9,12 +9,14 @@ metrics, licence). See docs/models.md for the contract.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from service.core.backend_probe import settle_backend
 from service.core.backends import Backend, backend_from_env, open_runner
 from service.core.cards import read_card_json
 from service.core.colour import COLOUR_ROLE, find_colour_card
@@ -174,7 +176,9 @@ class OnnxModel:
                 f"{onnx_path.name}: sha256 {actual[:12]}... does not match its card "
                 f"({self.card.sha256[:12]}...); the file or the card was changed"
             )
-        self.backend = backend or backend_from_env()
+        threads = threads or os.cpu_count() or 1
+        # auto with a contender: the faster of the two for this model (timed once per machine)
+        self.backend = settle_backend(backend or backend_from_env(), onnx_path, actual, threads)
         self.runner = open_runner(onnx_path, self.backend, threads)
         self.input_names = self.runner.input_names
         expected = 3 if self.card.norm == NORM_SHARED else 1

@@ -1,7 +1,8 @@
 """The backend and precision a test runs the networks on, and the tolerance that precision earns.
 
 Tests that load a model without naming a backend run on the one ``DSCM_INFERENCE`` /
-``DSCM_INFERENCE_PRECISION`` name (``auto`` when unset: OpenVINO bf16 on CPUs with bf16 units).
+``DSCM_INFERENCE_PRECISION`` name (``auto`` when unset: on CPUs with bf16 units, OpenVINO bf16
+for the models a timed probe found faster, service.core.backend_probe).
 An accuracy test compares what ran at its own tolerance: fp32 to 1e-4 absolute, bf16 and fp16
 by the PSNR guard the shipped models are held to (docs/performance.md).
 
