@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import urlencode
 
+import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,7 +26,7 @@ from service.case import (
 )
 from service.errors import InputError
 from service.integrations import NAME_PATTERN
-from service.jobs.job import JobState
+from service.jobs.job import Job, JobState
 from service.options import (
     DEFAULT_OPTIONS,
     JPEG_QUALITY_RANGE,
@@ -37,6 +38,9 @@ from service.options import (
     StageName,
     ViewLayer,
 )
+
+if TYPE_CHECKING:  # service.slide imports pyvips, which the API loads only when it needs it
+    from service.slide.live import LivePlan
 
 CompareMode = Literal["side", "swipe"]
 
@@ -346,6 +350,48 @@ class ViewerLink(BaseModel):
     )
     token: str
     expires_at: datetime
+
+
+class LiveViewPublic(BaseModel):
+    """A running job's grid of tiles and which are stained, for a viewer that fills in: a Deep
+    Zoom tile changes when a grid tile under it (work_px coordinates) turns to 1."""
+
+    attempt: int = Field(description="The job's attempt; a new attempt starts from no tile")
+    planned: bool = Field(description="Whether the worker has laid the grid yet")
+    width_px: int = Field(description="The slide's (and the published pyramid's) width")
+    height_px: int
+    work_width_px: int = Field(description="The size the tiles are stained at (resampled)")
+    work_height_px: int
+    tile_px: int
+    columns: int
+    tiles: int
+    tiles_done: int
+    done: str = Field(description="One character per grid tile, row-major: 1 stained, 0 not yet")
+
+    @classmethod
+    def of(cls, job: Job, found: tuple[LivePlan, np.ndarray] | None) -> LiveViewPublic:
+        """The view of a running job from its plan and ledger (None: no plan yet)."""
+        if found is None:
+            width, height = job.inputs.width_px, job.inputs.height_px
+            return cls(
+                attempt=job.attempts, planned=False, width_px=width, height_px=height,
+                work_width_px=width, work_height_px=height, tile_px=max(width, height, 1),
+                columns=1, tiles=0, tiles_done=0, done="",
+            )  # fmt: skip
+        plan, done = found
+        return cls(
+            attempt=job.attempts,
+            planned=True,
+            width_px=plan.width_px,
+            height_px=plan.height_px,
+            work_width_px=plan.work_width_px,
+            work_height_px=plan.work_height_px,
+            tile_px=plan.tile_px,
+            columns=plan.columns,
+            tiles=plan.tiles,
+            tiles_done=int(done.sum()),
+            done=(done.astype(np.uint8) + ord("0")).tobytes().decode("ascii"),
+        )
 
 
 class Problem(BaseModel):

@@ -65,7 +65,7 @@ class Services:
             inprocess = InProcessQueue(lambda job_id: run_job(job_id, context))
             inprocess.start()
             queue = inprocess
-        tiles = TileService(files)
+        tiles = TileService(files, reload=store.get)
         sweeper = Sweeper(settings, store, files, queue, after_sweep=tiles.prune)
         links = ViewerLinks.from_settings(settings)
         services = cls(

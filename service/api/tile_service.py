@@ -9,10 +9,13 @@ on the first tile, so an API process that never serves one never loads it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.api.layers import layer_file_name
+from service.api.live_tiles import LiveGone, LiveTiles, check_live_layer, is_live
 from service.api.problems import ApiError
 from service.api.published import published_path
 from service.jobs.files import JobFiles
@@ -26,16 +29,33 @@ MAX_OPEN_SLIDES = 16
 MAX_CACHED_TILES = 4096  # tiles of real tissue are 20-30 kB: at most about 120 MB
 
 
+@dataclass(frozen=True)
+class ServedTile:
+    """A Deep Zoom tile as the route sends it: its JPEG and whether it is final (the
+    published pyramid's, or a running job's tile whose grid tiles are all stained) or will
+    change (a running job's tile with parts still to come: never cached)."""
+
+    jpeg: bytes
+    final: bool
+    live: bool
+
+
 class TileService:
-    """The DZI and tiles of jobs' layers, through one shared DeepZoomCache."""
+    """The DZI and tiles of jobs' layers: a finished job's from its published pyramid through
+    one shared DeepZoomCache, a running job's from its live folder (service.api.live_tiles)."""
 
     def __init__(
         self,
         files: JobFiles,
         max_slides: int = MAX_OPEN_SLIDES,
         max_tiles: int = MAX_CACHED_TILES,
+        reload: Callable[[str], Job | None] | None = None,
     ) -> None:
+        """``reload``: the job record by id, read again when a running job's attempt ends while
+        one of its tiles is read (the store's ``get``)."""
         self.files = files
+        self.live = LiveTiles(files)
+        self.reload = reload
         self._sizes = (max_slides, max_tiles)
         self._cache: DeepZoomCache | None = None
         self._lock = threading.Lock()
@@ -76,12 +96,13 @@ class TileService:
 
     def prune(self) -> int:
         """Close the pyramids whose files were deleted elsewhere (the sweeper's retention
-        purge, another API process's DELETE), so no deleted file stays open here."""
+        purge, another API process's DELETE), so no deleted file stays open here; forget the
+        live views of attempts that ended."""
         with self._lock:
             gone = [path for path in self._opened if not path.exists()]
         for path in gone:
             self._evict(path)
-        return len(gone)
+        return len(gone) + self.live.prune()
 
     def _evict(self, path: Path) -> None:
         with self._lock:
@@ -97,7 +118,14 @@ class TileService:
         return cache
 
     def dzi(self, job: Job, layer: ViewLayer) -> str:
-        """The DZI of a job's layer; 410 purged when the file went away after the checks."""
+        """The DZI of a job's layer; 410 purged when the file went away after the checks. A
+        running job's is its final pyramid's (the size of its inputs)."""
+        if is_live(job):
+            from service.slide.deepzoom import dzi_xml
+
+            check_live_layer(job, layer)
+            return dzi_xml(job.inputs.width_px, job.inputs.height_px)
+        self.live.drop(job.id)
         path = self.layer_path(job, layer)
         try:
             return self._opening(path).slide(path).dzi_xml()
@@ -105,8 +133,28 @@ class TileService:
             self._evict(path)
             raise ApiError(410, "purged", "the result was deleted") from exc
 
-    def tile(self, job: Job, layer: ViewLayer, level: int, column: int, row: int) -> bytes:
-        """One JPEG tile; TileNotFound (404) for a level, column or row outside the pyramid."""
+    def tile(self, job: Job, layer: ViewLayer, level: int, column: int, row: int) -> ServedTile:
+        """One JPEG tile; TileNotFound (404) for a level, column or row outside the pyramid.
+        A running job's comes from its live folder; when its attempt ends meanwhile, the job is
+        read again and served as it is now (published, 409, or the next attempt's)."""
+        if is_live(job):
+            try:
+                live = self.live.tile(job, layer, level, column, row)
+                return ServedTile(live.jpeg, final=live.complete, live=True)
+            except LiveGone:
+                now = self.reload(job.id) if self.reload is not None else None
+                if now is None or (now.state == job.state and now.lease == job.lease):
+                    raise ApiError(
+                        409, "job_not_finished", "the job's attempt is ending; try again"
+                    ) from None
+                return self.tile(now, layer, level, column, row)
+        self.live.drop(job.id)
+        return ServedTile(self.published_tile(job, layer, level, column, row), True, False)
+
+    def published_tile(
+        self, job: Job, layer: ViewLayer, level: int, column: int, row: int
+    ) -> bytes:
+        """One JPEG tile of a finished job's published layer (409/410 as for the result)."""
         path = self.layer_path(job, layer)
         try:
             return self._opening(path).tile(path, level, column, row)

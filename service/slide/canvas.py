@@ -99,3 +99,13 @@ class DiskCanvas:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def read_canvas(path: Path, width_px: int, height_px: int, bands: int = 3) -> np.ndarray:
+    """A read-only ``(height, width, bands)`` view of a canvas's pixels (memory-mapped: a crop
+    reads only its rows); ValueError when the file is not such a canvas. Only pixels the writer
+    has finished (a live folder's ledger says which) are meaningful."""
+    data_offset = _header(width_px, height_px, bands)[1]
+    if path.stat().st_size < data_offset + width_px * height_px * bands:
+        raise ValueError(f"{path} is not a {width_px} x {height_px} x {bands} canvas")
+    return np.memmap(path, np.uint8, "r", data_offset, (height_px, width_px, bands))

@@ -39,6 +39,86 @@ class DzLevel:
     downsample: float
 
 
+def dz_levels(width_px: int, height_px: int) -> list[DzLevel]:
+    """The Deep Zoom levels of a slide of this size, level 0 being 1 x 1 px."""
+    max_level = math.ceil(math.log2(max(width_px, height_px, 1)))
+    levels: list[DzLevel] = []
+    for level in range(max_level + 1):
+        downsample = 2.0 ** (max_level - level)
+        width = max(1, math.ceil(width_px / downsample))
+        height = max(1, math.ceil(height_px / downsample))
+        levels.append(
+            DzLevel(
+                width, height, math.ceil(width / DZ_TILE_PX), math.ceil(height / DZ_TILE_PX),
+                downsample,
+            )
+        )  # fmt: skip
+    return levels
+
+
+def dzi_xml(width_px: int, height_px: int) -> str:
+    """The Deep Zoom descriptor of a slide of this size (JPEG tiles, their size and overlap);
+    a running job's and its published pyramid's are the same, so the view does not jump."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" '
+        f'Format="jpeg" Overlap="{DZ_OVERLAP_PX}" TileSize="{DZ_TILE_PX}">'
+        f'<Size Width="{width_px}" Height="{height_px}"/></Image>'
+    )
+
+
+@dataclass(frozen=True)
+class TileCut:
+    """Where one Deep Zoom tile comes from: a box of a page (one image of the slide at some
+    downsample), the scale from page to tile, and the tile's size."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+    scale: float  # page pixels -> tile pixels (<= 1 shrinks)
+    tile_width_px: int
+    tile_height_px: int
+
+
+def plan_cut(
+    levels: list[DzLevel],
+    level: int,
+    column: int,
+    row: int,
+    slide_width_px: int,
+    page_size_px: tuple[int, int],
+) -> TileCut:
+    """The page box behind one Deep Zoom tile (overlap included); TileNotFound outside the
+    pyramid. A page of ``page_size_px`` covers the whole slide of ``slide_width_px``."""
+    if not 0 <= level < len(levels):
+        raise TileNotFound(f"level {level} is outside 0..{len(levels) - 1}")
+    dz = levels[level]
+    if not (0 <= column < dz.columns and 0 <= row < dz.rows):
+        raise TileNotFound(f"tile ({column}, {row}) is outside level {level}")
+    x0 = column * DZ_TILE_PX - (DZ_OVERLAP_PX if column else 0)
+    y0 = row * DZ_TILE_PX - (DZ_OVERLAP_PX if row else 0)
+    x1 = min((column + 1) * DZ_TILE_PX + DZ_OVERLAP_PX, dz.width_px)
+    y1 = min((row + 1) * DZ_TILE_PX + DZ_OVERLAP_PX, dz.height_px)
+    page_width, page_height = page_size_px
+    scale = (slide_width_px / page_width) / dz.downsample
+    left = min(int(x0 / scale), page_width - 1)
+    top = min(int(y0 / scale), page_height - 1)
+    width = max(1, min(math.ceil((x1 - x0) / scale), page_width - left))
+    height = max(1, min(math.ceil((y1 - y0) / scale), page_height - top))
+    return TileCut(left, top, width, height, scale, x1 - x0, y1 - y0)
+
+
+def finish_tile(region: pyvips.Image, cut: TileCut) -> bytes:
+    """The JPEG of a tile from its page box (``region``, the box ``cut`` names)."""
+    # libvips images are immutable and its operations thread-safe: no lock needed
+    if cut.scale < 1.0:
+        region = region.resize(cut.scale)
+    if (region.width, region.height) != (cut.tile_width_px, cut.tile_height_px):
+        region = region.thumbnail_image(cut.tile_width_px, height=cut.tile_height_px, size="force")
+    return bytes(region.jpegsave_buffer(Q=DZ_JPEG_QUALITY))
+
+
 class DeepZoom:
     """The Deep Zoom view of one pyramidal TIFF (opened once, thread-safe reads)."""
 
@@ -48,53 +128,19 @@ class DeepZoom:
         base = self.pages[0]
         self.width_px, self.height_px = base.width, base.height
         self.mpp_um = read_mpp_um(base)
-        max_level = math.ceil(math.log2(max(self.width_px, self.height_px, 1)))
-        self.levels: list[DzLevel] = []
-        for level in range(max_level + 1):
-            downsample = 2.0 ** (max_level - level)
-            width = max(1, math.ceil(self.width_px / downsample))
-            height = max(1, math.ceil(self.height_px / downsample))
-            self.levels.append(
-                DzLevel(
-                    width, height, math.ceil(width / DZ_TILE_PX), math.ceil(height / DZ_TILE_PX),
-                    downsample,
-                )
-            )  # fmt: skip
+        self.levels = dz_levels(self.width_px, self.height_px)
 
     def dzi_xml(self) -> str:
         """The Deep Zoom descriptor of the slide (JPEG tiles, their size and overlap)."""
-        return (
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" '
-            f'Format="jpeg" Overlap="{DZ_OVERLAP_PX}" TileSize="{DZ_TILE_PX}">'
-            f'<Size Width="{self.width_px}" Height="{self.height_px}"/></Image>'
-        )
+        return dzi_xml(self.width_px, self.height_px)
 
     def tile_jpeg(self, level: int, column: int, row: int) -> bytes:
         """The JPEG of one Deep Zoom tile; TileNotFound outside the pyramid."""
         if not 0 <= level < len(self.levels):
             raise TileNotFound(f"level {level} is outside 0..{len(self.levels) - 1}")
-        dz = self.levels[level]
-        if not (0 <= column < dz.columns and 0 <= row < dz.rows):
-            raise TileNotFound(f"tile ({column}, {row}) is outside level {level}")
-        x0 = column * DZ_TILE_PX - (DZ_OVERLAP_PX if column else 0)
-        y0 = row * DZ_TILE_PX - (DZ_OVERLAP_PX if row else 0)
-        x1 = min((column + 1) * DZ_TILE_PX + DZ_OVERLAP_PX, dz.width_px)
-        y1 = min((row + 1) * DZ_TILE_PX + DZ_OVERLAP_PX, dz.height_px)
-        page = self._page_for(dz.downsample)
-        page_downsample = self.width_px / page.width
-        scale = page_downsample / dz.downsample  # <= 1: shrink the page region to the tile
-        left = min(int(x0 / scale), page.width - 1)
-        top = min(int(y0 / scale), page.height - 1)
-        width = max(1, min(math.ceil((x1 - x0) / scale), page.width - left))
-        height = max(1, min(math.ceil((y1 - y0) / scale), page.height - top))
-        # libvips images are immutable and its operations thread-safe: no lock needed
-        region = page.crop(left, top, width, height)
-        if scale < 1.0:
-            region = region.resize(scale)
-        if (region.width, region.height) != (x1 - x0, y1 - y0):
-            region = region.thumbnail_image(x1 - x0, height=y1 - y0, size="force")
-        return bytes(region.jpegsave_buffer(Q=DZ_JPEG_QUALITY))
+        page = self._page_for(self.levels[level].downsample)
+        cut = plan_cut(self.levels, level, column, row, self.width_px, (page.width, page.height))
+        return finish_tile(page.crop(cut.left, cut.top, cut.width, cut.height), cut)
 
     def _page_for(self, downsample: float) -> pyvips.Image:
         best = self.pages[0]

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyvips
 
 from service.core.stain import gareau_stain
 
@@ -38,6 +37,8 @@ def canvas_name(output: str) -> str:
 def save_overview(folder: Path, fcm_unit: np.ndarray, rcm_unit: np.ndarray) -> None:
     """Write overview.jpg atomically: Gareau's stain of the normalised thumbnails (values in
     [0, 1]), the picture of the whole slide a viewer shows before its tiles are stained."""
+    import pyvips  # here: the API reads live folders without loading libvips for it
+
     rgb = (gareau_stain(fcm_unit, rcm_unit).transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
     tmp = folder / f".{OVERVIEW_NAME}.tmp"
     tmp.write_bytes(pyvips.Image.new_from_array(rgb, interpretation="srgb").jpegsave_buffer(Q=85))
@@ -147,3 +148,12 @@ class RegionPlan:
             return cls(**data)
         except TypeError as exc:
             raise ValueError(f"bad region plan in {folder}: {exc}") from exc
+
+
+def read_done(folder: Path, tiles: int) -> np.ndarray:
+    """Per tile, whether the ledger marks it done, read without opening it for writing (the
+    viewer's API may see the live folder read-only); OSError when the ledger is absent."""
+    raw = (folder / LEDGER_NAME).read_bytes()[:tiles]
+    flags = np.zeros(tiles, bool)
+    flags[: len(raw)] = np.frombuffer(raw, np.uint8) == 1
+    return flags

@@ -44,6 +44,7 @@ OPERATIONS = [
     "DELETE /v1/jobs/{job_id}",
     "GET /v1/jobs/{job_id}/dzi",
     "GET /v1/jobs/{job_id}/dzi_files/{level}/{column}_{row}.jpeg",
+    "GET /v1/jobs/{job_id}/live",
     "POST /v1/jobs/{job_id}/viewer-link",
     "POST /v1/jobs/{job_id}/deliveries",
     "GET /livez",

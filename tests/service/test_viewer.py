@@ -178,7 +178,11 @@ def test_deleting_a_job_removes_its_layers(
     assert vclient.get(job["links"]["self"], headers=auth).json()["layers"] == []
 
 
-def test_tiles_of_a_running_job_are_409(make_settings: Any, keys: Keys, pair: Pair) -> None:
+def test_a_running_job_before_its_plan_serves_grey_tiles(
+    make_settings: Any, keys: Keys, pair: Pair
+) -> None:
+    """Before the worker lays the grid (a fake stainer never does) the final DZI and grey,
+    never-stored tiles; layers the job did not ask for are 404 (issue 20)."""
     stainer = SlowStainer(tiles=400, tile_s=0.02)
     with TestClient(make_app(make_settings(), stainer), raise_server_exceptions=False) as client:
         job = submit(client, keys.alice, pair, {"layers": "gareau"}).json()
@@ -186,9 +190,14 @@ def test_tiles_of_a_running_job_are_409(make_settings: Any, keys: Keys, pair: Pa
         auth = keys.auth(keys.alice)
         running = client.get(job["links"]["self"], headers=auth).json()
         assert running["state"] == "running" and running["layers"] == []
-        assert_problem(client.get(job["links"]["dzi"], headers=auth), 409, "job_not_finished")
-        answer = client.get(tile_url(job, 0, 0, 0, "gareau"), headers=auth)
-        assert_problem(answer, 409, "job_not_finished")
+        dzi = client.get(job["links"]["dzi"], headers=auth)
+        assert dzi.status_code == 200 and 'Width="256"' in dzi.text
+        answer = client.get(tile_url(job, 8, 0, 0, "gareau"), headers=auth)
+        assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+        assert Image.open(io.BytesIO(answer.content)).size == (255, 255)  # 254 + overlap
+        assert_problem(client.get(tile_url(job, 8, 0, 0, "fcm"), headers=auth), 404)
+        live = client.get(f"{job['links']['self']}/live", headers=auth).json()
+        assert live["planned"] is False and live["tiles"] == 0
         client.delete(job["links"]["self"], headers=auth)
 
 

@@ -11,10 +11,13 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.deps import ReaderDep, ServicesDep, ViewableJobDep, find_job
 from service.api.limits import read_json_body
+from service.api.live_tiles import check_live_layer, is_live
 from service.api.problems import ApiError
+from service.api.published import require_succeeded
 from service.api.routes.common import problems
-from service.api.schemas import ViewerLink, ViewerLinkCreate
+from service.api.schemas import LiveViewPublic, ViewerLink, ViewerLinkCreate
 from service.api.serialise import API_PREFIX, viewer_url
+from service.jobs.job import JobState
 from service.options import ViewLayer
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["viewer"])
@@ -61,6 +64,11 @@ _VIEWER_LINK_BODY: dict[str, Any] = {
 # keep tiles; "private" because every request is authenticated.
 TILE_CACHE_CONTROL = "private, max-age=86400, immutable"
 DZI_CACHE_CONTROL = "private, max-age=300"
+# A running job's tile: one whose grid tiles are all stained is final (the viewer asks for it
+# under a URL versioned by the ledger); one with parts still to come changes: never stored.
+LIVE_TILE_CACHE_CONTROL = "private, max-age=86400"
+UNFINISHED_TILE_CACHE_CONTROL = "no-store"
+LIVE_DZI_CACHE_CONTROL = "private, no-cache"
 
 
 @router.get(
@@ -70,14 +78,36 @@ DZI_CACHE_CONTROL = "private, max-age=300"
         200: {"content": {"application/xml": {}}, "description": "Deep Zoom descriptor"},
         **problems(401, 403, 404, 409, 410, 422),
     },
-    summary="Deep Zoom descriptor (DZI) of a layer of a finished job",
+    summary="Deep Zoom descriptor (DZI) of a layer of a job (while it runs: its final size)",
 )
 async def get_dzi(
     job: ViewableJobDep, services: ServicesDep, layer: ViewLayer = "stain"
 ) -> Response:
-    """The Deep Zoom descriptor of one layer of the job's result."""
+    """The Deep Zoom descriptor of one layer of the job's result; while the job runs, the same
+    descriptor (the final pyramid's size), so a viewer opened early does not jump."""
     xml = await run_in_threadpool(services.tiles.dzi, job, layer)
-    return Response(xml, media_type="application/xml", headers={"Cache-Control": DZI_CACHE_CONTROL})
+    cache = LIVE_DZI_CACHE_CONTROL if is_live(job) else DZI_CACHE_CONTROL
+    return Response(xml, media_type="application/xml", headers={"Cache-Control": cache})
+
+
+@router.get(
+    "/{job_id}/live",
+    response_model=LiveViewPublic,
+    responses=problems(401, 403, 404, 409, 422),
+    summary="Which tiles of a running job are stained (for a viewer that fills in)",
+)
+async def get_live_view(
+    job: ViewableJobDep, services: ServicesDep, layer: ViewLayer = "stain"
+) -> LiveViewPublic:
+    """The running job's tile grid and, per grid tile, whether it is stained; 409 once the job
+    finished (its published pyramid is then served)."""
+    if not is_live(job):
+        if job.state == JobState.SUCCEEDED:
+            raise ApiError(409, "job_finished", "the job succeeded: its pyramid is published")
+        require_succeeded(job, "live view")
+    check_live_layer(job, layer)
+    found = await run_in_threadpool(services.tiles.live.done, job)
+    return LiveViewPublic.of(job, found)
 
 
 @router.get(
@@ -87,7 +117,7 @@ async def get_dzi(
         200: {"content": {"image/jpeg": {}}, "description": "One Deep Zoom tile"},
         **problems(401, 403, 404, 409, 410, 422),
     },
-    summary="One Deep Zoom tile (404 outside the pyramid)",
+    summary="One Deep Zoom tile (404 outside the pyramid; while the job runs, what is stained)",
 )
 async def get_tile(
     job: ViewableJobDep,
@@ -97,10 +127,16 @@ async def get_tile(
     row: str,
     layer: ViewLayer = "stain",
 ) -> Response:
-    """One JPEG tile of a layer; 404 for a tile outside the pyramid."""
+    """One JPEG tile of a layer; 404 for a tile outside the pyramid. While the job runs, the
+    stained parts and, greyed, the slide's overview for the rest (never stored by the browser
+    until complete); a failed or cancelled job's tiles are 409."""
     index = (tile_index(level, "level"), tile_index(column, "column"), tile_index(row, "row"))
-    data = await run_in_threadpool(services.tiles.tile, job, layer, *index)
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": TILE_CACHE_CONTROL})
+    served = await run_in_threadpool(services.tiles.tile, job, layer, *index)
+    if not served.live:
+        cache = TILE_CACHE_CONTROL
+    else:
+        cache = LIVE_TILE_CACHE_CONTROL if served.final else UNFINISHED_TILE_CACHE_CONTROL
+    return Response(served.jpeg, media_type="image/jpeg", headers={"Cache-Control": cache})
 
 
 @router.post(
