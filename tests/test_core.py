@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from service.core.chain import resolve_stages
-from service.core.filters import median3x3, otsu_threshold
+from service.core.filters import median3x3, median3x3_valid, otsu_threshold
 from service.core.models import pool_norm_stats
 from service.core.normalize import estimate_range, normalize
 from service.core.stain import EOSIN_RGB, HEMATOXYLIN_RGB, gareau_stain
@@ -63,6 +63,15 @@ def test_median_matches_scipy_with_mirrored_borders() -> None:
     image = np.random.default_rng(2).random((2, 33, 41)).astype(np.float32)
     expected = np.stack([ndimage.median_filter(i, size=3, mode="mirror") for i in image])
     assert np.array_equal(median3x3(image), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_median_inside_the_border_is_the_cropped_median(dtype: type) -> None:
+    """What the chain keeps (the median's halo cropped), computed without padding (issue 21)."""
+    image = (np.random.default_rng(3).random((3, 37, 29)) * 255).astype(dtype)
+    expected = np.stack([ndimage.median_filter(i, size=3, mode="mirror") for i in image])
+    assert np.array_equal(median3x3_valid(image), expected[:, 1:-1, 1:-1])
+    assert np.array_equal(median3x3(image[0, :2, :1]), image[0, :2, :1])  # edge mode
 
 
 def test_median_removes_isolated_pixels() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from service.core.colour import ColourTarget, ColourTransfer, LabAccumulator, tissue_weight
-from service.core.filters import median3x3
+from service.core.filters import median3x3_valid
 from service.core.glass import NO_GLASS_LEVEL, GlassLevel, below_glass_to_zero
 from service.core.models import NORM_SHARED, OnnxModel, pool_norm_stats
 from service.core.stain import gareau_stain
@@ -153,7 +153,7 @@ class StainChain:
             rcm = crop(rcm, self.despeckle_halo_px)
         if self.median_halo_px:
             started = time.perf_counter()
-            rcm = crop(median3x3(rcm), self.median_halo_px)
+            rcm = median3x3_valid(rcm)  # = crop(median3x3(rcm), MEDIAN_HALO_PX)
             self.timer.add("median", started)
         return crop(fcm, self.despeckle_halo_px + self.median_halo_px), rcm
 
