@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     visibility_timeout_s: float | None = Field(
         default=None, gt=0, description="Redis redelivery timeout; default 2 x job_time_limit_s"
     )
+    region_tiles: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="Celery workers: split a slide's tissue tiles into regions of this many "
+        "tiles that several workers stain at once (shared storage); 0: one worker per slide",
+    )
     max_attempts: int = Field(default=3, ge=1, le=20)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     stale_after_s: float = Field(

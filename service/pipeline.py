@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from service.core.models import (
 from service.core.normalize import IntensityRange
 from service.core.quality import faithfulness_qc
 from service.core.sanity import ModeCheck
-from service.errors import InputError
+from service.errors import InputError, ModelError
 from service.options import (
     DEFAULT_OPTIONS,
     DEFAULT_UID_ROOT,
@@ -53,8 +53,16 @@ from service.slide import (
     open_pair,
     read_overview,
 )
+from service.slide.canvas import DiskCanvas
 from service.slide.inspect import inspect_pair
-from service.slide.live import LEDGER_NAME, LivePlan, TileLedger, canvas_name, save_overview
+from service.slide.live import (
+    LEDGER_NAME,
+    LivePlan,
+    RegionPlan,
+    TileLedger,
+    canvas_name,
+    save_overview,
+)
 from service.tile_reader import TileReader
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -127,6 +135,8 @@ class StainSpec:
     uid_seed: str | None = None  # the job id: a DICOM series' UIDs are the same every attempt
     live_dir: Path | None = None  # where the canvases and the tile ledger go while staining, for
     # the viewer and region workers (service.slide.live); None: private names beside the output
+    regions: RegionScheduler | None = None  # with live_dir: stain in regions across workers
+    region_tiles: int = 0  # tiles per region (DSCM_REGION_TILES); 0: one worker stains all
 
     def __post_init__(self) -> None:
         if self.tile_px < 64 or self.tile_px % 16:
@@ -425,24 +435,63 @@ class SlideRun:
 
     def stain_tiles(self) -> None:
         """Phase 4, tiles: tissue tiles in batches through the chain, each layer written; the
-        tissue's centre first, for a viewer watching (the statistics sample grid order)."""
+        tissue's centre first, for a viewer watching (the statistics sample grid order); with a
+        region scheduler, in regions that other workers may stain at the same time."""
         todo, total = tissue_first(self.tiles, self.tissue), len(self.tiles)
-        layers = self.spec.options.layers
         with self._timed("tiles"):
-            done = total - len(todo)
-            self.progress("tiles", done, total)
-            for batch in self.reader.batches(todo, self.spec.batch_size):
-                fcm_block = np.stack([b[1] for b in batch])
-                rcm_block = np.stack([b[2] for b in batch])
-                stained, kept = self.chain.run_with_layers(fcm_block, rcm_block, layers)
-                for i, (tile, _, _) in enumerate(batch):
-                    for name, block in {"stain": stained, **kept}.items():
-                        pixels = block[i, : tile.height_px, : tile.width_px]
-                        self.writers[name].write(tile.l0_x, tile.l0_y, pixels)
-                self.mark_done([tile for tile, _, _ in batch])
-                done += len(batch)
+            regions = self.spec.regions
+            size = self.spec.region_tiles
+            if regions is not None and self.spec.live_dir is not None and 0 < size < len(todo):
+                self.stain_in_regions(
+                    regions, [todo[i : i + size] for i in range(0, len(todo), size)]
+                )
+            else:
+                done = total - len(todo)
                 self.progress("tiles", done, total)
+
+                def counted(tiles: int) -> None:
+                    """Report each batch as it lands."""
+                    nonlocal done
+                    done += tiles
+                    self.progress("tiles", done, total)
+
+                self.compute(todo, counted)
         self.timings["read"] = self.reader.busy_s
+
+    def compute(self, tiles: list[Tile], landed: Callable[[int], None]) -> None:
+        """Stain ``tiles`` into this run's canvases (marking the ledger), calling
+        ``landed(count)`` after each batch."""
+        sinks = {name: writer.write for name, writer in self.writers.items()}
+        batching = (self.spec.options.layers, self.spec.batch_size)
+        compute_tiles(self.chain, self.reader, sinks, self.ledger, tiles, batching, landed)
+
+    def stain_in_regions(self, scheduler: RegionScheduler, regions: list[list[Tile]]) -> None:
+        """Publish the region plan in the live folder, then let the scheduler have every region
+        stained (here and by other workers); progress counts the ledger, so it never goes back."""
+        assert self.spec.live_dir is not None and self.ledger is not None
+        chain = self.chain
+        RegionPlan(
+            regions=[[tile.index for tile in region] for region in regions],
+            stages=list(chain.stages),
+            layers=list(self.spec.options.layers),
+            models_sha256=chain_model_hashes(chain),
+            halo_px=chain.halo_px,
+            batch_size=self.spec.batch_size,
+            ranges={mode: r.to_dict() for mode, r in self.ranges.items()},
+            chain_state=chain.slide_state(),
+        ).save(self.spec.live_dir)
+        ledger, total = self.ledger, len(self.tiles)
+
+        def report() -> None:
+            """Progress from the ledger: tiles in the canvases, whoever wrote them."""
+            self.progress("tiles", int(ledger.done().sum()), total)
+
+        def stain_here(index: int) -> None:
+            """Stain one region in this process."""
+            self.compute(regions[index], lambda _: report())
+
+        report()
+        scheduler.run_regions(len(regions), stain_here, report)
 
     def save_pyramids(self) -> None:
         """Phase 5, finish: encode the pyramids and publish them, the stain itself last (its
@@ -522,6 +571,107 @@ class SlideRun:
             extra_outputs={layer: str(self.layer_path(layer)) for layer in options.layers},
             dicom=series.to_dict() if series is not None else None,
         )
+
+
+class RegionScheduler(Protocol):
+    """Has a slide's regions stained, each once to completion, by this process and any other
+    worker that takes one (service.jobs.regions)."""
+
+    def run_regions(
+        self, count: int, stain_here: Callable[[int], None], report: Callable[[], None]
+    ) -> None:
+        """Return once regions ``0..count-1`` are all stained: call ``stain_here(i)`` for each
+        region this process takes, and ``report()`` while waiting for the others (it raises to
+        stop: cancel, time limit); raise a region's error if one failed."""
+
+
+TileSink = Callable[[int, int, np.ndarray], None]  # write(l0_x, l0_y, pixels) into a canvas
+
+
+def compute_tiles(
+    chain: StainChain,
+    reader: TileReader,
+    sinks: Mapping[str, TileSink],
+    ledger: TileLedger | None,
+    tiles: list[Tile],
+    batching: tuple[Sequence[str], int],
+    landed: Callable[[int], None],
+) -> None:
+    """The tile loop every stain runs: ``tiles`` read ahead in batches, through the chain, each
+    output (the stain and the extra ``layers``) written to its sink, then marked in the ledger;
+    ``landed(count)`` after each batch. ``batching``: (layers, batch size)."""
+    layers, batch_size = batching
+    for batch in reader.batches(tiles, batch_size):
+        fcm_block = np.stack([b[1] for b in batch])
+        rcm_block = np.stack([b[2] for b in batch])
+        stained, kept = chain.run_with_layers(fcm_block, rcm_block, layers)
+        for i, (tile, _, _) in enumerate(batch):
+            for name, block in {"stain": stained, **kept}.items():
+                sinks[name](tile.l0_x, tile.l0_y, block[i, : tile.height_px, : tile.width_px])
+        if ledger is not None:
+            ledger.mark([tile.index for tile, _, _ in batch])
+        landed(len(batch))
+
+
+def chain_model_hashes(chain: StainChain) -> list[str]:
+    """The sha256 of each network the chain runs, in chain order."""
+    return [m.card.sha256 for m in (chain.despeckle, chain.generator) if m is not None]
+
+
+def stain_region(
+    inputs: SlideInputs,
+    live_dir: Path,
+    region: int,
+    spec: StainSpec,
+    progress: ProgressCallback | None = None,
+    models: ModelSet | None = None,
+) -> int:
+    """Stain one region of a slide another process planned (its live folder: plan, region plan,
+    canvases, ledger) into the same canvases; returns the tiles stained. The tiles equal the
+    planning process's own: same grid, ranges, slide-wide state and batch size.
+    ``progress("tiles", done, total)`` is called after each batch; raising from it stops."""
+    plan, regions = LivePlan.load(live_dir), RegionPlan.load(live_dir)
+    if not 0 <= region < len(regions.regions):
+        raise InputError(f"region {region} is not in the plan's {len(regions.regions)}")
+    models = models if models is not None else load_models(spec)
+    chain = models.chain(regions.stages)
+    if chain_model_hashes(chain) != regions.models_sha256 or chain.halo_px != regions.halo_px:
+        raise ModelError(
+            "this worker's models differ from those of the worker that planned the slide; "
+            "every worker of a deployment must run the same models"
+        )
+    chain.restore_slide_state(regions.chain_state)
+    _, rcm, fcm = open_pair(inputs, spec.max_pixels)
+    work = (plan.work_width_px, plan.work_height_px)
+    if work != (plan.width_px, plan.height_px):
+        rcm, fcm = rcm.resampled(*work), fcm.resampled(*work)
+    ranges = {mode: IntensityRange(**r) for mode, r in regions.ranges.items()}
+    reader = TileReader(fcm, rcm, ranges, plan.tile_px, chain.halo_px)
+    grid = tile_grid(*work, plan.tile_px)
+    tiles = [grid[i] for i in regions.regions[region]]
+    canvases = {
+        name: DiskCanvas(live_dir / canvas_name(name), *work, bands, create=False)
+        for name, bands in plan.bands.items()
+    }
+    ledger = TileLedger(live_dir / LEDGER_NAME, plan.tiles)
+    done = 0
+
+    def landed(count: int) -> None:
+        """Report each batch as it lands."""
+        nonlocal done
+        done += count
+        (progress or _ignore_progress)("tiles", done, len(tiles))
+
+    try:
+        sinks = {name: canvas.write for name, canvas in canvases.items()}
+        batching = (regions.layers, regions.batch_size)
+        compute_tiles(chain, reader, sinks, ledger, tiles, batching, landed)
+    finally:
+        reader.stop()
+        ledger.close()
+        for canvas in canvases.values():
+            canvas.close()
+    return done
 
 
 def centre_crop(tile: Tile, side_px: int) -> Tile:

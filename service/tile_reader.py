@@ -54,6 +54,11 @@ class TileReader:
     ) -> Iterator[list[tuple[Tile, np.ndarray, np.ndarray]]]:
         """Batches of (tile, fcm block, rcm block), read by a thread; errors re-raised here."""
         blocks: queue.Queue[Any] = queue.Queue(maxsize=READ_QUEUE_BATCHES * batch_size)
+        finished = threading.Event()  # this call's consumer is gone; stop() stops every call
+
+        def stopped() -> bool:
+            """Whether the producer should stop: the consumer left, or stop() was called."""
+            return finished.is_set() or self._stop.is_set()
 
         def produce() -> None:
             """Read the tiles into the queue until done or stopped; an exception is queued for the
@@ -61,13 +66,13 @@ class TileReader:
             try:
                 for tile in tiles:
                     item = (tile, *self.read(tile))
-                    while not self._stop.is_set():
+                    while not stopped():
                         try:
                             blocks.put(item, timeout=0.1)
                             break
                         except queue.Full:
                             continue
-                    if self._stop.is_set():
+                    if stopped():
                         return
                 blocks.put(_DONE)
             except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -90,5 +95,5 @@ class TileReader:
             if batch:
                 yield batch
         finally:
-            self._stop.set()
+            finished.set()
             thread.join(timeout=5)

@@ -101,6 +101,25 @@ class JobRow(Base):
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
+class RegionRow(Base):
+    """One region of a job attempt's tiles, stained by whichever worker claims it (issue 20):
+    pending -> running (lease, heartbeat) -> done, or failed with the error that fails the job.
+    A running region whose heartbeat stops is claimed again by another worker."""
+
+    __tablename__ = "dscm_regions"
+
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LENGTH), primary_key=True)
+    attempt: Mapped[str] = mapped_column(String(32), primary_key=True)  # the job's lease
+    region: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    lease: Mapped[str | None] = mapped_column(String(32), default=None)
+    holder: Mapped[str | None] = mapped_column(String(128), default=None)  # host:pid, for ops
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_detail: Mapped[str | None] = mapped_column(Text, default=None)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the API read while a worker writes; busy_timeout waits out short write locks.
     cursor = dbapi_connection.cursor()

@@ -25,6 +25,15 @@ from service.jobs import telemetry
 from service.jobs.errors import AttemptLost, JobTimedOut, WorkerStopping
 from service.jobs.files import JobFiles
 from service.jobs.job import Job, JobState
+from service.jobs.regions import (
+    EnqueueRegion,
+    RegionBoard,
+    RegionLease,
+    RegionTask,
+    attempt_running,
+    region_stopper,
+    worker_name,
+)
 from service.jobs.store import JobStore, seconds_ago
 from service.logs import job_context
 from service.options import JobOptions
@@ -48,6 +57,19 @@ class StainRequest:
     case: Case
     uid_seed: str | None = None  # the job id: a DICOM series keeps its UIDs across attempts
     live_dir: Path | None = None  # the attempt's live folder (JobFiles.live_dir)
+    regions: RegionBoard | None = None  # stain in regions across workers (DSCM_REGION_TILES)
+
+
+@dataclass(frozen=True)
+class RegionRequest:
+    """One region of a slide another worker planned: the job's stored inputs and the live
+    folder with the plan and the canvases (service.jobs.regions)."""
+
+    rcm: Path
+    fcm: Path
+    live_dir: Path
+    region: int
+    options: JobOptions
 
 
 # What a stainer loads once per worker process and is handed back for every stain (the real one:
@@ -71,6 +93,12 @@ class Stainer(Protocol):
     ) -> StainReport:
         """Stain one job's slide pair with the loaded models, reporting progress; returns its
         report."""
+
+    def stain_region(
+        self, request: RegionRequest, settings: Settings, progress: Progress, models: LoadedModels
+    ) -> int:
+        """Stain one region of a slide planned by another worker into its live canvases;
+        returns the tiles stained."""
 
     def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None:
         """Write a JPEG preview of the result, at most ``max_px`` on its longer side."""
@@ -97,6 +125,7 @@ class WorkerContext:
     files: JobFiles
     stainer: Stainer
     stopping: threading.Event = field(default_factory=threading.Event)
+    enqueue_region: EnqueueRegion | None = None  # sends region tasks (Celery workers only)
     _models: dict[tuple[str, ...] | None, LoadedModels] = field(default_factory=dict)  # by stages
     _models_pid: int = field(default_factory=os.getpid)
 
@@ -188,7 +217,11 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
             ctx.files.purge(job_id)  # a failed job keeps no files, whatever failed it
         return claim.outcome
     with job_context(job_id, claim.job.tenant):
-        outcome = _run_claimed(claim.job, lease, ctx)
+        try:
+            outcome = _run_claimed(claim.job, lease, ctx)
+        finally:
+            if ctx.settings.region_tiles > 0:
+                ctx.store.drop_regions(job_id, lease)
         log.info("job %s attempt %d: %s", job_id, claim.job.attempts, outcome)
     telemetry.OUTCOMES.labels(outcome=outcome).inc()
     return outcome
@@ -215,6 +248,7 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
                 case=job.case,
                 uid_seed=job.id,
                 live_dir=files.live_dir(job.id, lease),
+                regions=_region_board(ctx, job.id, lease),
             )
             attempt.progress("load_models", 0, 1)
             models = ctx.models_for(options)
@@ -260,6 +294,70 @@ def _run_claimed(job: Job, lease: str, ctx: WorkerContext) -> str:
             return _fail(ctx, job, lease, JobTimedOut.code, detail)
         detail = f"unexpected {type(exc).__name__}; see the worker log"
         return _fail(ctx, job, lease, "internal_error", detail)
+
+
+def _region_board(ctx: WorkerContext, job_id: str, lease: str) -> RegionBoard | None:
+    """Regions across workers when the operator asks for them and other workers can be reached
+    (Celery); None: this worker stains every tile, as with one worker."""
+    if ctx.settings.region_tiles <= 0 or ctx.enqueue_region is None:
+        return None
+    return RegionBoard(ctx.store, ctx.settings, job_id, lease, ctx.enqueue_region)
+
+
+def run_region(task: RegionTask, ctx: WorkerContext) -> str:
+    """Stain one region of another worker's attempt, if it is still claimable; returns how it
+    ended. Idempotent: a region already taken, done, or of a finished attempt does nothing."""
+    store, files = ctx.store, ctx.files
+    job = store.get(task.job_id)
+    if ctx.stopping.is_set() or job is None or job.lease != task.attempt:
+        return "stale"
+    if job.state != JobState.RUNNING:
+        return "stale"
+    lease = uuid.uuid4().hex
+    stale_before = seconds_ago(ctx.settings.stale_after_s)
+    claimed = store.claim_region(
+        task.job_id, task.attempt, lease, worker_name(), stale_before, region=task.region
+    )
+    if claimed is None:
+        return "taken"
+    key = (task.job_id, task.attempt, task.region)
+    request = RegionRequest(
+        rcm=files.input_path(job.id, job.inputs.rcm.stored_name),
+        fcm=files.input_path(job.id, job.inputs.fcm.stored_name),
+        live_dir=files.live_dir(job.id, task.attempt),
+        region=task.region,
+        options=job.options,
+    )
+    with job_context(job.id, job.tenant):
+        try:
+            with RegionLease(store, key, lease, ctx.settings.heartbeat_interval_s) as held:
+                progress = region_stopper(store, task, held, ctx.stopping)
+                models = ctx.models_for(job.options)
+                tiles = ctx.stainer.stain_region(request, ctx.settings, progress, models)
+            store.finish_region(*key, lease)
+            log.info("job %s region %d: %d tiles", job.id, task.region, tiles)
+            return "done"
+        except WorkerStopping:
+            store.release_region(*key, lease)
+            return "released"
+        except AttemptLost:
+            return "lost"
+        except Exception as exc:
+            if not attempt_running(store, task):  # cancelled meanwhile: its files went with it
+                return "lost"
+            code, detail = _region_error(exc, job.id)
+            store.fail_region(*key, lease, code, detail)
+            return "failed"
+
+
+def _region_error(exc: Exception, job_id: str) -> tuple[str, str]:
+    """The code and detail a failed region fails its job with (as _run_claimed would)."""
+    if isinstance(exc, DscmError):
+        return exc.code, exc.detail
+    if isinstance(exc, OSError):
+        return "io_error", f"I/O error while staining a region: {exc.strerror or exc}"
+    log.error("job %s: unexpected error in a region", job_id, exc_info=exc)
+    return "internal_error", f"unexpected {type(exc).__name__} in a region; see the worker log"
 
 
 def _fail(ctx: WorkerContext, job: Job, lease: str, code: str, detail: str) -> str:

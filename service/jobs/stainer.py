@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from service.config import Settings
 from service.errors import CorruptSlide, DscmError
-from service.jobs.runner import Progress, StainRequest
+from service.jobs.runner import Progress, RegionRequest, StainRequest
 from service.options import JobOptions
 from service.report import StainReport
 
@@ -49,9 +49,24 @@ class PipelineStainer:
             request.case,
             uid_seed=request.uid_seed,
             live_dir=request.live_dir,
+            regions=request.regions,
+            region_tiles=settings.region_tiles,
         )
         inputs = SlideInputs(request.rcm, request.fcm)
         return stain_slide(inputs, request.output, spec, progress, models)
+
+    def stain_region(
+        self, request: RegionRequest, settings: Settings, progress: Progress, models: object
+    ) -> int:
+        """One region of a slide another worker planned (service.pipeline.stain_region)."""
+        from service.pipeline import ModelSet, StainSpec, stain_region
+        from service.slide import SlideInputs
+
+        if not isinstance(models, ModelSet):
+            raise TypeError(f"models loaded by another stainer: {type(models).__name__}")
+        spec = StainSpec.from_settings(settings, request.options)
+        inputs = SlideInputs(request.rcm, request.fcm)
+        return stain_region(inputs, request.live_dir, request.region, spec, progress, models)
 
     def thumbnail(self, tiff: Path, jpeg: Path, max_px: int) -> None:
         """Write a JPEG preview of the TIFF result, at most ``max_px`` on its longer side."""

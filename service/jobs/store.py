@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.case import Patient
-from service.jobs.db import JobRow, make_engine, utc_now
+from service.jobs.db import JobRow, RegionRow, make_engine, utc_now
 from service.jobs.job import ACTIVE_STATES, FINISHED_STATES, Job, JobInputs, JobState, NewJob
 from service.options import JobOptions
 from service.progress import PROGRESS_SCALE
@@ -382,7 +382,119 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         """Delete the job's record (its files are the caller's); a missing job is fine."""
         with self._sessions.begin() as session:
+            session.execute(delete(RegionRow).where(RegionRow.job_id == job_id))
             session.execute(delete(JobRow).where(JobRow.id == job_id))
+
+    # ---- regions of a running attempt (service.jobs.regions) ----
+
+    def open_regions(self, job_id: str, attempt: str, count: int) -> bool:
+        """Record ``count`` pending regions for the attempt (dropping the job's older ones), while
+        the attempt still holds the job; False once it lost it."""
+        with self._sessions.begin() as session:
+            held = session.scalar(
+                select(func.count())
+                .select_from(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.state == JobState.RUNNING.value,
+                    JobRow.lease == attempt,
+                )
+            )
+            if not held:
+                return False
+            session.execute(delete(RegionRow).where(RegionRow.job_id == job_id))
+            session.add_all(
+                RegionRow(job_id=job_id, attempt=attempt, region=i, state="pending", runs=0)
+                for i in range(count)
+            )
+        return True
+
+    def claim_region(
+        self,
+        job_id: str,
+        attempt: str,
+        lease: str,
+        holder: str,
+        stale_before: datetime,
+        region: int | None = None,
+    ) -> int | None:
+        """Take ``region`` (or the first claimable one): pending, or running with a heartbeat
+        older than ``stale_before`` (its worker was lost). Returns the region taken, or None."""
+        claimable = or_(
+            RegionRow.state == "pending",
+            and_(RegionRow.state == "running", RegionRow.heartbeat_at < stale_before),
+        )
+        mine = and_(RegionRow.job_id == job_id, RegionRow.attempt == attempt)
+        with self._sessions.begin() as session:
+            query = select(RegionRow.region).where(mine, claimable)
+            if region is not None:
+                query = query.where(RegionRow.region == region)
+            for candidate in session.scalars(query.order_by(RegionRow.region).limit(4)):
+                result = session.execute(
+                    update(RegionRow)
+                    .where(mine, RegionRow.region == candidate, claimable)
+                    .values(
+                        state="running",
+                        lease=lease,
+                        holder=holder[:128],
+                        runs=RegionRow.runs + 1,
+                        heartbeat_at=utc_now(),
+                    )
+                )
+                if getattr(result, "rowcount", 0):
+                    return int(candidate)
+        return None
+
+    def _update_region(
+        self, job_id: str, attempt: str, region: int, held_by: str, /, **values: Any
+    ) -> bool:
+        """Change a running region only while the lease ``held_by`` still holds it."""
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(RegionRow)
+                .where(
+                    RegionRow.job_id == job_id,
+                    RegionRow.attempt == attempt,
+                    RegionRow.region == region,
+                    RegionRow.state == "running",
+                    RegionRow.lease == held_by,
+                )
+                .values(**values)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def beat_region(self, job_id: str, attempt: str, region: int, lease: str) -> bool:
+        """A running region's heartbeat; False once another worker took it over."""
+        return self._update_region(job_id, attempt, region, lease, heartbeat_at=utc_now())
+
+    def finish_region(self, job_id: str, attempt: str, region: int, lease: str) -> bool:
+        """Mark the region done (every tile of it in the canvases)."""
+        return self._update_region(job_id, attempt, region, lease, state="done")
+
+    def release_region(self, job_id: str, attempt: str, region: int, lease: str) -> bool:
+        """Give the region back (its worker is shutting down): pending, for any worker."""
+        return self._update_region(job_id, attempt, region, lease, state="pending", lease=None)
+
+    def fail_region(
+        self, job_id: str, attempt: str, region: int, lease: str, code: str, detail: str
+    ) -> bool:
+        """Record an error that is not transient; the attempt fails the job with it."""
+        return self._update_region(
+            job_id, attempt, region, lease, state="failed", error_code=code, error_detail=detail
+        )
+
+    def regions(self, job_id: str, attempt: str) -> list[RegionRow]:
+        """The attempt's regions, in order."""
+        query = select(RegionRow).where(RegionRow.job_id == job_id, RegionRow.attempt == attempt)
+        with self._sessions() as session:
+            return list(session.scalars(query.order_by(RegionRow.region)))
+
+    def drop_regions(self, job_id: str, attempt: str) -> None:
+        """Forget an attempt's regions (the attempt ended)."""
+        with self._sessions.begin() as session:
+            session.execute(
+                delete(RegionRow).where(RegionRow.job_id == job_id, RegionRow.attempt == attempt)
+            )
 
 
 def _unheld(stale_before: datetime) -> ColumnElement[bool]:

@@ -19,7 +19,8 @@ from service.config import Settings
 from service.delivery.dispatcher import Dispatcher
 from service.jobs.files import JobFiles
 from service.jobs.queues import TASK_NAME, make_celery, task_id_for
-from service.jobs.runner import Stainer, WorkerContext, run_job
+from service.jobs.regions import REGION_TASK_NAME, EnqueueRegion, RegionTask
+from service.jobs.runner import Stainer, WorkerContext, run_job, run_region
 from service.jobs.stainer import PipelineStainer
 from service.jobs.store import JobStore
 
@@ -29,9 +30,15 @@ log = logging.getLogger(__name__)
 class ContextHolder:
     """One WorkerContext per process, made on first use (after any fork) and reused."""
 
-    def __init__(self, settings: Settings, stainer: Stainer | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stainer: Stainer | None,
+        enqueue_region: EnqueueRegion | None = None,
+    ) -> None:
         self.settings = settings
         self.stainer = stainer
+        self.enqueue_region = enqueue_region
         self._context: WorkerContext | None = None
         self._pid = 0
         self._stopping = False  # inherited by a context made after the stop was asked for
@@ -44,7 +51,11 @@ class ContextHolder:
             files.create()
             store = JobStore(self.settings.effective_database_url)
             self._context = WorkerContext(
-                self.settings, store, files, self.stainer or PipelineStainer()
+                self.settings,
+                store,
+                files,
+                self.stainer or PipelineStainer(),
+                enqueue_region=self.enqueue_region,
             )
             if self._stopping:
                 self._context.stopping.set()
@@ -64,7 +75,17 @@ def create_worker_app(settings: Settings, stainer: Stainer | None = None) -> Cel
     if not settings.broker_url:
         raise ValueError("the Celery worker needs DSCM_BROKER_URL")
     app = make_celery(settings)
-    holder = ContextHolder(settings, stainer)
+
+    def enqueue_region(job_id: str, attempt: str, region: int) -> None:
+        """Send one region task of a planned slide to this deployment's queue."""
+        app.send_task(
+            REGION_TASK_NAME,
+            args=[job_id, attempt, region],
+            task_id=f"{task_id_for(job_id)}-r{region}",
+            queue=settings.queue_name,
+        )
+
+    holder = ContextHolder(settings, stainer, enqueue_region)
 
     @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
     def stain_job(task: Task, job_id: str) -> str:
@@ -77,6 +98,12 @@ def create_worker_app(settings: Settings, stainer: Stainer | None = None) -> Cel
                 TASK_NAME, args=[job_id], task_id=task_id_for(job_id), queue=settings.queue_name
             )
         return outcome
+
+    @app.task(name=REGION_TASK_NAME, acks_late=True, reject_on_worker_lost=True)
+    def stain_region(job_id: str, attempt: str, region: int) -> str:
+        """Stain one region of a slide another worker planned (service.jobs.regions); a lost
+        delivery is harmless, the planner stains what nobody took."""
+        return run_region(RegionTask(job_id, attempt, int(region)), holder.get())
 
     # Deliveries and webhooks run on the dispatcher's own threads in the worker's main
     # process, started once the pool is up (never inherited by a forked child).
