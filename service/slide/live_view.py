@@ -46,14 +46,16 @@ def blank_tile(width_px: int, height_px: int, level: int, column: int, row: int)
 
 def shrink_block(block: np.ndarray, factor: int) -> np.ndarray:
     """``(h, w, bands)`` uint8 averaged over ``factor`` x ``factor`` boxes (edges padded by
-    repeating the last row and column), rounded."""
+    repeating the last row and column), rounded; integer sums, rows then columns (fast)."""
     height, width, bands = block.shape
     rows, columns = -(-height // factor), -(-width // factor)
-    padded = np.pad(
-        block, ((0, rows * factor - height), (0, columns * factor - width), (0, 0)), mode="edge"
-    )
-    boxes = padded.reshape(rows, factor, columns, factor, bands).astype(np.float32)
-    return np.asarray(boxes.mean(axis=(1, 3)) + 0.5, np.uint8)
+    if (rows * factor, columns * factor) != (height, width):
+        pad = ((0, rows * factor - height), (0, columns * factor - width), (0, 0))
+        block = np.pad(block, pad, mode="edge")
+    sums = block.reshape(rows, factor, columns * factor * bands).sum(axis=1, dtype=np.uint32)
+    sums = sums.reshape(rows, columns, factor, bands).sum(axis=2, dtype=np.uint32)
+    area = factor * factor
+    return ((sums + area // 2) // area).astype(np.uint8)
 
 
 def grey_overview(folder: Path) -> pyvips.Image | None:

@@ -103,7 +103,7 @@ def copy_for_docs(source: Path) -> None:
 @contextlib.contextmanager
 def running_server(root: Path, **extra_env: str) -> Iterator[Server]:
     """`dscm serve` (embedded worker) for the tenant st-marys, its storage under ``root``;
-    ``extra_env`` adds or overrides DSCM_ settings (destinations, dispatcher timing)."""
+    ``extra_env`` adds or overrides DSCM_ settings (destinations, dispatcher timing, models)."""
     key_id, key = new_key()
     entry = {
         "id": key_id,
@@ -123,8 +123,8 @@ def running_server(root: Path, **extra_env: str) -> Iterator[Server]:
         DSCM_TILE_PX="512",
         DSCM_THREADS="1",
         DSCM_VIEWER_SECRET="browser-test-secret-" + "x" * 20,
-        **extra_env,
     )
+    env.update(extra_env)  # may replace the defaults above (the real models, another tile size)
     port = free_port()
     argv = [sys.executable, "-m", "service.cli", "serve", "--host=127.0.0.1", f"--port={port}"]
     proc = Proc("server", argv, env, root / "server.log", cwd=REPO)

@@ -234,9 +234,7 @@ def test_running_job_shows_progress_then_tiles(
     second = server.submit(pair, stages="median,gareau")
     browser.get(f"{server.url}/viewer/{second['id']}")
     wait_until(
-        lambda: (
-            browser.execute_script("return document.body.dataset.state") in ("queued", "running")
-        ),
+        lambda: browser.find_element(By.ID, "job-state").text in ("queued", "running"),
         10,
         "the job's state",
     )
@@ -250,9 +248,9 @@ def test_running_job_shows_progress_then_tiles(
     path = screenshots_dir / "viewer-waiting.png"
     path.write_bytes(browser.get_screenshot_as_png())
     copy_for_docs(path)
-    wait_until(
-        lambda: browser.execute_script("return !!window.dscmViewer.viewer"), 180, "the result"
-    )
+    # The slide is shown while it runs (issue 20), then the published pyramid takes its place.
+    published = "const v = window.dscmViewer; return v.source === 'published' && !v.swapping"
+    wait_until(lambda: browser.execute_script(published), 180, "the result")
     wait_drawn(browser)
     assert browser.find_element(By.ID, "job-state").text == "succeeded"
     assert not browser.find_element(By.ID, "progress-wrap").is_displayed()

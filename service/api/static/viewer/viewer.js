@@ -1,9 +1,12 @@
 // The viewer of one job: its state and progress while it runs, then its Deep Zoom layers.
+// While the job runs the slide is already shown (issue 20): the stained tiles, the rest greyed,
+// filling in as the worker stains; when it succeeds the published pyramid replaces it in place.
 // window.dscmViewer exposes the state (and whenDrawn()) for the browser test and for debugging.
 "use strict";
 
 (() => {
   const POLL_MS = 2000;
+  const LIVE_POLL_MS = 1000; // while the slide fills in
   const LAYER_LABELS = {
     stain: ["Stained", "The H&E-like digital stain"],
     gareau: ["Gareau", "Gareau's linear stain of FCM + RCM, without networks"],
@@ -22,9 +25,15 @@
     maxLevel: -1,
     errors: [],
     compare: null,
+    source: null, // "live" while the job runs, "published" once its pyramid is shown
+    live: null, // the last /live answer: the grid and which grid tiles are stained
+    liveLog: [], // [ms since the page opened, stained grid tiles] at each change, for timing
+    swapping: false,
+    liveDirty: false,
     whenDrawn,
   };
   window.dscmViewer = state;
+  const liveDzi = {};
 
   function setPageState(value) {
     document.body.dataset.state = value;
@@ -152,17 +161,23 @@
    * Built here rather than from the DZI's URL because the layer travels as a query parameter
    * (?layer=), which OpenSeadragon only carries over to the tile URLs for *.dzi addresses.
    */
-  async function tileSource(layer) {
+  async function tileSource(layer, live = null) {
     const query = `?layer=${encodeURIComponent(layer)}`;
-    const response = await fetch(`/v1/jobs/${jobId}/dzi${query}`, {
-      headers: { Authorization: Dscm.authorization(jobId) },
-      credentials: "omit",
-    });
-    if (!response.ok) throw new Dscm.ApiProblem(response.status, null);
-    const xml = new DOMParser().parseFromString(await response.text(), "application/xml");
+    // A running job's DZI is its final one: fetched once, not at every update of its tiles.
+    let text = live ? liveDzi[layer] : undefined;
+    if (text === undefined) {
+      const response = await fetch(`/v1/jobs/${jobId}/dzi${query}`, {
+        headers: { Authorization: Dscm.authorization(jobId) },
+        credentials: "omit",
+      });
+      if (!response.ok) throw new Dscm.ApiProblem(response.status, null);
+      text = await response.text();
+      if (live) liveDzi[layer] = text;
+    }
+    const xml = new DOMParser().parseFromString(text, "application/xml");
     const image = xml.documentElement;
     const size = image.getElementsByTagName("Size")[0];
-    return new OpenSeadragon.DziTileSource({
+    const source = new OpenSeadragon.DziTileSource({
       width: Number(size.getAttribute("Width")),
       height: Number(size.getAttribute("Height")),
       tileSize: Number(image.getAttribute("TileSize")),
@@ -171,6 +186,124 @@
       fileFormat: image.getAttribute("Format"),
       queryParams: query,
     });
+    if (live) versionTiles(source, live);
+    return source;
+  }
+
+  /**
+   * A running job's tile URLs carry a version: the attempt and how many grid tiles under the
+   * tile (with a margin) are stained. A tile whose grid tiles did not change keeps its URL, so
+   * OpenSeadragon's cache (and the browser's, for finished tiles) serves it without a request;
+   * a tile with newly stained parts gets a new URL and is fetched again.
+   */
+  function versionTiles(source, live) {
+    const base = source.getTileUrl.bind(source);
+    source.getTileUrl = (level, x, y) => `${base(level, x, y)}&v=${tileVersion(source, live, level, x, y)}`;
+  }
+
+  function tileVersion(source, live, level, x, y) {
+    if (!live.planned) return `${live.attempt}.q`;
+    const marginPx = 32; // covers the server's rounding and its 1/8 copy
+    const workPerPx = (live.work_width_px / live.width_px) / source.getLevelScale(level);
+    const edge = source.getTileWidth(level);
+    const overlap = source.tileOverlap;
+    const box = (i, work) => [
+      Math.max(0, Math.floor(((i * edge - overlap) * workPerPx - marginPx) / live.tile_px)),
+      Math.min(Math.ceil(work / live.tile_px) - 1, Math.floor((((i + 1) * edge + overlap) * workPerPx + marginPx) / live.tile_px)),
+    ];
+    const [column0, column1] = box(x, live.work_width_px);
+    const [row0, row1] = box(y, live.work_height_px);
+    let count = 0;
+    for (let row = row0; row <= row1; row += 1) {
+      const start = row * live.columns;
+      for (let column = column0; column <= column1; column += 1) {
+        if (live.done.charCodeAt(start + column) === 49) count += 1;
+      }
+    }
+    return `${live.attempt}.${count}`;
+  }
+
+  async function fetchLive(layer) {
+    return Dscm.api(`/v1/jobs/${jobId}/live?layer=${encodeURIComponent(layer)}`, { jobId });
+  }
+
+  /**
+   * Put the image `makeSource()` makes in place of the shown one without a flash: the new one
+   * is added on top at the same place and the old one removed once the new one has drawn the
+   * view. `state.swapping` is true from the call until then.
+   */
+  async function replaceImage(makeSource, then = () => {}) {
+    const viewer = state.viewer;
+    state.swapping = true;
+    let source;
+    try {
+      source = await makeSource();
+    } catch (error) {
+      state.swapping = false;
+      throw error;
+    }
+    const old = viewer.world.getItemAt(viewer.world.getItemCount() - 1);
+    viewer.addTiledImage({
+      tileSource: source,
+      success: (event) => {
+        const item = event.item;
+        let finished = false;
+        const finish = () => {
+          if (finished) return;
+          finished = true;
+          if (old) viewer.world.removeItem(old);
+          state.swapping = false;
+          then();
+        };
+        item.addHandler("fully-loaded-change", (change) => {
+          if (change.fullyLoaded) {
+            setPageState("ready");
+            finish();
+          }
+        });
+        if (item.getFullyLoaded()) finish();
+        setTimeout(finish, 20000); // the user moved away meanwhile: do not keep both for ever
+      },
+      error: () => {
+        state.swapping = false;
+      },
+    });
+  }
+
+  /** While the job runs: fetch which tiles are stained, and show the new ones. */
+  async function updateLive(job) {
+    if (!state.viewer || state.source !== "live") return;
+    if (state.swapping) {
+      state.liveDirty = true; // look again as soon as the image being put in place is drawn
+      return;
+    }
+    state.liveDirty = false;
+    let live;
+    try {
+      live = await fetchLive(state.layer);
+    } catch (_) {
+      return; // finished meanwhile, or a blip: the next poll decides
+    }
+    const before = state.live;
+    if (before && before.attempt === live.attempt && before.tiles_done === live.tiles_done && before.planned === live.planned) return;
+    state.live = live;
+    state.liveLog.push([Math.round(performance.now()), live.tiles_done]);
+    const again = () => {
+      if (state.liveDirty && state.job) updateLive(state.job);
+    };
+    await replaceImage(() => tileSource(state.layer, live), again).catch(() => {});
+  }
+
+  /** The job succeeded while its live view was shown: the published pyramid takes its place. */
+  async function showPublished(job) {
+    if (state.swapping) {
+      setTimeout(() => showPublished(job), 200);
+      return;
+    }
+    state.source = "published";
+    state.layer = job.layers.includes(state.layer) ? state.layer : job.layers[0];
+    renderLayers(job);
+    await replaceImage(() => tileSource(state.layer), () => renderLayers(job));
   }
 
   /** An OpenSeadragon viewer of one layer in `element`, sending this tab's credentials. */
@@ -199,8 +332,18 @@
     $("viewer").hidden = false;
     $("zoom").hidden = false;
     const view = requestedView();
-    state.layer = job.layers.includes(view.layer) ? view.layer : job.layers[0];
-    const source = await tileSource(state.layer);
+    const running = job.state === "queued" || job.state === "running";
+    let source;
+    if (running) {
+      state.layer = "stain";
+      state.source = "live";
+      state.live = await fetchLive(state.layer);
+      source = await tileSource(state.layer, state.live);
+    } else {
+      state.layer = job.layers.includes(view.layer) ? view.layer : job.layers[0];
+      state.source = "published";
+      source = await tileSource(state.layer);
+    }
     $("navigator").hidden = false; // OpenSeadragon sizes the minimap from its element
     const viewer = createViewer($("viewer"), source, { showNavigator: true, navigatorId: "navigator" });
     state.viewer = viewer;
@@ -251,7 +394,7 @@
     }
     document.addEventListener("keydown", onKey);
     renderLayers(job);
-    openRequestedComparison(job, view);
+    if (!running) openRequestedComparison(job, view);
   }
 
   /**
@@ -260,6 +403,7 @@
    */
   function onKey(event) {
     const job = state.job;
+    if (state.source !== "published") return;
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.target.closest && event.target.closest("input, select, textarea")) return;
     const digit = /^(?:Digit|Numpad)([1-9])$/.exec(event.code);
@@ -351,15 +495,30 @@
     state.job = job;
     renderJob(job);
     if (job.state === "queued" || job.state === "running") {
-      setPageState(job.state);
-      showMessage(job.state === "queued" ? "Waiting for a worker…" : "Staining…");
-      setTimeout(refresh, POLL_MS);
+      if (!state.viewer) setPageState(job.state);
+      // with the slide in view, the header's state and progress say it (no box over the slide)
+      if (state.viewer) showMessage("");
+      else showMessage(job.state === "queued" ? "Waiting for a worker…" : "Staining…");
+      if (!state.viewer) {
+        openViewer(job).catch((error) => {
+          state.viewer = null; // the running view is a bonus: the published one still comes
+          showMessage(`Staining… (no preview: ${error.message})`);
+        });
+      } else {
+        await updateLive(job);
+      }
+      setTimeout(refresh, job.state === "running" ? LIVE_POLL_MS : POLL_MS);
     } else if (job.purged_at) {
       setPageState("purged");
       showMessage("This job's files were deleted.", "error");
     } else if (job.state === "succeeded") {
       showMessage("");
-      if (!state.viewer) {
+      if (state.viewer && state.source === "live") {
+        showPublished(job).catch((error) => {
+          showMessage(`Could not open the slide: ${error.message}`, "error");
+          setPageState("error");
+        });
+      } else if (!state.viewer) {
         openViewer(job).catch((error) => {
           showMessage(`Could not open the slide: ${error.message}`, "error");
           setPageState("error");
@@ -368,6 +527,13 @@
       // the slide is final, its delivery to the PACS may still change: keep the header current
       if (job.delivery && job.delivery.state === "pending") setTimeout(refresh, POLL_MS);
     } else {
+      if (state.viewer) {
+        state.viewer.destroy(); // a failed or cancelled job's tiles are no longer served
+        state.viewer = null;
+        $("viewer").hidden = true;
+        $("navigator").hidden = true;
+        $("zoom").hidden = true;
+      }
       setPageState(job.state);
       const why = job.error ? `${job.error.code}: ${job.error.detail}` : job.state;
       showMessage(`The job ${job.state} (${why}).`, "error");
