@@ -106,3 +106,28 @@ def test_a_block_shrinks_by_box_average_with_padded_edges() -> None:
     assert small.shape == (3, 2, 1)
     assert small[0, 0, 0] == round((0 + 1 + 3 + 4) / 4)
     assert small[2, 1, 0] == 14  # the last pixel, repeated
+
+
+def test_a_resampled_slide_is_shown_at_its_own_size(tmp_path: Path) -> None:
+    """Stained at half its size (work coordinates), the live view keeps the slide's levels and
+    scales the canvas back: a full-resolution tile has the published geometry and colour."""
+    from service.slide.canvas import DiskCanvas
+    from service.slide.live import TileLedger, canvas_name
+
+    plan = LivePlan(1000, 800, 500, 400, 256, 4, 0.375, {"stain": 3})
+    canvas = DiskCanvas(tmp_path / canvas_name("stain"), 500, 400)
+    canvas.write(0, 0, np.full((400, 500, 3), (200, 40, 160), np.uint8))
+    canvas.close()
+    plan.save(tmp_path)
+    with TileLedger(tmp_path / LEDGER_NAME, 4, create=True) as ledger:
+        ledger.mark([0, 1, 2])  # tile 3 (bottom right) not yet
+    view = LiveSlide(tmp_path, LivePlan.load(tmp_path))
+    assert len(view.levels) == 11 and view.levels[-1].width_px == 1000
+    top_left = view.tile("stain", 10, 0, 0)
+    pixels = decode(top_left.jpeg)
+    assert top_left.complete and pixels.shape == (255, 255, 3)
+    assert np.abs(pixels.mean(axis=(0, 1)) - (200, 40, 160)).max() < 4
+    bottom_right = view.tile("stain", 10, 3, 3)
+    assert not bottom_right.complete
+    corner = decode(bottom_right.jpeg)[-40:, -40:]
+    assert np.abs(corner[..., 0] - corner[..., 1]).mean() < 3  # grey: not stained yet
