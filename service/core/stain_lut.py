@@ -5,7 +5,8 @@ After the networks, every output pixel is a function of two numbers only: the pi
 weight and the colour transfer in CIELab are all per pixel and fixed once the slide's glass
 level and colour statistics are measured. So the chain evaluates them once, on a grid of
 (FCM, RCM) values, and each tile looks its pixels up: a few passes over the tile instead of
-the RGB -> Lab -> RGB maths per pixel (0.68 s -> 0.03 s on a 1024 px tile, docs/performance.md).
+the RGB -> Lab -> RGB maths per pixel (everything but the network: 0.76 s -> 0.09 s per
+1024 px tile on a loaded 2-core AVX2 machine, docs/performance.md).
 
 Nearest grid point, LUT_STEPS steps per axis: 59-60 dB PSNR against the direct computation
 on the bundled scan, the real crop and uniform noise, at most one level of 255 apart
