@@ -418,20 +418,18 @@ class SlideRun:
         return layer_output_path(self.pyramid, layer)
 
     def fill_background(self) -> None:
-        """Phase 3, background: glass tiles are filled with the glass colour, not computed."""
+        """Phase 3, background: glass tiles are filled with the glass colour, not computed (and,
+        with a live folder, flushed and marked in the ledger)."""
         with self._timed("tiles"):
-            for tile, flag in zip(self.tiles, self.tissue, strict=True):
-                if flag:
-                    continue
+            glass = [t for t, flag in zip(self.tiles, self.tissue, strict=True) if not flag]
+            for tile in glass:
                 for name, writer in self.writers.items():
                     colour = self.background[name]
                     writer.fill(tile.l0_x, tile.l0_y, tile.width_px, tile.height_px, colour)
-                self.mark_done([tile])
-
-    def mark_done(self, tiles: Sequence[Tile]) -> None:
-        """Record in the live folder's ledger that these tiles are in every canvas."""
-        if self.ledger is not None:
-            self.ledger.mark([tile.index for tile in tiles])
+            if self.ledger is not None and glass:
+                for writer in self.writers.values():
+                    writer.flush()
+                self.ledger.mark([tile.index for tile in glass])
 
     def stain_tiles(self) -> None:
         """Phase 4, tiles: tissue tiles in batches through the chain, each layer written; the
@@ -463,7 +461,8 @@ class SlideRun:
         ``landed(count)`` after each batch."""
         sinks = {name: writer.write for name, writer in self.writers.items()}
         batching = (self.spec.options.layers, self.spec.batch_size)
-        compute_tiles(self.chain, self.reader, sinks, self.ledger, tiles, batching, landed)
+        flushes = [writer.flush for writer in self.writers.values()]
+        compute_tiles(self.chain, self.reader, sinks, flushes, self.ledger, tiles, batching, landed)
 
     def stain_in_regions(self, scheduler: RegionScheduler, regions: list[list[Tile]]) -> None:
         """Publish the region plan in the live folder, then let the scheduler have every region
@@ -592,14 +591,15 @@ def compute_tiles(
     chain: StainChain,
     reader: TileReader,
     sinks: Mapping[str, TileSink],
+    flushes: Sequence[Callable[[], None]],
     ledger: TileLedger | None,
     tiles: list[Tile],
     batching: tuple[Sequence[str], int],
     landed: Callable[[int], None],
 ) -> None:
     """The tile loop every stain runs: ``tiles`` read ahead in batches, through the chain, each
-    output (the stain and the extra ``layers``) written to its sink, then marked in the ledger;
-    ``landed(count)`` after each batch. ``batching``: (layers, batch size)."""
+    output (the stain and the extra ``layers``) written to its sink, the sinks flushed, then
+    marked in the ledger; ``landed(count)`` after each batch. ``batching``: (layers, batch size)."""
     layers, batch_size = batching
     for batch in reader.batches(tiles, batch_size):
         fcm_block = np.stack([b[1] for b in batch])
@@ -608,7 +608,9 @@ def compute_tiles(
         for i, (tile, _, _) in enumerate(batch):
             for name, block in {"stain": stained, **kept}.items():
                 sinks[name](tile.l0_x, tile.l0_y, block[i, : tile.height_px, : tile.width_px])
-        if ledger is not None:
+        if ledger is not None:  # pixels durable first: readers on other hosts trust the ledger
+            for flush in flushes:
+                flush()
             ledger.mark([tile.index for tile, _, _ in batch])
         landed(len(batch))
 
@@ -665,7 +667,8 @@ def stain_region(
     try:
         sinks = {name: canvas.write for name, canvas in canvases.items()}
         batching = (regions.layers, regions.batch_size)
-        compute_tiles(chain, reader, sinks, ledger, tiles, batching, landed)
+        flushes = [canvas.flush for canvas in canvases.values()]
+        compute_tiles(chain, reader, sinks, flushes, ledger, tiles, batching, landed)
     finally:
         reader.stop()
         ledger.close()

@@ -94,6 +94,11 @@ class DiskCanvas:
         for row in range(block.shape[0]):
             os.pwrite(self.fd, block[row].tobytes(), start + row * row_bytes)
 
+    def flush(self) -> None:
+        """Make the pixels written so far durable and visible to readers on other hosts (a
+        shared file system), before the tile ledger says they are there."""
+        os.fdatasync(self.fd)
+
     def close(self) -> None:
         """Close the canvas file; closing twice is fine."""
         if self.fd >= 0:

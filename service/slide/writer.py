@@ -98,6 +98,14 @@ class PyramidWriter:
         except OSError as exc:
             raise output_error(exc, self.output) from exc
 
+    def flush(self) -> None:
+        """Flush the canvas (DiskCanvas.flush): before a live folder's ledger marks tiles."""
+        assert self.canvas is not None, "flush after save"
+        try:
+            self.canvas.flush()
+        except OSError as exc:
+            raise output_error(exc, self.output) from exc
+
     def fill(self, l0_x: int, l0_y: int, width_px: int, height_px: int, colour: np.ndarray) -> None:
         """Write one solid colour over a level-0 rectangle."""
         shape = (height_px, width_px, self.bands)

@@ -47,8 +47,8 @@ def test_two_workers_stain_one_slide_and_survive_a_killed_one(
     pair = write_tissue_pair(tmp_path / "pair", 3584, 2816, 0.75)
     files = tiff_files(pair["rcm"].read_bytes(), pair["fcm"].read_bytes())
     cluster.extra_env.update(SHIPPED)
-    cluster.start_redis()
-    cluster.start_api()
+    redis = cluster.start_redis()
+    api = cluster.start_api()
 
     # one worker, no regions: today's behaviour, the reference
     alone = cluster.start_worker("alone", DSCM_REGION_TILES="0")
@@ -73,6 +73,11 @@ def test_two_workers_stain_one_slide_and_survive_a_killed_one(
     progress = [get_job(cluster, keys.alice, job["id"])["progress"]]
     helper.signal_group(signal.SIGKILL)  # mid-region: no ack, no release, no heartbeat
     assert helper.wait(10) is not None
+    # the broker and the API restart meanwhile: regions do not depend on either
+    redis.stop()
+    api.stop()
+    redis = cluster.start_redis()
+    api = cluster.start_api()
 
     taken_over = False
     deadline = time.monotonic() + 180
