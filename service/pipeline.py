@@ -232,7 +232,6 @@ def stain_slide(
     run.share_statistics()
     try:
         run.open_writers()
-        run.fill_background()
         run.stain_tiles()
         run.save_pyramids()
     except BaseException:
@@ -327,6 +326,7 @@ class SlideRun:
     background: dict[str, np.ndarray] = field(default_factory=dict)
     writers: dict[str, PyramidWriter] = field(default_factory=dict)
     ledger: TileLedger | None = None  # with a live folder: which tiles are in the canvases
+    glass_filled: bool = False
     levels: list[Any] = field(default_factory=list)
     qc: dict[str, object] = field(default_factory=dict)
 
@@ -417,43 +417,50 @@ class SlideRun:
         """An extra layer's pyramid, named after the stain's (``out.gareau.tiff``)."""
         return layer_output_path(self.pyramid, layer)
 
-    def fill_background(self) -> None:
-        """Phase 3, background: glass tiles are filled with the glass colour, not computed (and,
-        with a live folder, flushed and marked in the ledger)."""
-        with self._timed("tiles"):
-            glass = [t for t, flag in zip(self.tiles, self.tissue, strict=True) if not flag]
-            for tile in glass:
-                for name, writer in self.writers.items():
-                    colour = self.background[name]
-                    writer.fill(tile.l0_x, tile.l0_y, tile.width_px, tile.height_px, colour)
-            if self.ledger is not None and glass:
-                for writer in self.writers.values():
-                    writer.flush()
-                self.ledger.mark([tile.index for tile in glass])
+    def fill_background(self) -> int:
+        """Phase 4a, glass: glass tiles are filled with the glass colour, not computed (and,
+        with a live folder, flushed and marked in the ledger); once. Returns the tiles filled."""
+        if self.glass_filled:
+            return 0
+        self.glass_filled = True
+        glass = [t for t, flag in zip(self.tiles, self.tissue, strict=True) if not flag]
+        for tile in glass:
+            for name, writer in self.writers.items():
+                colour = self.background[name]
+                writer.fill(tile.l0_x, tile.l0_y, tile.width_px, tile.height_px, colour)
+        if self.ledger is not None and glass:
+            for writer in self.writers.values():
+                writer.flush()
+            self.ledger.mark([tile.index for tile in glass])
+        return len(glass)
 
     def stain_tiles(self) -> None:
         """Phase 4, tiles: tissue tiles in batches through the chain, each layer written; the
-        tissue's centre first, for a viewer watching (the statistics sample grid order); with a
-        region scheduler, in regions that other workers may stain at the same time."""
+        tissue's centre first and the glass after the first batch, for a viewer watching (the
+        statistics sample grid order); with a region scheduler, in regions that other workers
+        may stain at the same time."""
         todo, total = tissue_first(self.tiles, self.tissue), len(self.tiles)
         with self._timed("tiles"):
             regions = self.spec.regions
             size = self.spec.region_tiles
             if regions is not None and self.spec.live_dir is not None and 0 < size < len(todo):
+                self.fill_background()
                 self.stain_in_regions(
                     regions, [todo[i : i + size] for i in range(0, len(todo), size)]
                 )
             else:
-                done = total - len(todo)
+                done = 0
                 self.progress("tiles", done, total)
 
                 def counted(tiles: int) -> None:
-                    """Report each batch as it lands."""
+                    """Report each batch as it lands; the glass goes in after the first."""
                     nonlocal done
-                    done += tiles
+                    done += tiles + self.fill_background()
                     self.progress("tiles", done, total)
 
                 self.compute(todo, counted)
+                if not self.glass_filled:  # no tissue at all
+                    counted(0)
         self.timings["read"] = self.reader.busy_s
 
     def compute(self, tiles: list[Tile], landed: Callable[[int], None]) -> None:
