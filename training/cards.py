@@ -158,7 +158,9 @@ def residual_card_info(
     training_data.update(
         {
             "input": "the colour stage's output for synthetic confocal (training/synthetic.py) "
-            "of train_skin: the exported despeckler, 3x3 median, Gareau, the colour stage "
+            "of train_skin: the exported despeckler, "
+            + ("3x3 median, " if options.get("median", True) else "")
+            + "Gareau, the colour stage "
             f"({options.get('colour_card', '')}), statistics pooled per slide",
             "target": "the true H&E of the same crop, moved to the colour card's look",
             "despeckler": options.get("despeckle_onnx", ""),
@@ -168,6 +170,10 @@ def residual_card_info(
             f"{options['lambda_adv']:g} (PatchGAN ndf {options['ndf']}), nuclear faithfulness "
             f"lambda {options['lambda_faithful']:g}; Adam {options['lr']:g} beta1 "
             f"{options['beta1']:g}, linear decay over the second half",
+            "glass_gate": "the correction x a tissue weight of the input: 0 where the colour "
+            "stage left glass (training/networks.py glass_gate)"
+            if options.get("glass_gate")
+            else "none",
             "precision": "bf16 autocast" if options.get("bf16") else "fp32",
             "device": options.get("device", "cpu"),
             "crop_px": options["crop_px"],

@@ -155,6 +155,12 @@ def cyclegan(stage_crops: str, stage_steps: str, **kwargs: object) -> None:
 @click.option("--time-budget-s", default=0.0, help="stop after this much training time (0: none)")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto")
 @click.option("--bf16/--fp32", default=False, show_default=True, help="bf16 autocast")
+@click.option(
+    "--glass-gate/--no-glass-gate",
+    default=True,
+    show_default=True,
+    help="the correction x a tissue weight of the input: the colour stage's glass is kept",
+)
 def residual(dilations: str, **kwargs: object) -> None:
     """Train (or resume) the residual generator on top of the colour stage (skin, paired +
     adversarial + nuclear terms)."""

@@ -14,6 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from service.core.colour import WEIGHT_LOW, WEIGHT_RAMP
+from service.core.stain import EOSIN_RGB, HEMATOXYLIN_RGB
+
 INSTANCE_NORM_EPS = 1e-5
 
 
@@ -251,6 +254,23 @@ class ResnetGenerator(SharedNormGenerator):
 
 DILATIONS = (1, 2, 4, 8, 1, 2, 4, 8, 1)
 
+# The glass gate. The colour stage leaves a pixel as Gareau's stain where its tissue weight is 0
+# (FCM + RCM <= WEIGHT_LOW); there Gareau's largest drop below white on any channel is at most
+# WEIGHT_LOW x the largest absorption of the two stains (haematoxylin's green, 0.8): 0.08. One
+# level of 255 above that covers the chain's stain table (nearest grid point, one level). The
+# gate rises from 0 there to 1 over WEIGHT_RAMP x the same absorption, the colour stage's ramp.
+_MAX_ABSORPTION = max(1.0 - c for c in (*HEMATOXYLIN_RGB, *EOSIN_RGB))
+GATE_LOW = WEIGHT_LOW * _MAX_ABSORPTION + 1.0 / 255.0
+GATE_RAMP = WEIGHT_RAMP * _MAX_ABSORPTION
+
+
+def glass_gate(image: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, H, W)`` tissue weight in [0, 1] of the colour stage's RGB ``(N, 3, H, W)`` in
+    [-1, 1]: 0 where no channel is more than GATE_LOW below white (every pixel the colour stage
+    left as glass), 1 from GATE_LOW + GATE_RAMP on. Per pixel: no context, no grid."""
+    below_white = (1.0 - image.amin(dim=1, keepdim=True)) * 0.5  # 1 - min channel, in [0, 1]
+    return ((below_white - GATE_LOW) / GATE_RAMP).clamp(0.0, 1.0)
+
 
 class DilatedBlock(nn.Module):
     """``ResnetBlock`` with dilated 3x3 convolutions (reflection padding by the dilation)."""
@@ -282,15 +302,24 @@ class ResidualGenerator(SharedNormGenerator):
     a shift of the image, so the network cannot print a pattern locked to the pixel grid (the
     4-px texture of the strided ResNet generator). Costs per pixel what the ResNet generator's
     blocks at ``4 ngf`` channels on a quarter of the pixels cost.
+
+    ``glass_gate``: the correction is multiplied by ``glass_gate(input)``, a tissue weight read
+    from the colour stage's RGB, 0 wherever the colour stage's own tissue weight is 0, so there
+    (glass, empty spaces) the output is the colour stage's exactly.
     """
 
     size_multiple_px = 1
     clamp_output = True
 
     def __init__(
-        self, ngf: int = 16, n_blocks: int = 9, dilations: tuple[int, ...] = DILATIONS
+        self,
+        ngf: int = 16,
+        n_blocks: int = 9,
+        dilations: tuple[int, ...] = DILATIONS,
+        glass_gate: bool = True,
     ) -> None:
         super().__init__()
+        self.glass_gate = glass_gate
         if n_blocks < 1 or ngf < 1:
             raise ValueError(f"ngf {ngf} and n_blocks {n_blocks} must be positive")
         cycle = tuple(dilations) or (1,)
@@ -321,10 +350,17 @@ class ResidualGenerator(SharedNormGenerator):
     @property
     def architecture(self) -> str:
         dilations = "-".join(str(d) for d in self.dilations)
-        return f"residual_generator(ngf={self.ngf},n_blocks={self.n_blocks},dilations={dilations})"
+        gate = ",glass_gate=1" if self.glass_gate else ""
+        return (
+            f"residual_generator(ngf={self.ngf},n_blocks={self.n_blocks},"
+            f"dilations={dilations}{gate})"
+        )
 
     def _generate(self, image: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = image + self.model(image)
+        correction: torch.Tensor = self.model(image)
+        if self.glass_gate:
+            correction = correction * glass_gate(image)
+        out = image + correction
         return out.clamp(-1.0, 1.0) if self.clamp_output else out
 
 
@@ -408,6 +444,7 @@ def receptive_radius_px(model: nn.Module, channels: int, size_px: int = 257) -> 
     probe = copy.deepcopy(model).eval()
     if isinstance(probe, ResidualGenerator):
         probe.clamp_output = False  # saturated outputs would hide paths
+        probe.glass_gate = False  # per pixel; a zero gate at the centre would hide every path
     with torch.no_grad():
         for layer in probe.modules():
             if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):

@@ -13,6 +13,9 @@ generator (``ResidualGenerator``: identity at the start, stride-free) is trained
 - the nuclear term: 1 - r between the haematoxylin of its output and of its input
   (``lambda_faithful``, ``train_cyclegan.nuclear_infidelity``).
 
+With ``glass_gate`` (the default) the correction is multiplied by a tissue weight read from the
+input (``networks.glass_gate``): where the colour stage left glass, the output is its glass.
+
 No cycle and no second generator: the input domain is the engine's own, and the paired target
 is known. Resumable (checkpoint + options + losses.csv in ``out_dir``), a generator snapshot at
 every checkpoint (``snapshots/step-NNNNNN.pt``, small: the curve against training time), the
@@ -89,6 +92,7 @@ class ResidualOptions:
     bf16: bool = False
     design: str = DESIGN  # read by load_generator and the card
     median: bool | None = None  # the 3x3 median in the input; None: as the chain (card) does
+    glass_gate: bool = True  # the correction x a tissue weight of the input (networks.glass_gate)
 
     def resolved_median(self) -> bool:
         """The chain's rule: the median follows the despeckler unless its card says
@@ -113,6 +117,7 @@ def build_generator(options: dict[str, Any] | ResidualOptions) -> ResidualGenera
         ngf=int(get("ngf", 16)),
         n_blocks=int(get("n_blocks", 9)),
         dilations=tuple(get("dilations", (1, 2, 4, 8))),
+        glass_gate=bool(get("glass_gate", False)),  # runs before the gate had none
     )
     init_weights(net)
     net.zero_last()

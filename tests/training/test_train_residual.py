@@ -1,6 +1,7 @@
 """The residual generator (issue 22, parts 4 and 5): identity at the start, no grid by
-construction, one training step in fp32 and bf16, resumable, and training/gpu/train.sh end to
-end on the CPU (a few steps on tiny data: a valid ONNX with its card, and the measures)."""
+construction, the colour stage's glass kept by construction (the glass gate), one training
+step in fp32 and bf16, resumable, and training/gpu/train.sh end to end on the CPU (a few steps
+on tiny data: a valid ONNX with its card, and the measures)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ import pytest
 import torch
 
 from service.core.cards import card_problems
+from service.core.chain import StainChain, crop
+from service.core.colour import WEIGHT_LOW, WEIGHT_RAMP, load_colour_target, tissue_weight
 from service.core.models import OnnxModel
 from service.core.quality import checkerboard_db
-from training.networks import ResidualGenerator, init_weights
+from service.core.stain import gareau_stain
+from training.export import CardInfo, export_model
+from training.networks import ResidualGenerator, glass_gate, init_weights
 from training.train_residual import ResidualGan, ResidualOptions, lr_at, train_residual
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,3 +176,62 @@ def test_input_follows_the_chain_on_the_median(tmp_path: Path) -> None:
     assert options.resolved_median() is True
     options.median = False
     assert options.resolved_median() is False
+
+
+def glassy_pair(size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left half glass carrying faint fluorescence and speckle (FCM + RCM at most 0.1, where
+    the colour stage's tissue weight is 0); right half tissue with nuclei under speckle."""
+    rng = np.random.default_rng(5)
+    fcm = rng.uniform(0.0, 0.05, (size_px, size_px)).astype(np.float32)
+    rcm = (0.03 * rng.gamma(25.0, 1 / 25.0, (size_px, size_px))).clip(0, 0.05)
+    tissue = np.s_[:, size_px // 2 :]
+    yy, xx = np.mgrid[0:size_px, 0 : size_px - size_px // 2]
+    nuclei = (np.sin(xx / 3.0) * np.sin(yy / 4.0) > 0.6).astype(np.float32)
+    fcm[tissue] = 0.15 + 0.7 * nuclei
+    rcm[tissue] = 0.45 * rng.gamma(4.0, 1 / 4.0, nuclei.shape).clip(0, 2.2)
+    return fcm, rcm.astype(np.float32)
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_the_glass_gate_keeps_the_colour_stages_glass(tmp_path: Path, gate: bool) -> None:
+    """Colour + a generator whose correction is large everywhere, run by the engine's chain:
+    with the gate, every pixel the colour stage left as glass (tissue weight 0) keeps the colour
+    stage's value within one level while tissue changes; without it, the glass changes too."""
+    torch.manual_seed(3)
+    generator = ResidualGenerator(ngf=4, n_blocks=2, glass_gate=gate)
+    init_weights(generator, gain=0.5)
+    onnx = tmp_path / "generator.onnx"
+    export_model(generator, onnx, CardInfo(name="gated" if gate else "ungated"))
+    colour = load_colour_target(REPO / "models" / "colour.json")
+    with_generator = StainChain(("gareau", "colour", "generator"), None, OnnxModel(onnx), colour)
+    colour_only = StainChain(("gareau", "colour"), colour=colour)
+    halo = with_generator.halo_px
+    fcm, rcm = glassy_pair(96 + 2 * halo)
+    for chain in (with_generator, colour_only):
+        chain.estimate_slide_stats([(fcm, rcm)])
+    out = with_generator.run(fcm[None], rcm[None])[0].astype(int)
+    base = colour_only.run(crop(fcm, halo)[None], crop(rcm, halo)[None])[0].astype(int)
+    glass = tissue_weight(crop(fcm, halo), crop(rcm, halo)) == 0
+    assert glass[:, :40].all() and not glass[:, 56:].any()
+    assert base[glass].min() >= 235  # the colour stage's glass is white
+    glass_change = np.abs(out[glass] - base[glass]).max()
+    tissue_change = np.abs(out[~glass] - base[~glass]).mean()
+    assert tissue_change > 5.0  # the correction acts on tissue
+    if gate:
+        assert glass_change <= 1
+    else:
+        assert glass_change > 5
+
+
+def test_the_gate_is_zero_wherever_the_colour_stage_leaves_glass() -> None:
+    """Every (FCM, RCM) with FCM + RCM <= the colour stage's WEIGHT_LOW gives Gareau's RGB a
+    gate of exactly 0; tissue at full weight gets a gate above 0."""
+    axis = np.linspace(0.0, 1.0, 201, dtype=np.float32)
+    fcm, rcm = np.meshgrid(axis, axis, indexing="ij")
+    rgb = torch.from_numpy(gareau_stain(fcm, rcm)[None] * 2 - 1)
+    gate = glass_gate(rgb)[0, 0].numpy()
+    weight = tissue_weight(fcm, rcm)
+    assert (gate[weight == 0] == 0).all()
+    # fluorescence: full weight one level after the colour stage's (the gate's margin)
+    assert (gate[fcm >= WEIGHT_LOW + WEIGHT_RAMP + 0.01] == 1).all()
+    assert (gate[weight == 1] > 0).all()
