@@ -109,6 +109,54 @@ def save_panels(panels: dict[str, np.ndarray], png_path: Path, title: str = "") 
     plt.close(fig)
 
 
+def compare_despecklers(
+    prepared_dir: Path, models: dict[str, Path], bm3d_every: int = 3
+) -> dict[str, Any]:
+    """Despecklers side by side on the held-out patches of the despeckling protocol (the test
+    slides and held-out skin): every method on all patches, then again with BM3D on every
+    ``bm3d_every``-th patch (BM3D takes 10-20 s per 512 px patch here, so it runs once); the
+    same noise for every model."""
+    test = load_split_with_cases(prepared_dir, ("test",))
+    skin = load_split_with_cases(prepared_dir, ("heldout_skin",))
+    cleans = [clean_reflectance(rgb) for rgb, _ in test + skin]
+    subset = cleans[::bm3d_every]
+    result: dict[str, Any] = {"patches": len(cleans), "bm3d_patches": len(subset)}
+    for index, (name, path) in enumerate(models.items()):
+        model = OnnxModel(path)
+        result[name] = {
+            "all": evaluate_despeckle(cleans, model, with_bm3d=False),
+            # BM3D does not depend on the model: run once, with the first
+            "bm3d_subset": evaluate_despeckle(subset, model, with_bm3d=index == 0),
+        }
+    return result
+
+
+def despeckler_table(compared: dict[str, Any]) -> str:
+    """Markdown: each despeckler and the fixed filters, PSNR/SSIM on all patches and on the
+    BM3D subset."""
+    names = [k for k in compared if isinstance(compared[k], dict)]
+    rows = [
+        f"| method | PSNR (dB), {compared['patches']} patches | SSIM | "
+        f"PSNR (dB), {compared['bm3d_patches']} patches | SSIM |",
+        "|---|---|---|---|---|",
+    ]
+    first = compared[names[0]]
+    baselines = ["noisy", "median 3x3", "Lee 7x7", "BM3D (log)"]
+    for method in baselines:
+        full = first["all"].get(method)
+        sub = first["bm3d_subset"].get(method)
+        cells = [f"{full['psnr_db']:.2f} | {full['ssim']:.3f}" if full else "- | -"]
+        cells.append(f"{sub['psnr_db']:.2f} | {sub['ssim']:.3f}" if sub else "- | -")
+        rows.append(f"| {method} | {' | '.join(cells)} |")
+    for name in names:
+        full, sub = compared[name]["all"]["network"], compared[name]["bm3d_subset"]["network"]
+        rows.append(
+            f"| {name} | {full['psnr_db']:.2f} | {full['ssim']:.3f} | "
+            f"{sub['psnr_db']:.2f} | {sub['ssim']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
 def despeckle_example(
     clean: np.ndarray, despeckler: OnnxModel | None, crop_px: int = 160
 ) -> dict[str, np.ndarray]:

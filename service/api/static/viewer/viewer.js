@@ -6,7 +6,7 @@
 
 (() => {
   const POLL_MS = 2000;
-  const LIVE_POLL_MS = 1000; // while the slide fills in
+  const LIVE_POLL_MS = 500; // while the slide fills in
   const LAYER_LABELS = {
     stain: ["Stained", "The H&E-like digital stain"],
     gareau: ["Gareau", "Gareau's linear stain of FCM + RCM, without networks"],
