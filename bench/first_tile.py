@@ -24,7 +24,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "browser"))
 
-from browser_helpers import CHROMEDRIVER, CHROMIUM, running_server, sign_in  # noqa: E402
+from browser_helpers import (  # noqa: E402
+    CHROMEDRIVER,
+    CHROMIUM,
+    STAINED_FRACTION,
+    running_server,
+    sign_in,
+)
 from support.polling import wait_until  # noqa: E402
 
 from bench.synthetic import write_pair  # noqa: E402
@@ -33,19 +39,6 @@ from bench.synthetic import write_pair  # noqa: E402
 # One 1024 px tile of a 15000 x 10000 slide is about 0.5 % of the home view; 1 % needed two or
 # three tiles. A third of a tile's share: the first tile, not the placeholder's few tinted pixels.
 FIRST_TILE_FRACTION = 0.002
-STAINED_FRACTION = """
-const viewer = window.dscmViewer && window.dscmViewer.viewer;
-if (!viewer || !viewer.drawer || !viewer.drawer.canvas) return 0;
-const canvas = viewer.drawer.canvas;
-const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-let coloured = 0;
-for (let i = 0; i < data.length; i += 4) {
-  const high = Math.max(data[i], data[i + 1], data[i + 2]);
-  const low = Math.min(data[i], data[i + 1], data[i + 2]);
-  if (high - low > 40) coloured += 1;
-}
-return coloured / (data.length / 4);
-"""
 
 
 def chromium() -> Any:

@@ -19,12 +19,14 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 from service.core.stain import gareau_stain
 
 PLAN_NAME = "plan.json"
+Plan = TypeVar("Plan")
 LEDGER_NAME = "tiles.done"
 OVERVIEW_NAME = "overview.jpg"
 
@@ -65,18 +67,12 @@ class LivePlan:
 
     def save(self, folder: Path) -> None:
         """Write plan.json atomically (a reader sees the whole plan or none)."""
-        tmp = folder / f".{PLAN_NAME}.tmp"
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, folder / PLAN_NAME)
+        _save_json(folder / PLAN_NAME, asdict(self))
 
     @classmethod
     def load(cls, folder: Path) -> LivePlan:
         """Read plan.json; OSError when absent, ValueError when malformed."""
-        data = json.loads((folder / PLAN_NAME).read_text())
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ValueError(f"bad live plan in {folder}: {exc}") from exc
+        return _load_json(cls, folder / PLAN_NAME)
 
 
 class TileLedger:
@@ -136,18 +132,29 @@ class RegionPlan:
 
     def save(self, folder: Path) -> None:
         """Write regions.json atomically."""
-        tmp = folder / f".{REGIONS_NAME}.tmp"
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, folder / REGIONS_NAME)
+        _save_json(folder / REGIONS_NAME, asdict(self))
 
     @classmethod
     def load(cls, folder: Path) -> RegionPlan:
         """Read regions.json; OSError when absent, ValueError when malformed."""
-        data = json.loads((folder / REGIONS_NAME).read_text())
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ValueError(f"bad region plan in {folder}: {exc}") from exc
+        return _load_json(cls, folder / REGIONS_NAME)
+
+
+def _save_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``path`` atomically: a reader sees all of it or none."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _load_json(kind: type[Plan], path: Path) -> Plan:
+    """A ``kind`` from the JSON object at ``path``; OSError when absent, ValueError when not
+    an object with exactly ``kind``'s fields."""
+    data = json.loads(path.read_text())
+    try:
+        return kind(**data)
+    except TypeError as exc:
+        raise ValueError(f"{path} is not a {kind.__name__}: {exc}") from exc
 
 
 def read_done(folder: Path, tiles: int) -> np.ndarray:

@@ -141,3 +141,20 @@ def _live(url: str) -> bool:
         return httpx.get(f"{url}/livez", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+# The share of the drawn view's pixels that are coloured (the stain), not grey (the
+# placeholder) nor white (glass): read from OpenSeadragon's canvas, cheaper than a screenshot.
+STAINED_FRACTION = """
+const viewer = window.dscmViewer && window.dscmViewer.viewer;
+if (!viewer || !viewer.drawer || !viewer.drawer.canvas) return 0;
+const canvas = viewer.drawer.canvas;
+const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+let coloured = 0;
+for (let i = 0; i < data.length; i += 4) {
+  const high = Math.max(data[i], data[i + 1], data[i + 2]);
+  const low = Math.min(data[i], data[i + 1], data[i + 2]);
+  if (high - low > 40) coloured += 1;
+}
+return coloured / (data.length / 4);
+"""

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import REPO, Server, copy_for_docs, running_server, sign_in, wait_drawn
+from browser_helpers import (
+    REPO,
+    STAINED_FRACTION,
+    Server,
+    copy_for_docs,
+    running_server,
+    sign_in,
+    wait_drawn,
+)
 from support.pairs import write_tissue_pair
 from support.polling import wait_until
 
@@ -34,23 +42,6 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("live-browser")
     with running_server(root, DSCM_MODELS_DIR=str(REPO / "models")) as running:
         yield running
-
-
-# The share of the drawn view's pixels that are coloured (the stain), not grey (the
-# placeholder) nor white (glass): read from OpenSeadragon's canvas, cheaper than a screenshot.
-STAINED_FRACTION = """
-const viewer = window.dscmViewer.viewer;
-if (!viewer || !viewer.drawer || !viewer.drawer.canvas) return 0;
-const canvas = viewer.drawer.canvas;
-const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-let coloured = 0;
-for (let i = 0; i < data.length; i += 4) {
-  const high = Math.max(data[i], data[i + 1], data[i + 2]);
-  const low = Math.min(data[i], data[i + 1], data[i + 2]);
-  if (high - low > 40) coloured += 1;
-}
-return coloured / (data.length / 4);
-"""
 
 
 def stained_fraction(browser: Any) -> float:
