@@ -289,6 +289,32 @@ def texture(
     click.echo("\n".join(texture_markdown(result)))
 
 
+@main.command("compare-despecklers")
+@click.option("--prepared", default=DEFAULT_PREPARED, show_default=True)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    required=True,
+    help="NAME=PATH of an exported despeckler (.onnx with its card); repeat",
+)
+@click.option("--bm3d-every", default=3, show_default=True, help="BM3D on every n-th patch")
+@click.option("--json", "json_path", default=None, help="also write the numbers here")
+def compare_despecklers_command(
+    prepared: str, models: tuple[str, ...], bm3d_every: int, json_path: str | None
+) -> None:
+    """Despecklers side by side with the fixed filters and BM3D (the despeckling protocol)."""
+    from training.evaluate import compare_despecklers, despeckler_table
+
+    named = dict(item.split("=", 1) for item in models)
+    compared = compare_despecklers(
+        Path(prepared), {k: Path(v) for k, v in named.items()}, bm3d_every
+    )
+    if json_path:
+        Path(json_path).write_text(json.dumps(compared, indent=1))
+    click.echo(despeckler_table(compared))
+
+
 @main.command()
 @click.argument("data_root", type=click.Path(exists=True, file_okay=False), default=DEFAULT_DATA)
 @click.option("--prepared", default=DEFAULT_PREPARED, show_default=True)
