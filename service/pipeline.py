@@ -45,6 +45,7 @@ from service.options import (
     check_mpp_um,
     stated_mpp_um,
 )
+from service.progress import ProgressCallback
 from service.report import StainReport, TileCounts
 from service.slide import (
     PairInfo,
@@ -64,8 +65,6 @@ from service.slide.live import (
     save_overview,
 )
 from service.tile_reader import TileReader
-
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,12 @@ a short message a surgeon can read ("staining 12 of 150 tiles")."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+# What the engine calls between tiles: ``progress(phase, done, total)``; raising from it stops
+# the stain (cancel, time limit, shutdown).
+ProgressCallback = Callable[[str, int, int], None]
+
 PROGRESS_SCALE = 1000  # stored as done / 1000 of the whole job
 # Share of the whole job each engine stage covers, in order: one fraction that never goes back.
 PROGRESS_SPANS: dict[str, tuple[float, float]] = {

@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -37,11 +37,10 @@ from service.jobs.regions import (
 from service.jobs.store import JobStore, seconds_ago
 from service.logs import job_context
 from service.options import JobOptions
-from service.progress import PROGRESS_SCALE, overall_progress
+from service.progress import PROGRESS_SCALE, ProgressCallback, overall_progress
 from service.report import StainReport
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int], None]
 PROGRESS_WRITE_INTERVAL_S = 0.5
 
 
@@ -89,13 +88,21 @@ class Stainer(Protocol):
         it)."""
 
     def stain(
-        self, request: StainRequest, settings: Settings, progress: Progress, models: LoadedModels
+        self,
+        request: StainRequest,
+        settings: Settings,
+        progress: ProgressCallback,
+        models: LoadedModels,
     ) -> StainReport:
         """Stain one job's slide pair with the loaded models, reporting progress; returns its
         report."""
 
     def stain_region(
-        self, request: RegionRequest, settings: Settings, progress: Progress, models: LoadedModels
+        self,
+        request: RegionRequest,
+        settings: Settings,
+        progress: ProgressCallback,
+        models: LoadedModels,
     ) -> int:
         """Stain one region of a slide planned by another worker into its live canvases;
         returns the tiles stained."""

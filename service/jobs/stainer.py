@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 from service.config import Settings
 from service.errors import CorruptSlide, DscmError
-from service.jobs.runner import Progress, RegionRequest, StainRequest
+from service.jobs.runner import RegionRequest, StainRequest
 from service.options import JobOptions
+from service.progress import ProgressCallback
 from service.report import StainReport
 
 if TYPE_CHECKING:  # the pipeline is imported when a stain needs it, not with this module
@@ -35,7 +36,7 @@ class PipelineStainer:
         return load_models(StainSpec.from_settings(settings, options))
 
     def stain(
-        self, request: StainRequest, settings: Settings, progress: Progress, models: object
+        self, request: StainRequest, settings: Settings, progress: ProgressCallback, models: object
     ) -> StainReport:
         """Like `dscm stain`: the job's options and case over the worker's DSCM_* settings."""
         from service.pipeline import ModelSet, StainSpec, stain_slide
@@ -56,7 +57,7 @@ class PipelineStainer:
         return stain_slide(inputs, request.output, spec, progress, models)
 
     def stain_region(
-        self, request: RegionRequest, settings: Settings, progress: Progress, models: object
+        self, request: RegionRequest, settings: Settings, progress: ProgressCallback, models: object
     ) -> int:
         """One region of a slide another worker planned (service.pipeline.stain_region)."""
         from service.pipeline import ModelSet, StainSpec, stain_region

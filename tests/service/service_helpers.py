@@ -18,9 +18,10 @@ from support.api import accepted, bearer, submit, wait_for
 from service.api import create_app
 from service.config import ApiKeyEntry, Settings
 from service.errors import OutputError
-from service.jobs.runner import Progress, Stainer, StainRequest
+from service.jobs.runner import Stainer, StainRequest
 from service.jobs.stainer import PipelineStainer
 from service.options import JobOptions
+from service.progress import ProgressCallback
 from service.report import StainReport, TileCounts
 
 
@@ -96,7 +97,7 @@ class SlowStainer:
         return object()
 
     def stain(
-        self, request: StainRequest, settings: Settings, progress: Progress, models: Any
+        self, request: StainRequest, settings: Settings, progress: ProgressCallback, models: Any
     ) -> StainReport:
         self.started.set()
         for done in range(self.tiles):

@@ -11,15 +11,16 @@ import time
 from typing import Any
 
 from service.config import Settings, get_settings
-from service.jobs.runner import Progress, StainRequest
+from service.jobs.runner import StainRequest
 from service.jobs.stainer import PipelineStainer
+from service.progress import ProgressCallback
 from service.report import StainReport
 from service.worker.app import create_worker_app
 
 
 class SlowPipelineStainer(PipelineStainer):
     def stain(
-        self, request: StainRequest, settings: Settings, progress: Progress, models: Any
+        self, request: StainRequest, settings: Settings, progress: ProgressCallback, models: Any
     ) -> StainReport:
         delay_s = float(os.environ.get("DSCM_TEST_TILE_DELAY_S", "0.5"))
 

@@ -23,8 +23,9 @@ from support.pairs import write_tissue_pair
 from support.polling import wait_until
 
 from service.config import Settings
-from service.jobs.runner import Progress, StainRequest
+from service.jobs.runner import StainRequest
 from service.jobs.stainer import PipelineStainer
+from service.progress import ProgressCallback
 from service.report import StainReport
 
 WIDTH_PX, HEIGHT_PX = 900, 700  # 128 px grid tiles: 8 x 6; Deep Zoom: deepest level 10
@@ -41,7 +42,7 @@ class GatedStainer(PipelineStainer):
         self.held, self.go = threading.Event(), threading.Event()
 
     def stain(
-        self, request: StainRequest, settings: Settings, progress: Progress, models: object
+        self, request: StainRequest, settings: Settings, progress: ProgressCallback, models: object
     ) -> StainReport:
         calls = 0
 
