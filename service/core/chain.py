@@ -277,7 +277,6 @@ class StainChain:
             "glass_level": [self.glass_level.fcm, self.glass_level.rcm],
             "colour_transfer": transfer,
             "norm_stats": norm,
-            "norm_stats_shape": None if self.norm_stats is None else list(self.norm_stats.shape),
         }
 
     def restore_slide_state(self, state: Mapping[str, Any]) -> None:
@@ -291,8 +290,7 @@ class StainChain:
             offset = tuple(float(v) for v in transfer["offset"])
             self.colour_transfer = ColourTransfer(matrix, (offset[0], offset[1], offset[2]))
         if state.get("norm_stats") is not None:
-            stats = np.asarray(state["norm_stats"], np.float32)
-            self.norm_stats = stats.reshape(state["norm_stats_shape"])
+            self.norm_stats = np.asarray(state["norm_stats"], np.float32)  # nested lists: shape
 
     def colour_report(self) -> dict[str, object] | None:
         """What the colour stage did to this slide: target, measured slide look, the map."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from service.config import Settings
 from service.errors import DscmError
 from service.jobs.errors import AttemptLost, WorkerStopping
-from service.jobs.job import JobState
+from service.jobs.job import Job, JobState
 from service.jobs.store import JobStore, seconds_ago
 
 log = logging.getLogger(__name__)
@@ -168,5 +168,9 @@ def region_stopper(
 
 def attempt_running(store: JobStore, task: RegionTask) -> bool:
     """Whether the attempt that planned the region still runs the job."""
-    job = store.get(task.job_id)
+    return runs_attempt(store.get(task.job_id), task)
+
+
+def runs_attempt(job: Job | None, task: RegionTask) -> bool:
+    """Whether ``job`` (as read) is running the attempt that planned the region."""
     return job is not None and job.state == JobState.RUNNING and job.lease == task.attempt

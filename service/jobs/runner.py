@@ -32,6 +32,7 @@ from service.jobs.regions import (
     RegionTask,
     attempt_running,
     region_stopper,
+    runs_attempt,
     worker_name,
 )
 from service.jobs.store import JobStore, seconds_ago
@@ -316,9 +317,7 @@ def run_region(task: RegionTask, ctx: WorkerContext) -> str:
     ended. Idempotent: a region already taken, done, or of a finished attempt does nothing."""
     store, files = ctx.store, ctx.files
     job = store.get(task.job_id)
-    if ctx.stopping.is_set() or job is None or job.lease != task.attempt:
-        return "stale"
-    if job.state != JobState.RUNNING:
+    if ctx.stopping.is_set() or job is None or not runs_attempt(job, task):
         return "stale"
     lease = uuid.uuid4().hex
     stale_before = seconds_ago(ctx.settings.stale_after_s)

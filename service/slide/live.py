@@ -95,10 +95,7 @@ class TileLedger:
 
     def done(self) -> np.ndarray:
         """Per tile, whether it is done (a bool array of the grid's length)."""
-        raw = os.pread(self.fd, self.tiles, 0)
-        flags = np.zeros(self.tiles, bool)
-        flags[: len(raw)] = np.frombuffer(raw, np.uint8) == 1
-        return flags
+        return ledger_flags(os.pread(self.fd, self.tiles, 0), self.tiles)
 
     def close(self) -> None:
         """Close the ledger file; closing twice is fine."""
@@ -160,7 +157,11 @@ def _load_json(kind: type[Plan], path: Path) -> Plan:
 def read_done(folder: Path, tiles: int) -> np.ndarray:
     """Per tile, whether the ledger marks it done, read without opening it for writing (the
     viewer's API may see the live folder read-only); OSError when the ledger is absent."""
-    raw = (folder / LEDGER_NAME).read_bytes()[:tiles]
+    return ledger_flags((folder / LEDGER_NAME).read_bytes()[:tiles], tiles)
+
+
+def ledger_flags(raw: bytes, tiles: int) -> np.ndarray:
+    """The ledger's bytes as one bool per grid tile (a short file: the rest not done)."""
     flags = np.zeros(tiles, bool)
     flags[: len(raw)] = np.frombuffer(raw, np.uint8) == 1
     return flags
