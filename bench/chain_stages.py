@@ -23,9 +23,9 @@ sys.path.insert(0, str(REPO))
 
 from service.core.glass import estimate_glass_level  # noqa: E402
 from service.core.normalize import estimate_range, normalize  # noqa: E402
-from service.options import JobOptions  # noqa: E402
-from service.pipeline import StainSpec, load_models  # noqa: E402
+from service.engine.pipeline import StainSpec, load_models  # noqa: E402
 from service.slide import open_pair, resolve_scan_dir  # noqa: E402
+from service.vocabulary.options import JobOptions  # noqa: E402
 
 SAMPLE_SCAN = REPO / "samples" / "skin-scan"
 

@@ -26,9 +26,9 @@ import pyvips
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.options import JobOptions  # noqa: E402
-from service.pipeline import StainSpec, stain_slide  # noqa: E402
+from service.engine.pipeline import StainSpec, stain_slide  # noqa: E402
 from service.slide import PyramidWriter, SlideInputs  # noqa: E402
+from service.vocabulary.options import JobOptions  # noqa: E402
 
 TARGET_RATIO = 1.3
 BLOCK_PX = 1024

@@ -35,9 +35,9 @@ from service.core.backends import Backend, Machine, choose_backend  # noqa: E402
 from service.core.chain import StainChain  # noqa: E402
 from service.core.models import OnnxModel, discover_models, discover_stage_models  # noqa: E402
 from service.core.normalize import estimate_range, normalize  # noqa: E402
-from service.options import JobOptions  # noqa: E402
-from service.pipeline import StainSpec, load_models, stain_slide  # noqa: E402
+from service.engine.pipeline import StainSpec, load_models, stain_slide  # noqa: E402
 from service.slide import PyramidWriter, SlideInputs, open_pair  # noqa: E402
+from service.vocabulary.options import JobOptions  # noqa: E402
 
 TISSUE_FRACTION = 0.6
 BASELINE_WINDOW_PX, BASELINE_KEEP_PX, BASELINE_STEP_PX = 2048, 1025, 512

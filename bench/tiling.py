@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.stain import parse_size, run_child  # noqa: E402
 from bench.synthetic import write_pair  # noqa: E402
-from service.pipeline import StainSpec, load_models  # noqa: E402
+from service.engine.pipeline import StainSpec, load_models  # noqa: E402
 
 
 def model_only_mp_per_s(

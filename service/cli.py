@@ -19,10 +19,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from service.case import Case, Patient
-from service.config import get_settings
-from service.errors import DscmError, InputError, OutputError
-from service.options import (
+from service.runtime.config import get_settings
+from service.vocabulary.case import Case, Patient
+from service.vocabulary.errors import DscmError, InputError, OutputError
+from service.vocabulary.options import (
     COMPRESSIONS,
     DEFAULT_OPTIONS,
     EXTRA_LAYERS,
@@ -36,8 +36,8 @@ from service.options import (
     OutputFormat,
     StageName,
 )
-from service.progress import overall_progress
-from service.report import StainReport
+from service.vocabulary.progress import overall_progress
+from service.vocabulary.report import StainReport
 
 if TYPE_CHECKING:
     from service.slide import SlideInputs
@@ -157,7 +157,8 @@ def stain(
 ) -> None:
     """Stain an RCM/FCM pair (--rcm/--fcm) or a Vivascope SCAN_DIR into a pyramidal TIFF (or
     a DICOM whole-slide series, with its TIFF pyramid beside it)."""
-    from service.pipeline import StainSpec, stain_slide
+    from service.engine.pipeline import stain_slide
+    from service.runtime.spec import stain_spec
 
     try:
         inputs = stain_inputs(scan_dir, rcm, fcm, rcm_detector, fcm_detector)
@@ -181,7 +182,7 @@ def stain(
             allow_swapped=allow_swapped,
         )
         check_output_path(output, overwrite, options)
-        spec = StainSpec.from_settings(
+        spec = stain_spec(
             get_settings(),
             options,
             case,
@@ -434,7 +435,7 @@ def serve(host: str, port: int, log_level: str | None) -> None:
     from service.api import create_app
     from service.api.server import run_server
     from service.jobs.stainer import PipelineStainer
-    from service.logs import configure_logging
+    from service.runtime.logs import configure_logging
 
     settings = get_settings()
     level = (log_level or settings.log_level).upper()
@@ -463,7 +464,7 @@ def worker(pool: str, concurrency: int, hostname: str | None, loglevel: str | No
         raise click.UsageError(
             "DSCM_BROKER_URL is not set; without a broker `dscm serve` runs jobs in-process"
         )
-    from service.logs import install_celery_logging
+    from service.runtime.logs import install_celery_logging
     from service.worker.app import create_worker_app
 
     level = (loglevel or settings.log_level).upper()

@@ -25,10 +25,10 @@ from service.core.backends import (
 )
 from service.core.models import OnnxModel, discover_models
 from service.core.normalize import estimate_range, normalize
-from service.errors import ModelError
-from service.options import JobOptions
-from service.pipeline import StainSpec, load_models, stain_slide
+from service.engine.pipeline import StainSpec, load_models, stain_slide
 from service.slide import SlideInputs, open_pair, resolve_scan_dir
+from service.vocabulary.errors import ModelError
+from service.vocabulary.options import JobOptions
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models"
@@ -328,7 +328,7 @@ def test_dscm_models_says_which_backend_runs(monkeypatch: pytest.MonkeyPatch) ->
     from click.testing import CliRunner
 
     from service.cli import main
-    from service.config import get_settings
+    from service.runtime.config import get_settings
 
     lines = {}
     monkeypatch.setenv("DSCM_INFERENCE_PRECISION", "auto")  # the backend's own precision

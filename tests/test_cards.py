@@ -11,7 +11,7 @@ import pytest
 
 from service.core.cards import SCHEMA_PATH, card_problems, read_card_json
 from service.core.models import discover_stage_models, read_card
-from service.errors import ModelError
+from service.vocabulary.errors import ModelError
 
 REPO = Path(__file__).resolve().parents[1]
 

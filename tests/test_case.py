@@ -9,8 +9,8 @@ import pytest
 import tifffile
 from click.testing import CliRunner
 
-from service.case import Case, check_external_id, check_label
 from service.cli import main
+from service.vocabulary.case import Case, check_external_id, check_label
 
 LABEL = "Mrs Ångström, left cheek, margin 3 o'clock"
 EXTERNAL_ID = "S24-01234/B"

@@ -89,6 +89,18 @@ def test_models_lists_cards(shared_models: Path) -> None:
     assert cards["generator"]["norm"] == "instance_shared"
 
 
+def test_without_settings_the_shipped_models_are_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's first command names no models folder: a checkout's models/ is the default."""
+    from service.runtime.config import Settings
+
+    monkeypatch.delenv("DSCM_MODELS_DIR", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    assert Settings().models_dir.resolve() == repo / "models"
+    result = invoke("models")
+    assert result.exit_code == 0, result.output
+    assert "default chain: despeckle -> gareau -> colour" in result.stdout
+
+
 def test_tampered_model_is_refused(make_pair, shared_models: Path, tmp_path: Path) -> None:
     with (shared_models / "generator.onnx").open("ab") as handle:
         handle.write(b"\0")

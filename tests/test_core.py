@@ -11,7 +11,7 @@ from service.core.filters import median3x3, median3x3_valid, otsu_threshold
 from service.core.models import pool_norm_stats
 from service.core.normalize import estimate_range, normalize
 from service.core.stain import EOSIN_RGB, HEMATOXYLIN_RGB, gareau_stain
-from service.errors import InputError, ModelError
+from service.vocabulary.errors import InputError, ModelError
 
 
 def test_gareau_maps_pure_modes_to_the_stain_colours() -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import pyvips
 
-from service.options import JobOptions
-from service.pipeline import StainSpec, stain_slide
+from service.engine.pipeline import StainSpec, stain_slide
 from service.slide.deepzoom import DZ_TILE_PX, DeepZoom, DeepZoomCache, TileNotFound
+from service.vocabulary.options import JobOptions
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ import pyvips
 from click.testing import CliRunner
 from support.orthanc import Orthanc, orthanc_running
 
-from service.case import Case, Patient
 from service.cli import main
 from service.slide.dicom import VL_WSI_SOP_CLASS, read_level_image, write_series
+from service.vocabulary.case import Case, Patient
 
 DCIODVFY = shutil.which("dciodvfy")
 PATIENT = ("--patient-id", "P-0042", "--patient-name", "Doe^Jane", "--accession-number", "A17")

@@ -11,9 +11,9 @@ from support.pairs import confocal_like, write_gray
 from support.shared_data import real_crop
 
 from service.core.glass import NO_GLASS_LEVEL, below_glass_to_zero, estimate_glass_level
-from service.options import JobOptions
-from service.pipeline import StainSpec, stain_slide
+from service.engine.pipeline import StainSpec, stain_slide
 from service.slide import SlideInputs
+from service.vocabulary.options import JobOptions
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
 HEIGHT_PX, WIDTH_PX, TILE_PX = 768, 2048, 256
@@ -77,7 +77,7 @@ def test_without_the_glass_level_the_faint_glass_takes_tissue_colour(
 ) -> None:
     """The crafted pair reproduces the fault: without the level its glass is not white."""
     inputs = faint_glass_pair(tmp_path)
-    monkeypatch.setattr("service.pipeline.estimate_glass_level", lambda *_: NO_GLASS_LEVEL)
+    monkeypatch.setattr("service.engine.pipeline.estimate_glass_level", lambda *_: NO_GLASS_LEVEL)
     _, image = stain(inputs, tmp_path / "before.tif")
     darkest = image[:, TISSUE_END_PX + 32 : FAINT_END_PX].min(axis=2)
     assert np.percentile(darkest, 1) < 235

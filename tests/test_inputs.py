@@ -16,7 +16,8 @@ from hostile_inputs import gray_tiff_bytes, lying_jpeg, lying_png, undecodable_t
 from support.pairs import confocal_like, write_gray
 
 from service.cli import main
-from service.errors import (
+from service.slide import SlideInputs, probe_pair, resolve_scan_dir
+from service.vocabulary.errors import (
     BandError,
     CorruptSlide,
     InputError,
@@ -25,7 +26,6 @@ from service.errors import (
     SlideNotFound,
     UnsupportedFormat,
 )
-from service.slide import SlideInputs, probe_pair, resolve_scan_dir
 
 
 def run_stain(rcm: Path, fcm: Path, output: Path, *extra: str):

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from service.case import Case
-from service.config import Settings
-from service.errors import InputError
 from service.jobs.runner import StainRequest
 from service.jobs.stainer import PipelineStainer
-from service.options import JobOptions
-from service.pipeline import StainSpec
+from service.runtime.config import Settings
+from service.runtime.spec import stain_spec
+from service.vocabulary.case import Case
+from service.vocabulary.errors import InputError
+from service.vocabulary.options import JobOptions
 
 MODEL_MPP = {"xres": 1000 / 0.75, "yres": 1000 / 0.75}  # pixels per mm
 
@@ -39,7 +39,7 @@ def test_settings_and_stated_options_reach_the_spec(tmp_path: Path) -> None:
         "mpp_um": None,
     }
     options = JobOptions.from_json(stored)
-    spec = StainSpec.from_settings(settings, options, Case("left ear", "S24-1"))
+    spec = stain_spec(settings, options, Case("left ear", "S24-1"))
     assert (spec.batch_size, spec.tile_px, spec.threads) == (4, 512, 1)
     assert (spec.inference, spec.inference_precision) == ("cpu", "fp32")
     assert spec.default_mpp_um == 0.5 and spec.models_dir == tmp_path
@@ -57,10 +57,10 @@ def test_settings_and_stated_options_reach_the_spec(tmp_path: Path) -> None:
 def test_unstated_options_keep_the_defaults(tmp_path: Path) -> None:
     options = JobOptions.from_json({"stages": None, "layers": None, "jpeg_quality": None})
     assert options == JobOptions()
-    spec = StainSpec.from_settings(settings_for(tmp_path, tmp_path), options)
+    spec = stain_spec(settings_for(tmp_path, tmp_path), options)
     assert spec.options.stages is None and spec.options.layers == ()
     assert spec.batch_size == 1 and spec.inference == "auto"
-    overridden = StainSpec.from_settings(
+    overridden = stain_spec(
         settings_for(tmp_path, tmp_path, tile_px=512), options, tile_px=256, threads=None
     )
     assert overridden.tile_px == 256 and overridden.threads is None  # None: keep the setting

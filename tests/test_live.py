@@ -10,11 +10,11 @@ import pytest
 import pyvips
 
 from service.core.grid import tile_grid, tissue_first
-from service.errors import JobCancelled
-from service.options import JobOptions
-from service.pipeline import StainSpec, stain_slide
+from service.engine.pipeline import StainSpec, stain_slide
 from service.slide.canvas import DiskCanvas
 from service.slide.live import LEDGER_NAME, OVERVIEW_NAME, LivePlan, TileLedger, canvas_name
+from service.vocabulary.errors import JobCancelled
+from service.vocabulary.options import JobOptions
 
 
 def test_the_ledger_counts_exactly_the_tiles_written_and_the_canvas_is_the_pyramid(

@@ -9,12 +9,12 @@ import pytest
 import pyvips
 from support.pairs import confocal_like, write_gray
 
-from service.options import JobOptions
-from service.pipeline import StainSpec, stain_slide
+from service.engine.pipeline import StainSpec, stain_slide
 from service.slide import SlideInputs
 from service.slide.deepzoom import DeepZoom, TileNotFound
 from service.slide.live import LEDGER_NAME, LivePlan
 from service.slide.live_view import LiveSlide, blank_tile, shrink_block
+from service.vocabulary.options import JobOptions
 
 WIDTH_PX, HEIGHT_PX = 1300, 900
 

@@ -15,10 +15,10 @@ from onnx_factory import make_colour_card
 from service.core.chain import StainChain
 from service.core.colour import ColourTransfer
 from service.core.normalize import IntensityRange, normalize
-from service.errors import JobCancelled, OutputError
-from service.options import JobOptions
-from service.pipeline import StainSpec, layer_output_path, load_models, stain_slide
+from service.engine.pipeline import StainSpec, layer_output_path, load_models, stain_slide
 from service.slide import SlideInputs
+from service.vocabulary.errors import JobCancelled, OutputError
+from service.vocabulary.options import JobOptions
 
 
 def read_level0(path: Path) -> np.ndarray:

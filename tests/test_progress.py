@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import ProgressBar
-from service.progress import overall_progress
+from service.vocabulary.progress import overall_progress
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 """One slide in regions: tiles stained by another process's chain into the same canvases equal
-one worker's (service.pipeline.stain_region; onnxruntime fp32 on the CPU, test models)."""
+one worker's (service.engine.pipeline.stain_region; onnxruntime fp32 on the CPU, test models)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from onnx_factory import make_colour_card, make_despeckler, make_generator, make_model_folder
 
-from service.errors import ModelError
-from service.options import JobOptions
-from service.pipeline import StainSpec, load_models, stain_region, stain_slide
+from service.engine.pipeline import StainSpec, load_models, stain_region, stain_slide
 from service.slide import SlideInputs
+from service.vocabulary.errors import ModelError
+from service.vocabulary.options import JobOptions
 
 
 class ElsewhereScheduler:

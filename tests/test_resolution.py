@@ -11,10 +11,10 @@ import pyvips
 from onnx_factory import make_colour_card
 from support.pairs import confocal_like, write_gray
 
-from service.errors import InputError, PixelLimitExceeded, PixelSizeUnknown
-from service.options import JobOptions
-from service.pipeline import StainSpec, stain_slide
+from service.engine.pipeline import StainSpec, stain_slide
 from service.slide import SlideInputs
+from service.vocabulary.errors import InputError, PixelLimitExceeded, PixelSizeUnknown
+from service.vocabulary.options import JobOptions
 
 BASE_PX = (600, 800)  # height, width at the models' 0.75 um/px
 

@@ -16,11 +16,11 @@ from service.cli import main
 from service.core.grid import tissue_mask
 from service.core.normalize import estimate_range, normalize
 from service.core.sanity import check_modes
-from service.errors import InputsIdentical, InputsSwapped
-from service.options import JobOptions
-from service.pipeline import StainSpec, stain_slide
+from service.engine.pipeline import StainSpec, stain_slide
 from service.slide import SlideInputs, open_pair
 from service.slide.inspect import check_inputs, measure_thumbnails
+from service.vocabulary.errors import InputsIdentical, InputsSwapped
+from service.vocabulary.options import JobOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = SlideInputs(

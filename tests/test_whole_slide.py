@@ -10,8 +10,8 @@ import pytest
 import tifffile
 from support.slides import write_slide_pair as write_pair
 
-from service.options import JobOptions
-from service.pipeline import StainSpec, stain_slide
+from service.engine.pipeline import StainSpec, stain_slide
+from service.vocabulary.options import JobOptions
 
 WIDTH_PX, HEIGHT_PX, MPP_UM = 15000, 10000, 0.6
 

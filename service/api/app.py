@@ -13,8 +13,8 @@ from service.api.limits import RequestLimits
 from service.api.problems import install_problem_handlers
 from service.api.routes import deliveries, health, jobs, pages, viewer
 from service.api.services import Services
-from service.config import Settings, get_settings
 from service.jobs.runner import Stainer
+from service.runtime.config import Settings, get_settings
 
 
 def create_app(stainer: Stainer, settings: Settings | None = None) -> FastAPI:

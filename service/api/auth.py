@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from service.config import ApiKeyEntry, KeyRole, Settings
+from service.runtime.config import ApiKeyEntry, KeyRole, Settings
 
 KEY_PREFIX = "dscm"
 _ENTRIES = TypeAdapter(list[ApiKeyEntry])

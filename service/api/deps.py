@@ -11,8 +11,8 @@ from service.api.auth import Principal
 from service.api.problems import ApiError
 from service.api.services import Services
 from service.api.viewer_links import LinkError, is_link_token
-from service.config import KeyRole
 from service.jobs.job import Job, is_job_id
+from service.runtime.config import KeyRole
 
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer dscm_...`")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.jobs.job import Job, JobState
-from service.options import VIEW_LAYERS, ViewLayer
+from service.vocabulary.options import VIEW_LAYERS, ViewLayer
 
 
 def job_layers(job: Job) -> list[ViewLayer]:

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.api.problems import ApiError
-from service.errors import DscmError
 from service.jobs.files import JobFiles
 from service.jobs.job import Job, JobState
-from service.options import ViewLayer
+from service.vocabulary.errors import DscmError
+from service.vocabulary.options import ViewLayer
 
 if TYPE_CHECKING:
     from service.slide.live import LivePlan

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 from service.api.problems import ApiError
 from service.api.schemas import JobCreate
-from service.config import Settings
 from service.delivery.addresses import UnsafeUrl, checked_address
 from service.delivery.outbox import new_delivery, new_hook
+from service.runtime.config import Settings
 
 
 @dataclass(frozen=True)

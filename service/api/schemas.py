@@ -16,7 +16,9 @@ from pydantic import (
     model_validator,
 )
 
-from service.case import (
+from service.jobs.job import Job, JobState
+from service.runtime.integrations import NAME_PATTERN
+from service.vocabulary.case import (
     EXTERNAL_ID_MAX_CHARS,
     EXTERNAL_ID_PATTERN,
     LABEL_MAX_CHARS,
@@ -24,10 +26,8 @@ from service.case import (
     check_external_id,
     check_label,
 )
-from service.errors import InputError
-from service.integrations import NAME_PATTERN
-from service.jobs.job import Job, JobState
-from service.options import (
+from service.vocabulary.errors import InputError
+from service.vocabulary.options import (
     DEFAULT_OPTIONS,
     JPEG_QUALITY_RANGE,
     MPP_RANGE_UM,
@@ -156,7 +156,7 @@ class JobCreate(BaseModel):
 
 class CaseIdentity(BaseModel):
     """The case fields of ``POST /v1/jobs`` (form fields); they may identify a patient, so they
-    are stored and returned but never logged (service.case)."""
+    are stored and returned but never logged (service.vocabulary.case)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -24,8 +24,8 @@ from service.jobs.job import Job, JobState, StoredFile
 from service.jobs.links import API_PREFIX as API_PREFIX
 from service.jobs.links import VIEWER_PREFIX as VIEWER_PREFIX
 from service.jobs.links import job_url, viewer_url
-from service.options import RESULT_MEDIA_TYPE
-from service.progress import PROGRESS_SCALE
+from service.vocabulary.options import RESULT_MEDIA_TYPE
+from service.vocabulary.progress import PROGRESS_SCALE
 
 
 def _rounded_mpp_um(mpp_um: float | None) -> float | None:

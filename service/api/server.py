@@ -21,7 +21,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.api.limits import MAX_HEAD_BYTES
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_body
-from service.config import Settings
+from service.runtime.config import Settings
 
 
 def raw_problem(status: int, code: str, detail: str) -> bytes:

@@ -13,7 +13,6 @@ from datetime import timedelta
 from service.api.auth import Keyring
 from service.api.tile_service import TileService
 from service.api.viewer_links import ViewerLinks
-from service.config import Settings
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.outbox import OutboxStore
 from service.jobs.db import utc_now
@@ -22,6 +21,7 @@ from service.jobs.queues import CeleryQueue, InProcessQueue, JobQueue
 from service.jobs.runner import Stainer, WorkerContext, run_job
 from service.jobs.store import JobStore
 from service.jobs.sweeper import Sweeper, sweep_once
+from service.runtime.config import Settings
 
 log = logging.getLogger(__name__)
 

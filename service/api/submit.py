@@ -21,11 +21,11 @@ from service.api.problems import ApiError
 from service.api.schemas import CaseIdentity, JobCreate
 from service.api.services import Services
 from service.api.uploads import FILE_FIELDS, ReceivedForm, receive_form
-from service.case import CASE_FIELDS
 from service.core.grid import check_work_pixels, work_size_px
-from service.errors import DscmError, InputError, ModelError
 from service.jobs.job import Job, JobInputs, NewJob, StoredFile, new_job_id
-from service.options import stated_mpp_um
+from service.vocabulary.case import CASE_FIELDS
+from service.vocabulary.errors import DscmError, InputError, ModelError
+from service.vocabulary.options import stated_mpp_um
 
 if TYPE_CHECKING:
     from service.slide import PairInfo

@@ -20,7 +20,7 @@ from service.api.problems import ApiError
 from service.api.published import published_path
 from service.jobs.files import JobFiles
 from service.jobs.job import Job, JobState
-from service.options import ViewLayer
+from service.vocabulary.options import ViewLayer
 
 if TYPE_CHECKING:
     from service.slide.deepzoom import DeepZoomCache

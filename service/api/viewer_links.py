@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from service.config import Settings
+from service.runtime.config import Settings
 
 TOKEN_PREFIX = "dscmv1."
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.core.backends import Backend, Machine
-from service.errors import ModelError
+from service.vocabulary.errors import ModelError
 
 # Side of the timed tile (rounded up to the model's size multiple): the default tile. On the
 # AVX2 EPYC, OpenVINO fp32 ran the despeckler 1.3x faster than onnxruntime at 512 px and no

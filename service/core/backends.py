@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 
-from service.errors import ModelError
+from service.vocabulary.errors import ModelError
 
 Inference = Literal["auto", "cpu", "openvino", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]

@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from service.errors import ModelError
+from service.vocabulary.errors import ModelError
 
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "model-card.schema.json"
 

@@ -19,8 +19,8 @@ from service.core.glass import NO_GLASS_LEVEL, GlassLevel, below_glass_to_zero
 from service.core.models import NORM_SHARED, OnnxModel, pool_norm_stats
 from service.core.stain import gareau_stain
 from service.core.stain_lut import StainLut
-from service.errors import InputError, ModelError
-from service.options import STAGES, check_names
+from service.vocabulary.errors import InputError, ModelError
+from service.vocabulary.options import STAGES, check_names
 
 MODEL_STAGES = ("despeckle", "colour", "generator")  # stages that need an installed model
 MEDIAN_HALO_PX = 1

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from service.core.cards import read_card_json
-from service.errors import ModelError
+from service.vocabulary.errors import ModelError
 
 COLOUR_ROLE = "colour"
 # FCM + RCM (normalised) below LOW is glass (no transfer), above LOW + RAMP full transfer.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.core.filters import otsu_threshold
-from service.errors import PixelLimitExceeded
+from service.vocabulary.errors import PixelLimitExceeded
 
 # Normalised FCM + RCM below this is background whatever Otsu says: a slide full of tissue has
 # no background class, and Otsu would otherwise split the tissue in two.

@@ -20,7 +20,7 @@ from service.core.backend_probe import settle_backend
 from service.core.backends import Backend, backend_from_env, open_runner
 from service.core.cards import read_card_json
 from service.core.colour import COLOUR_ROLE, find_colour_card
-from service.errors import ModelError
+from service.vocabulary.errors import ModelError
 
 ModelRole = Literal["despeckle", "generator"]
 ROLES: tuple[ModelRole, ...] = ("despeckle", "generator")

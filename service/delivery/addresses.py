@@ -14,8 +14,8 @@ import socket
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from service.errors import DscmError
-from service.integrations import IpNetwork
+from service.runtime.integrations import IpNetwork
+from service.vocabulary.errors import DscmError
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -18,7 +18,7 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
 from service.delivery.errors import DeliveryError
-from service.integrations import Destination
+from service.runtime.integrations import Destination
 
 # Send each file's bytes as they are instead of decoding the dataset and encoding it again.
 _config.STORE_SEND_CHUNKED_DATASET = True

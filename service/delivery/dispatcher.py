@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from service.config import Settings
 from service.delivery import telemetry
 from service.delivery.cstore import cstore_series
 from service.delivery.errors import DeliveryError
@@ -25,12 +24,13 @@ from service.delivery.outbox import OutboxStore, retry_delay_s
 from service.delivery.records import FAILED, Delivery, WebhookEvent
 from service.delivery.stow import stow_series
 from service.delivery.webhooks import describe, send_event
-from service.integrations import Destination, read_secret
 from service.jobs.files import JobFiles, series_files
 from service.jobs.job import Job, JobState
 from service.jobs.links import job_url
 from service.jobs.store import JobStore
-from service.report import DicomIds
+from service.runtime.config import Settings
+from service.runtime.integrations import Destination, read_secret
+from service.vocabulary.report import DicomIds
 
 log = logging.getLogger(__name__)
 # How a series goes to an archive, by the destination's kind: one module each.

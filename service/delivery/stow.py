@@ -18,7 +18,7 @@ import httpx
 
 from service import __version__
 from service.delivery.errors import DeliveryError
-from service.integrations import Destination, read_secret
+from service.runtime.integrations import Destination, read_secret
 
 _CHUNK_BYTES = 1 << 20
 _FAILED_SOP_SEQUENCE = "00081198"

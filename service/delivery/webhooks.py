@@ -18,7 +18,7 @@ import httpx
 
 from service import __version__
 from service.delivery.addresses import IpAddress, UnsafeUrl, checked_address
-from service.integrations import IpNetwork
+from service.runtime.integrations import IpNetwork
 
 SIGNATURE_HEADER = "Dscm-Signature"
 EVENT_TYPES = ("job.succeeded", "job.failed", "job.delivered")

@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from service.case import EXTERNAL_ID_MAX_CHARS, LABEL_MAX_CHARS
+from service.vocabulary.case import EXTERNAL_ID_MAX_CHARS, LABEL_MAX_CHARS
 
 JOB_ID_LENGTH = 32
 
@@ -78,13 +78,14 @@ class JobRow(Base):
     requeues: Mapped[int] = mapped_column(Integer, default=0)
     lease: Mapped[str | None] = mapped_column(String(32), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
-    # Case identity (service.case): may identify a patient, so never logged.
+    # Case identity (service.vocabulary.case): may identify a patient, so never logged.
     label: Mapped[str | None] = mapped_column(String(LABEL_MAX_CHARS), default=None)
     external_id: Mapped[str | None] = mapped_column(String(EXTERNAL_ID_MAX_CHARS), default=None)
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    # DICOM patient and study fields (service.case.Patient): never logged, cleared on purge.
+    # DICOM patient and study fields (service.vocabulary.case.Patient): never logged, cleared
+    # on purge.
     patient: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_detail: Mapped[str | None] = mapped_column(Text, default=None)

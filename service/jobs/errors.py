@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.errors import JobCancelled
+from service.vocabulary.errors import JobCancelled
 
 
 class AttemptStopped(JobCancelled):

@@ -14,9 +14,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from service.case import NO_PATIENT, Case, Patient
-from service.options import JobOptions
-from service.report import PublicReport
+from service.vocabulary.case import NO_PATIENT, Case, Patient
+from service.vocabulary.options import JobOptions
+from service.vocabulary.report import PublicReport
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -157,7 +157,8 @@ class Job:
 
     @property
     def case(self) -> Case:
-        """The case it belongs to (written into the output's description; service.case)."""
+        """The case it belongs to (written into the output's description;
+        service.vocabulary.case)."""
         return Case(self.label, self.external_id, self.patient)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from celery import Celery
 
-from service.config import Settings
+from service.runtime.config import Settings
 
 TASK_NAME = "dscm.stain_job"
 log = logging.getLogger(__name__)

@@ -23,11 +23,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.config import Settings
-from service.errors import DscmError
 from service.jobs.errors import AttemptLost, WorkerStopping
 from service.jobs.job import Job, JobState
 from service.jobs.store import JobStore, seconds_ago
+from service.runtime.config import Settings
+from service.vocabulary.errors import DscmError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class RegionLease:
 
 @dataclass
 class RegionBoard:
-    """The planner's side (service.pipeline.RegionScheduler): record the regions, send their
+    """The planner's side (service.engine.pipeline.RegionScheduler): record the regions, send their
     tasks, stain whatever is claimable here, wait for the rest."""
 
     store: JobStore

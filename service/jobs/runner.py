@@ -18,9 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from service.case import Case
-from service.config import Settings
-from service.errors import DscmError, OutputError
 from service.jobs import telemetry
 from service.jobs.errors import AttemptLost, JobTimedOut, WorkerStopping
 from service.jobs.files import JobFiles
@@ -36,10 +33,13 @@ from service.jobs.regions import (
     worker_name,
 )
 from service.jobs.store import JobStore, seconds_ago
-from service.logs import job_context
-from service.options import JobOptions
-from service.progress import PROGRESS_SCALE, ProgressCallback, overall_progress
-from service.report import StainReport
+from service.runtime.config import Settings
+from service.runtime.logs import job_context
+from service.vocabulary.case import Case
+from service.vocabulary.errors import DscmError, OutputError
+from service.vocabulary.options import JobOptions
+from service.vocabulary.progress import PROGRESS_SCALE, ProgressCallback, overall_progress
+from service.vocabulary.report import StainReport
 
 log = logging.getLogger(__name__)
 PROGRESS_WRITE_INTERVAL_S = 0.5
@@ -73,7 +73,7 @@ class RegionRequest:
 
 
 # What a stainer loads once per worker process and is handed back for every stain (the real one:
-# service.pipeline.ModelSet); the runner only keeps it, so to the runner it is opaque.
+# service.engine.pipeline.ModelSet); the runner only keeps it, so to the runner it is opaque.
 LoadedModels = object
 
 

@@ -1,4 +1,4 @@
-"""PipelineStainer: the job runner's adapter over service.pipeline and the model cards.
+"""PipelineStainer: the job runner's adapter over service.engine.pipeline and the model cards.
 
 Everything heavy is imported inside the methods, so creating one costs nothing and the API
 process (which gets one from `dscm serve`) imports onnxruntime only if it stains in-process.
@@ -11,19 +11,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.config import Settings
-from service.errors import CorruptSlide, DscmError
 from service.jobs.runner import RegionRequest, StainRequest
-from service.options import JobOptions
-from service.progress import ProgressCallback
-from service.report import StainReport
+from service.runtime.config import Settings
+from service.vocabulary.errors import CorruptSlide, DscmError
+from service.vocabulary.options import JobOptions
+from service.vocabulary.progress import ProgressCallback
+from service.vocabulary.report import StainReport
 
 if TYPE_CHECKING:  # the pipeline is imported when a stain needs it, not with this module
-    from service.pipeline import ModelSet
+    from service.engine.pipeline import ModelSet
 
 
 class PipelineStainer:
-    """Stains with service.pipeline.stain_slide; answers model questions from the cards."""
+    """Stains with service.engine.pipeline.stain_slide; answers model questions from the cards."""
 
     def __init__(self) -> None:
         self._hash_lock = threading.Lock()
@@ -31,20 +31,22 @@ class PipelineStainer:
 
     def load_models(self, options: JobOptions, settings: Settings) -> ModelSet:
         """The ModelSet for these options' stages, with the backend the settings choose."""
-        from service.pipeline import StainSpec, load_models
+        from service.engine.pipeline import load_models
+        from service.runtime.spec import stain_spec
 
-        return load_models(StainSpec.from_settings(settings, options))
+        return load_models(stain_spec(settings, options))
 
     def stain(
         self, request: StainRequest, settings: Settings, progress: ProgressCallback, models: object
     ) -> StainReport:
         """Like `dscm stain`: the job's options and case over the worker's DSCM_* settings."""
-        from service.pipeline import ModelSet, StainSpec, stain_slide
+        from service.engine.pipeline import ModelSet, stain_slide
+        from service.runtime.spec import stain_spec
         from service.slide import SlideInputs
 
         if not isinstance(models, ModelSet):
             raise TypeError(f"models loaded by another stainer: {type(models).__name__}")
-        spec = StainSpec.from_settings(
+        spec = stain_spec(
             settings,
             request.options,
             request.case,
@@ -59,13 +61,14 @@ class PipelineStainer:
     def stain_region(
         self, request: RegionRequest, settings: Settings, progress: ProgressCallback, models: object
     ) -> int:
-        """One region of a slide another worker planned (service.pipeline.stain_region)."""
-        from service.pipeline import ModelSet, StainSpec, stain_region
+        """One region of a slide another worker planned (service.engine.pipeline.stain_region)."""
+        from service.engine.pipeline import ModelSet, stain_region
+        from service.runtime.spec import stain_spec
         from service.slide import SlideInputs
 
         if not isinstance(models, ModelSet):
             raise TypeError(f"models loaded by another stainer: {type(models).__name__}")
-        spec = StainSpec.from_settings(settings, request.options)
+        spec = stain_spec(settings, request.options)
         inputs = SlideInputs(request.rcm, request.fcm)
         return stain_region(inputs, request.live_dir, request.region, spec, progress, models)
 

@@ -15,12 +15,12 @@ from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, upd
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.case import Patient
 from service.jobs.db import JobRow, RegionRow, make_engine, utc_now
 from service.jobs.job import ACTIVE_STATES, FINISHED_STATES, Job, JobInputs, JobState, NewJob
-from service.options import JobOptions
-from service.progress import PROGRESS_SCALE
-from service.report import PublicReport
+from service.vocabulary.case import Patient
+from service.vocabulary.options import JobOptions
+from service.vocabulary.progress import PROGRESS_SCALE
+from service.vocabulary.report import PublicReport
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
 ClaimOutcome = Literal["claimed", "missing", "finished", "busy", "exhausted"]

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.config import Settings
 from service.jobs.files import JobFiles, last_write_s
 from service.jobs.job import is_job_id
 from service.jobs.queues import JobQueue
 from service.jobs.store import JobStore, seconds_ago
+from service.runtime.config import Settings
 
 log = logging.getLogger(__name__)
 

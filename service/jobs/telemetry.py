@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from service.report import StainReport
+from service.vocabulary.report import StainReport
 
 WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
 _DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)

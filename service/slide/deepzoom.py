@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pyvips
 
-from service.errors import InputError
 from service.slide.reader import pyramid_pages, read_mpp_um
+from service.vocabulary.errors import InputError
 
 DZ_TILE_PX = 254
 DZ_OVERLAP_PX = 1

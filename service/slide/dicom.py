@@ -27,9 +27,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from service import __version__
-from service.case import Case
-from service.errors import OutputError
-from service.options import DEFAULT_UID_ROOT
+from service.vocabulary.case import Case
+from service.vocabulary.errors import OutputError
+from service.vocabulary.options import DEFAULT_UID_ROOT
 
 VL_WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _JPEG_COMPRESSION = 7  # TIFF Compression tag value of JPEG ("new-style")

@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import CorruptSlide
+from service.vocabulary.errors import CorruptSlide
 
 # Huffman-coded frames: baseline, extended, progressive and lossless sequential. Each 8 x 8
 # block of each component costs at least one bit in each of its scans (the shortest Huffman

@@ -12,8 +12,8 @@ import numpy as np
 from service.core.grid import tissue_mask
 from service.core.normalize import IntensityRange, estimate_range, normalize
 from service.core.sanity import ModeCheck, check_modes, same_image
-from service.errors import InputsIdentical, InputsSwapped
 from service.slide.reader import OpenedMode, SlideInputs, open_pair
+from service.vocabulary.errors import InputsIdentical, InputsSwapped
 
 THUMBNAIL_MAX_SIDE_PX = 2048
 

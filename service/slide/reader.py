@@ -11,7 +11,9 @@ from typing import Any, Literal
 import numpy as np
 import pyvips
 
-from service.errors import (
+from service.slide.image_headers import check_jpeg_extent, check_png_extent
+from service.slide.tiff_header import check_tiff_extent, sample_description
+from service.vocabulary.errors import (
     BandError,
     CorruptSlide,
     InputError,
@@ -20,9 +22,7 @@ from service.errors import (
     SlideNotFound,
     UnsupportedFormat,
 )
-from service.options import FCM_DETECTOR, RCM_DETECTOR
-from service.slide.image_headers import check_jpeg_extent, check_png_extent
-from service.slide.tiff_header import check_tiff_extent, sample_description
+from service.vocabulary.options import FCM_DETECTOR, RCM_DETECTOR
 
 # Only the three loaders below are ever used; the rest of libvips' loaders (some of which are
 # not fuzzed for hostile input) stay blocked too.

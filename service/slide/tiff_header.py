@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from service.errors import CorruptSlide
+from service.vocabulary.errors import CorruptSlide
 
 # BYTE, SHORT, LONG, IFD, LONG8, IFD8: the integer types offsets, counts and sizes come in.
 _TYPE_CODES = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}

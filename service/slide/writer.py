@@ -26,13 +26,13 @@ from xml.sax.saxutils import escape as xml_escape
 import numpy as np
 import pyvips
 
-from service.case import NO_CASE, Case
-from service.errors import OutputError
-from service.options import DEFAULT_UID_ROOT, Compression, OutputFormat, pyramid_path
 from service.slide.canvas import DiskCanvas
 from service.slide.dicom import DicomSeries, write_series
 from service.slide.reader import pyramid_pages
 from service.slide.tiff_header import scale_level_resolutions
+from service.vocabulary.case import NO_CASE, Case
+from service.vocabulary.errors import OutputError
+from service.vocabulary.options import DEFAULT_UID_ROOT, Compression, OutputFormat, pyramid_path
 
 TIFF_TILE_PX = 256
 

@@ -15,7 +15,6 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_ready, worker_shutting_down
 
-from service.config import Settings
 from service.delivery.dispatcher import Dispatcher
 from service.jobs.files import JobFiles
 from service.jobs.queues import TASK_NAME, make_celery, task_id_for
@@ -23,6 +22,7 @@ from service.jobs.regions import REGION_TASK_NAME, EnqueueRegion, RegionTask
 from service.jobs.runner import Stainer, WorkerContext, run_job, run_region
 from service.jobs.stainer import PipelineStainer
 from service.jobs.store import JobStore
+from service.runtime.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""service.logs: one JSON object per line, with the job id and tenant of the work in hand."""
+"""service.runtime.logs: one JSON object per line, with the job id and tenant of the work
+in hand."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from celery import Celery
 
 from service.jobs.queues import TASK_NAME, task_id_for
-from service.logs import (
+from service.runtime.logs import (
     STAIN_TASK_NAME,
     configure_logging,
     install_celery_logging,

@@ -16,7 +16,7 @@ from support.pairs import write_gray_tiff
 from support.settings import settings_in
 
 from service.api.auth import hash_key, new_key
-from service.config import ApiKeyEntry, Settings
+from service.runtime.config import ApiKeyEntry, Settings
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,13 @@ from fastapi.testclient import TestClient
 from support.api import accepted, bearer, submit, wait_for
 
 from service.api import create_app
-from service.config import ApiKeyEntry, Settings
-from service.errors import OutputError
 from service.jobs.runner import Stainer, StainRequest
 from service.jobs.stainer import PipelineStainer
-from service.options import JobOptions
-from service.progress import ProgressCallback
-from service.report import StainReport, TileCounts
+from service.runtime.config import ApiKeyEntry, Settings
+from service.vocabulary.errors import OutputError
+from service.vocabulary.options import JobOptions
+from service.vocabulary.progress import ProgressCallback
+from service.vocabulary.report import StainReport, TileCounts
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ import sys
 import time
 from typing import Any
 
-from service.config import Settings, get_settings
 from service.jobs.runner import StainRequest
 from service.jobs.stainer import PipelineStainer
-from service.progress import ProgressCallback
-from service.report import StainReport
+from service.runtime.config import Settings, get_settings
+from service.vocabulary.progress import ProgressCallback
+from service.vocabulary.report import StainReport
 from service.worker.app import create_worker_app
 
 

@@ -11,7 +11,7 @@ from service_helpers import Keys, Pair, assert_problem, make_app
 from support.api import submit, wait_for
 
 from service.cli import main
-from service.config import Settings
+from service.runtime.config import Settings
 
 
 def test_keys_create_prints_once_stores_hash_and_works_live(

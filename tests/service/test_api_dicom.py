@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from service_helpers import Keys, Pair, assert_problem, stained
 from support.api import submit
 
-from service.case import Patient
+from service.vocabulary.case import Patient
 
 DICOM_JOB = {
     "output_format": "dicom",

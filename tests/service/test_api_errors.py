@@ -20,7 +20,7 @@ from support.tmpfs import fill, mount_tmpfs, unmount
 
 from service.api.problems import ApiError
 from service.api.uploads import receive_form
-from service.config import Settings
+from service.runtime.config import Settings
 
 
 @pytest.fixture

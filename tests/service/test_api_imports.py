@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     from fastapi.testclient import TestClient
     from service.api import create_app
-    from service.config import Settings
+    from service.runtime.config import Settings
     from service.jobs.stainer import PipelineStainer
 
     args = json.loads(sys.argv[1])
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
         statuses = [posted.status_code, client.get("/readyz").status_code,
                     client.get("/v1/jobs", headers=auth).status_code]
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("onnxruntime", "torch")
-                    or m.startswith("service.pipeline"))
+                    or m.startswith("service.engine.pipeline"))
     print(json.dumps({"statuses": statuses, "loaded": loaded}))
     """
 )

@@ -17,7 +17,7 @@ from service_helpers import Keys, Pair, SlowStainer, assert_problem, make_app
 from support.api import submit, wait_for
 from support.polling import wait_until
 
-from service.config import Settings
+from service.runtime.config import Settings
 
 
 def test_submit_poll_download(client: TestClient, keys: Keys, pair: Pair, tmp_path) -> None:
@@ -157,7 +157,7 @@ def test_delete_finished_job_purges_result(client: TestClient, keys: Keys, pair:
 def test_engine_error_fails_job_with_its_code(
     make_settings: Callable[..., Settings], keys: Keys, pair: Pair
 ) -> None:
-    from service.errors import ModelError
+    from service.vocabulary.errors import ModelError
 
     stainer = SlowStainer(tiles=2, tile_s=0, fail_with=ModelError("generator.onnx is corrupt"))
     with TestClient(make_app(make_settings(), stainer=stainer)) as client:

@@ -19,7 +19,7 @@ from support.orthanc import Orthanc, orthanc_running
 from support.polling import wait_until
 from support.receivers import Receiver, always
 
-from service.config import Settings
+from service.runtime.config import Settings
 
 TENANT = "alice-hospital"  # the tenant of keys.alice
 FAST: dict[str, Any] = {

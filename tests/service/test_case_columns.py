@@ -8,7 +8,7 @@ from support.jobs import job_inputs
 from service.jobs.db import JobRow, add_missing_columns, utc_now
 from service.jobs.job import NewJob, new_job_id
 from service.jobs.store import JobStore
-from service.options import JobOptions
+from service.vocabulary.options import JobOptions
 
 LABEL, EXTERNAL_ID = "Zebra-Quokka 7731, left cheek", "ZQK-7731/XQ"
 

@@ -23,13 +23,13 @@ from support.ports import free_port
 from support.receivers import Answer, Receiver, always, self_signed
 from support.settings import settings_in
 
-from service.config import Settings
 from service.delivery.dispatcher import DispatchContext, Dispatcher, deliver_once
 from service.delivery.outbox import OutboxStore, new_delivery
 from service.jobs.files import JobFiles, series_files
 from service.jobs.job import JobState, NewJob, new_job_id
 from service.jobs.store import JobStore, seconds_ago
-from service.options import JobOptions
+from service.runtime.config import Settings
+from service.vocabulary.options import JobOptions
 
 TENANT = "st-marys"
 FAST_RETRIES: dict[str, Any] = {

@@ -13,13 +13,13 @@ from support.api import submit, wait_for
 from support.databases import postgres_url
 from support.jobs import job_inputs
 
-from service.config import Settings
 from service.jobs.files import JobFiles
 from service.jobs.job import JobState, NewJob, new_job_id
 from service.jobs.runner import WorkerContext, run_job
 from service.jobs.store import JobStore, seconds_ago
 from service.jobs.sweeper import sweep_once
-from service.options import JobOptions
+from service.runtime.config import Settings
+from service.vocabulary.options import JobOptions
 
 
 @pytest.fixture

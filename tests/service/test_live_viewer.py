@@ -22,11 +22,11 @@ from support.api import accepted, submit, wait_for
 from support.pairs import write_tissue_pair
 from support.polling import wait_until
 
-from service.config import Settings
 from service.jobs.runner import StainRequest
 from service.jobs.stainer import PipelineStainer
-from service.progress import ProgressCallback
-from service.report import StainReport
+from service.runtime.config import Settings
+from service.vocabulary.progress import ProgressCallback
+from service.vocabulary.report import StainReport
 
 WIDTH_PX, HEIGHT_PX = 900, 700  # 128 px grid tiles: 8 x 6; Deep Zoom: deepest level 10
 DEEPEST = 10

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 import pytest
 from support.jobs import job_inputs
 
-from service.config import Settings
 from service.jobs.errors import AttemptLost
 from service.jobs.job import NewJob, new_job_id
 from service.jobs.regions import RegionBoard, RegionFailed
 from service.jobs.store import JobStore, seconds_ago
-from service.options import JobOptions
+from service.runtime.config import Settings
+from service.vocabulary.options import JobOptions
 
 SETTINGS = Settings(heartbeat_interval_s=0.2, stale_after_s=1.0)
 

@@ -18,7 +18,7 @@ from support.pairs import write_gray_tiff
 from support.settings import settings_in
 
 from service.api.viewer_links import ViewerLinks
-from service.config import Settings
+from service.runtime.config import Settings
 
 SECRET = "s" * 40
 WIDTH_PX, HEIGHT_PX = 700, 500  # Deep Zoom: deepest level 10, 3 x 2 tiles of 254 px

@@ -18,14 +18,14 @@ from support.ports import free_port
 from support.receivers import Answer, Receiver, always
 from support.settings import settings_in
 
-from service.config import Settings
 from service.delivery.dispatcher import DispatchContext, deliver_once, webhooks_once
 from service.delivery.outbox import OutboxStore, new_delivery, new_hook
 from service.delivery.webhooks import signature
 from service.jobs.files import JobFiles
 from service.jobs.job import NewJob, new_job_id
 from service.jobs.store import JobStore, seconds_ago
-from service.options import JobOptions
+from service.runtime.config import Settings
+from service.vocabulary.options import JobOptions
 
 TENANT = "st-marys"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"

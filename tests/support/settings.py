@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.config import ApiKeyEntry, Settings
+from service.runtime.config import ApiKeyEntry, Settings
 
 
 def settings_in(root: Path, api_keys: Sequence[ApiKeyEntry], **overrides: Any) -> Settings:

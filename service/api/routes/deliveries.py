@@ -15,8 +15,8 @@ from service.api.problems import ApiError
 from service.api.routes.common import problems
 from service.api.schemas import DeliveryPublic
 from service.api.serialise import API_PREFIX
-from service.integrations import NAME_PATTERN
 from service.jobs.job import JobState
+from service.runtime.integrations import NAME_PATTERN
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["deliveries"])
 

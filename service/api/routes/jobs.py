@@ -23,10 +23,10 @@ from service.api.routes.common import problems
 from service.api.schemas import CaseIdentity, JobCreate, JobList, JobPublic
 from service.api.serialise import API_PREFIX, decode_cursor, encode_cursor, job_url, to_public
 from service.api.submit import accept_job
-from service.case import EXTERNAL_ID_MAX_CHARS, EXTERNAL_ID_PATTERN
-from service.errors import DscmError
 from service.jobs.job import JobState
-from service.options import (
+from service.vocabulary.case import EXTERNAL_ID_MAX_CHARS, EXTERNAL_ID_PATTERN
+from service.vocabulary.errors import DscmError
+from service.vocabulary.options import (
     RESULT_MEDIA_TYPE,
 )
 

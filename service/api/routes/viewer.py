@@ -18,7 +18,7 @@ from service.api.routes.common import problems
 from service.api.schemas import LiveViewPublic, ViewerLink, ViewerLinkCreate
 from service.api.serialise import API_PREFIX, viewer_url
 from service.jobs.job import JobState
-from service.options import ViewLayer
+from service.vocabulary.options import ViewLayer
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["viewer"])
 MAX_INDEX_DIGITS = 9  # no pyramid has a billion levels, columns or rows

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from service.errors import OutputError
+from service.vocabulary.errors import OutputError
 
 
 @dataclass(frozen=True)

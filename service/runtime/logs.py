@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import IO, Any, Literal
 from urllib.parse import unquote_plus
 
-from service.case import CASE_FIELDS
+from service.vocabulary.case import CASE_FIELDS
 
 LogFormat = Literal["text", "json"]
 

@@ -11,8 +11,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.case import NO_CASE, Case
-from service.config import Settings
 from service.core.backends import Inference, Precision, choose_backend
 from service.core.chain import StainChain, resolve_stages, round_up
 from service.core.colour import ColourTarget, load_colour_target
@@ -36,17 +34,7 @@ from service.core.models import (
 from service.core.normalize import IntensityRange
 from service.core.quality import faithfulness_qc
 from service.core.sanity import ModeCheck
-from service.errors import InputError, ModelError
-from service.options import (
-    DEFAULT_OPTIONS,
-    DEFAULT_UID_ROOT,
-    JobOptions,
-    PixelSizeSource,
-    check_mpp_um,
-    stated_mpp_um,
-)
-from service.progress import ProgressCallback
-from service.report import StainReport, TileCounts
+from service.engine.tile_reader import TileReader
 from service.slide import (
     PairInfo,
     PyramidWriter,
@@ -64,7 +52,18 @@ from service.slide.live import (
     canvas_name,
     save_overview,
 )
-from service.tile_reader import TileReader
+from service.vocabulary.case import NO_CASE, Case
+from service.vocabulary.errors import InputError, ModelError
+from service.vocabulary.options import (
+    DEFAULT_OPTIONS,
+    DEFAULT_UID_ROOT,
+    JobOptions,
+    PixelSizeSource,
+    check_mpp_um,
+    stated_mpp_um,
+)
+from service.vocabulary.progress import ProgressCallback
+from service.vocabulary.report import StainReport, TileCounts
 
 
 @dataclass(frozen=True)
@@ -147,26 +146,6 @@ class StainSpec:
         if self.stats_crop_px < 64 or self.stats_crop_px % 16:
             raise InputError("stats_crop_px must be a multiple of 16 and >= 64")
         check_mpp_um("default_mpp_um", self.default_mpp_um)
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, options: JobOptions, case: Case = NO_CASE, **overrides: Any
-    ) -> StainSpec:
-        """The stain a caller asked for, on this machine's DSCM_* settings (models, tiling,
-        batch size, threads, backend, default pixel size); ``overrides`` win over settings."""
-        machine: dict[str, Any] = {
-            "models_dir": settings.models_dir,
-            "tile_px": settings.tile_px,
-            "batch_size": settings.batch_size,
-            "threads": settings.threads,
-            "max_pixels": settings.max_pixels,
-            "inference": settings.inference,
-            "inference_precision": settings.inference_precision,
-            "default_mpp_um": settings.default_mpp_um,
-            "dicom_uid_root": settings.dicom_uid_root,
-        }
-        stated = {key: value for key, value in overrides.items() if value is not None}
-        return cls(options=options, case=case, **(machine | stated))
 
 
 @dataclass

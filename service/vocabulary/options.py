@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from service.errors import InputError, PixelSizeUnknown
+from service.vocabulary.errors import InputError, PixelSizeUnknown
 
 StageName = Literal["despeckle", "median", "gareau", "colour", "generator"]
 ExtraLayer = Literal["gareau", "fcm", "rcm"]  # kept beside the stain when asked (viewer layers)
@@ -53,7 +53,9 @@ class JobOptions:
     mpp_um: float | None = None  # stated by the caller; overrides the files' resolution tags
     # stain a pair the input check refuses (FCM/RCM look swapped, or one image twice) as given
     allow_swapped: bool = False
-    deliver_to: str | None = None  # a DICOM job's destination (service.integrations), by name
+    deliver_to: str | None = (
+        None  # a DICOM job's destination (service.runtime.integrations), by name
+    )
     callback_url: str | None = None  # also send this job's signed events here
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.integrations import (
+from service.runtime.integrations import (
     NO_INTEGRATION,
     Destination,
     IpNetwork,
@@ -18,9 +18,9 @@ from service.integrations import (
     check_public_url,
     read_integrations,
 )
-from service.options import DEFAULT_UID_ROOT, MPP_RANGE_UM
+from service.vocabulary.options import DEFAULT_UID_ROOT, MPP_RANGE_UM
 
-REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
 KeyRole = Literal["submit", "read", "admin"]

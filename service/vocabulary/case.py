@@ -2,7 +2,7 @@
 
 Both may identify a patient. They are stored with the job, returned to its tenant and written
 into the output TIFF's description, and never logged: the checks below never repeat the value
-in their messages, and service.logs redacts them from access-log query strings.
+in their messages, and service.runtime.logs redacts them from access-log query strings.
 """
 
 from __future__ import annotations
