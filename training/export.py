@@ -18,19 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.core.chain import round_up
 from service.core.models import OnnxModel, file_sha256
-from training.networks import (
-    Despeckler,
-    SharedNormGenerator,
-    SharedStatsExport,
-    count_parameters,
-    receptive_radius_px,
-)
+from training.networks import StageNetwork, count_parameters
 
 OPSET = 17
 TOLERANCE = 1e-4
-GENERATOR_SIZE_MULTIPLE_PX = 4
 
 
 class ExportMismatch(RuntimeError):
@@ -62,107 +54,61 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _export_despeckler(model: Despeckler, path: Path) -> None:
-    dummy = torch.rand(1, 1, 64, 64)
+def stage_network(model: nn.Module) -> StageNetwork:
+    """``model`` as a network a stage runs; TypeError for one that is not (a discriminator)."""
+    if not isinstance(model, StageNetwork):
+        raise TypeError(f"cannot export a {type(model).__name__}")
+    return model
+
+
+def _export_onnx(model: StageNetwork, path: Path) -> None:
+    """Trace the network's ONNX interface (its ``onnx_inputs`` and ``onnx_outputs``)."""
+    axes = {**model.onnx_inputs, **model.onnx_outputs}
     torch.onnx.export(
-        model,
-        (dummy,),
+        model.onnx_module(),
+        model.onnx_example(),
         str(path),
         dynamo=False,
         opset_version=OPSET,
-        input_names=["image"],
-        output_names=["output"],
-        dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "output": {0: "N", 2: "H", 3: "W"}},
-    )
-
-
-def _export_generator(model: SharedNormGenerator, path: Path) -> None:
-    wrapper = SharedStatsExport(model).eval()
-    dummy = (torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, model.norm_stats_size), torch.ones(1))
-    torch.onnx.export(
-        wrapper,
-        dummy,
-        str(path),
-        dynamo=False,
-        opset_version=OPSET,
-        input_names=["image", "norm_stats", "norm_mix"],
-        output_names=["output", "tile_stats"],
-        dynamic_axes={
-            "image": {0: "N", 2: "H", 3: "W"},
-            "norm_stats": {0: "N"},
-            "output": {0: "N", 2: "H", 3: "W"},
-            "tile_stats": {0: "N"},
-        },
+        input_names=list(model.onnx_inputs),
+        output_names=list(model.onnx_outputs),
+        dynamic_axes={name: dims for name, dims in axes.items() if dims},
     )
 
 
 def check_against_torch(model: nn.Module, onnx_path: Path, seed: int = 0) -> float:
-    """Max abs difference between onnxruntime and torch on a random input (two sizes, N=2)."""
+    """Max abs difference between onnxruntime and torch on random inputs (two sizes, N=2), on
+    every output the network's ``export_checks`` compare."""
+    network = stage_network(model)
     generator = torch.Generator().manual_seed(seed)
     session = _session(onnx_path)
     worst = 0.0
     for height, width in ((96, 128), (132, 100)):
         with torch.no_grad():
-            if isinstance(model, SharedNormGenerator):
-                image = torch.rand(2, 3, height, width, generator=generator) * 2 - 1
-                _, own = model.forward_shared(
-                    image, torch.zeros(2, model.norm_stats_size), torch.zeros(1)
-                )
-                for mix in (0.0, 1.0, 0.5):
-                    mix_t = torch.full((1,), mix)
-                    expected = model.forward_shared(image, own.flip(0), mix_t)
-                    got = session.run(
-                        None,
-                        {
-                            "image": image.numpy(),
-                            "norm_stats": own.flip(0).numpy(),
-                            "norm_mix": mix_t.numpy(),
-                        },
-                    )
-                    for want, have in zip(expected, got, strict=True):
-                        worst = max(worst, float(np.abs(want.numpy() - have).max()))
-            else:
-                image = torch.rand(2, 1, height, width, generator=generator)
-                expected_one = model(image).numpy()
-                got_one = session.run(None, {"image": image.numpy()})[0]
-                worst = max(worst, float(np.abs(expected_one - got_one).max()))
+            for feeds, expected in network.export_checks(generator, height, width):
+                got = session.run(None, {name: value.numpy() for name, value in feeds.items()})
+                for want, have in zip(expected, got, strict=True):
+                    worst = max(worst, float(np.abs(want.numpy() - have).max()))
     return worst
 
 
-def halo_of(model: nn.Module) -> int:
-    if isinstance(model, SharedNormGenerator):
-        return round_up(receptive_radius_px(model, 3, 257), model.size_multiple_px)
-    return receptive_radius_px(model, 1, 65)
-
-
 def build_card(model: nn.Module, onnx_path: Path, info: CardInfo) -> dict[str, Any]:
-    """Every field of docs/models.md for an exported despeckler or generator."""
-    if isinstance(model, SharedNormGenerator):
-        role, channels, value_range = "generator", 3, [-1.0, 1.0]
-        extra: dict[str, Any] = {
-            "size_multiple_px": model.size_multiple_px,
-            "norm": "instance_shared",
-            "norm_stats_size": model.norm_stats_size,
-            "norm_stats_layers": list(model.norm_stats_layers),
-        }
-        architecture = model.architecture
-    elif isinstance(model, Despeckler):
-        role, channels, value_range = "despeckle", 1, [0.0, 1.0]
-        extra = {"size_multiple_px": 1, "norm": "none"}
-        architecture = model.architecture
-    else:
-        raise TypeError(f"cannot export a {type(model).__name__}")
+    """Every field of docs/models.md for an exported network: its interface from the network
+    itself (StageNetwork), its provenance from ``info``."""
+    network = stage_network(model)
+    low, high = network.value_range
+    tensor = {"channels": network.channels, "range": [low, high]}
     card: dict[str, Any] = {
         "name": info.name,
         "version": info.version,
-        "role": role,
-        "architecture": architecture,
+        "role": network.role,
+        "architecture": network.architecture,
         "sha256": file_sha256(onnx_path),
-        "input": {"name": "image", "channels": channels, "range": value_range},
-        "output": {"name": "output", "channels": channels, "range": value_range},
-        "halo_px": halo_of(model),
-        **extra,
-        "parameters": count_parameters(model),
+        "input": {"name": "image", **tensor},
+        "output": {"name": "output", **tensor},
+        "halo_px": network.card_halo_px(),
+        **network.card_fields(),
+        "parameters": count_parameters(network),
         "opset": OPSET,
         "training_data": info.training_data,
         "splits": info.splits,
@@ -186,12 +132,7 @@ def export_model(model: nn.Module, onnx_path: Path, info: CardInfo) -> dict[str,
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = onnx_path.with_name(f".{onnx_path.stem}.tmp.onnx")
     try:
-        if isinstance(model, SharedNormGenerator):
-            _export_generator(model, tmp_path)
-        elif isinstance(model, Despeckler):
-            _export_despeckler(model, tmp_path)
-        else:
-            raise TypeError(f"cannot export a {type(model).__name__}")
+        _export_onnx(stage_network(model), tmp_path)
         mismatch = check_against_torch(model, tmp_path)
         if not mismatch <= TOLERANCE:
             raise ExportMismatch(

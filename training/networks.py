@@ -8,19 +8,65 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from service.core.chain import round_up
 from service.core.colour import WEIGHT_LOW, WEIGHT_RAMP
 from service.core.stain import EOSIN_RGB, HEMATOXYLIN_RGB
 
 INSTANCE_NORM_EPS = 1e-5
+IMAGE_AXES = {0: "N", 2: "H", 3: "W"}  # the ONNX graph takes any batch and tile size
+Feeds = dict[str, torch.Tensor]
 
 
-class Despeckler(nn.Module):
+class StageNetwork(nn.Module):
+    """A network a stage of the chain runs (its ``role``: service.core.stages). What its model
+    card and ONNX graph say (docs/models.md) lives here beside the architecture, so the exporter
+    (training/export.py) reads it instead of asking what the network is."""
+
+    role: ClassVar[str]
+    channels: ClassVar[int]  # in and out
+    value_range: ClassVar[tuple[float, float]]  # of input and output; the engine maps [0, 1]
+    onnx_inputs: ClassVar[dict[str, dict[int, str]]] = {"image": IMAGE_AXES}  # name: dynamic axes
+    onnx_outputs: ClassVar[dict[str, dict[int, str]]] = {"output": IMAGE_AXES}
+
+    @property
+    def architecture(self) -> str:
+        """The card's ``architecture``: the class and the options that rebuild it."""
+        raise NotImplementedError
+
+    def card_fields(self) -> dict[str, Any]:
+        """The card's fields about how the engine runs it: size multiple and normalisation."""
+        raise NotImplementedError
+
+    def card_halo_px(self) -> int:
+        """The card's ``halo_px``: the context each output pixel needs (measured)."""
+        raise NotImplementedError
+
+    def onnx_module(self) -> nn.Module:
+        """What the ONNX export traces (``forward`` over ``onnx_inputs``)."""
+        return self
+
+    def onnx_example(self) -> tuple[torch.Tensor, ...]:
+        """Example inputs for the trace, in ``onnx_inputs`` order."""
+        return (torch.rand(1, self.channels, 64, 64),)
+
+    def export_checks(
+        self, generator: torch.Generator, height: int, width: int
+    ) -> list[tuple[Feeds, tuple[torch.Tensor, ...]]]:
+        """Random ONNX feeds of ``height x width`` and what torch gives for them (every output),
+        to compare the exported graph with (no gradients needed)."""
+        low, high = self.value_range
+        image = torch.rand(2, self.channels, height, width, generator=generator)
+        image = image * (high - low) + low
+        return [({"image": image}, (self(image),))]
+
+
+class Despeckler(StageNetwork):
     """The paper's despeckling CNN with a multiplicative residual.
 
     ``depth`` x [conv 3x3 ``width``, batch norm (not on the first layer), PReLU], then conv 3x3
@@ -54,6 +100,10 @@ class Despeckler(nn.Module):
         if last.bias is not None:
             nn.init.zeros_(last.bias)
 
+    role = "despeckle"
+    channels = 1
+    value_range = (0.0, 1.0)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return image * (1.0 + torch.tanh(self.body(image)))
 
@@ -65,6 +115,14 @@ class Despeckler(nn.Module):
     @property
     def architecture(self) -> str:
         return f"despeckle-cnn(width={self.width},depth={self.depth})"
+
+    def card_fields(self) -> dict[str, Any]:
+        """Any tile size, no normalisation statistics."""
+        return {"size_multiple_px": 1, "norm": "none"}
+
+    def card_halo_px(self) -> int:
+        """The measured receptive-field radius."""
+        return receptive_radius_px(self, 1, 65)
 
 
 class SharedInstanceNorm(nn.Module):
@@ -137,11 +195,23 @@ class ResizeConv(nn.Module):
 UPSAMPLING = ("transpose", "resize")
 
 
-class SharedNormGenerator(nn.Module):
+class SharedNormGenerator(StageNetwork):
     """A generator whose instance-norm layers are ``SharedInstanceNorm``: the
     ``instance_shared`` contract of docs/models.md (``forward_shared``), RGB in [-1, 1].
     Subclasses build ``self.model`` and may override ``_generate`` (the forward pass)."""
 
+    role = "generator"
+    channels = 3
+    value_range = (-1.0, 1.0)
+    onnx_inputs: ClassVar[dict[str, dict[int, str]]] = {
+        "image": IMAGE_AXES,
+        "norm_stats": {0: "N"},
+        "norm_mix": {},
+    }
+    onnx_outputs: ClassVar[dict[str, dict[int, str]]] = {
+        "output": IMAGE_AXES,
+        "tile_stats": {0: "N"},
+    }
     model: nn.Sequential
     ngf: int
     n_blocks: int
@@ -170,6 +240,41 @@ class SharedNormGenerator(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self._generate(image)
+
+    def card_fields(self) -> dict[str, Any]:
+        """Tiles in multiples of ``size_multiple_px``; slide-wide instance-norm statistics."""
+        return {
+            "size_multiple_px": self.size_multiple_px,
+            "norm": "instance_shared",
+            "norm_stats_size": self.norm_stats_size,
+            "norm_stats_layers": list(self.norm_stats_layers),
+        }
+
+    def card_halo_px(self) -> int:
+        """The measured receptive-field radius, rounded up to the size multiple."""
+        return round_up(receptive_radius_px(self, 3, 257), self.size_multiple_px)
+
+    def onnx_module(self) -> nn.Module:
+        """``forward_shared``: image, statistics and mix in; output and the tile's own out."""
+        return SharedStatsExport(self).eval()
+
+    def onnx_example(self) -> tuple[torch.Tensor, ...]:
+        """An image in [-1, 1], random statistics, mix 1."""
+        image = torch.rand(1, 3, 64, 64) * 2 - 1
+        return (image, torch.rand(1, self.norm_stats_size), torch.ones(1))
+
+    def export_checks(
+        self, generator: torch.Generator, height: int, width: int
+    ) -> list[tuple[Feeds, tuple[torch.Tensor, ...]]]:
+        """Another item's own statistics (the batch's, flipped) mixed in at 0, 1 and 0.5."""
+        image = torch.rand(2, 3, height, width, generator=generator) * 2 - 1
+        _, own = self.forward_shared(image, torch.zeros(2, self.norm_stats_size), torch.zeros(1))
+        checks: list[tuple[Feeds, tuple[torch.Tensor, ...]]] = []
+        for mix in (0.0, 1.0, 0.5):
+            mix_t = torch.full((1,), mix)
+            feeds = {"image": image, "norm_stats": own.flip(0), "norm_mix": mix_t}
+            checks.append((feeds, self.forward_shared(image, own.flip(0), mix_t)))
+        return checks
 
     def forward_shared(
         self, image: torch.Tensor, norm_stats: torch.Tensor, norm_mix: torch.Tensor

@@ -17,13 +17,11 @@ from service.core.colour import ColourTarget, ColourTransfer, LabAccumulator, ti
 from service.core.filters import median3x3_valid
 from service.core.glass import NO_GLASS_LEVEL, GlassLevel, below_glass_to_zero
 from service.core.models import NORM_SHARED, OnnxModel, pool_norm_stats
+from service.core.stages import MODEL_STAGES, REQUIRED_STAGE, STAGE_BY_NAME, STAGE_TABLE
 from service.core.stain import gareau_stain
 from service.core.stain_lut import StainLut
 from service.vocabulary.errors import InputError, ModelError
 from service.vocabulary.options import STAGES, check_names
-
-MODEL_STAGES = ("despeckle", "colour", "generator")  # stages that need an installed model
-MEDIAN_HALO_PX = 1
 
 
 def resolve_stages(
@@ -39,18 +37,19 @@ def resolve_stages(
     if requested is None:
         off = set(default_off)
         return tuple(
-            s
-            for s in STAGES
-            if s == "gareau" or ((s in available or s == "median") and s not in off)
+            s.name
+            for s in STAGE_TABLE
+            if s.name == REQUIRED_STAGE
+            or ((s.model is None or s.name in available) and s.name not in off)
         )
     wanted = [s.strip() for s in requested if s.strip()]
     check_names("stage", sorted(set(wanted)), STAGES)
-    if "gareau" not in wanted:
+    if REQUIRED_STAGE not in wanted:
         raise InputError("the gareau stage is required: it turns FCM and RCM into colour")
     for role in MODEL_STAGES:
         if role in wanted and role not in available:
             raise ModelError(f"stage {role!r} was requested but no {role} model is installed")
-    return tuple(s for s in STAGES if s in wanted)
+    return tuple(s.name for s in STAGE_TABLE if s.name in wanted)
 
 
 def card_mpp_um(card: Mapping[str, Any]) -> float | None:
@@ -92,20 +91,24 @@ class StainChain:
     def __init__(
         self,
         stages: Sequence[str],
-        despeckle: OnnxModel | None = None,
-        generator: OnnxModel | None = None,
+        networks: Mapping[str, OnnxModel] | None = None,
         colour: ColourTarget | None = None,
     ) -> None:
+        """``networks``: the loaded ONNX models by role (service.core.stages); those of stages
+        not in ``stages`` are left out."""
         self.stages = tuple(stages)
-        self.despeckle = despeckle if "despeckle" in self.stages else None
-        self.generator = generator if "generator" in self.stages else None
+        self.networks = {
+            role: model for role, model in (networks or {}).items() if role in self.stages
+        }
+        self.despeckle = self.networks.get("despeckle")
+        self.generator = self.networks.get("generator")
         self.colour = colour if "colour" in self.stages else None
         # the slide's colour transfer: identity until estimate_slide_stats measured the slide
         self.colour_transfer = ColourTransfer.fit(None, colour.lab) if colour else None
         self.slide_lab: LabAccumulator | None = None
         self._lut: StainLut | None = None
         self.despeckle_halo_px = self.despeckle.card.halo_px if self.despeckle else 0
-        self.median_halo_px = MEDIAN_HALO_PX if "median" in self.stages else 0
+        self.median_halo_px = STAGE_BY_NAME["median"].halo_px if "median" in self.stages else 0
         self.size_multiple_px = self.generator.card.size_multiple_px if self.generator else 1
         self.generator_halo_px = (
             round_up(self.generator.card.halo_px, self.size_multiple_px) if self.generator else 0
@@ -119,10 +122,16 @@ class StainChain:
     def trained_mpp_um(self) -> float | None:
         """The pixel size the chain's models were trained at (their cards say; None when the
         chain has no model whose card states one: Gareau alone is resolution-free)."""
-        cards = [model.card.extra for model in (self.despeckle, self.generator) if model]
+        cards = [model.card.extra for model in self.models_in_order]
         if self.colour is not None:
             cards.append(self.colour.extra)
         return common_mpp_um(cards)
+
+    @property
+    def models_in_order(self) -> list[OnnxModel]:
+        """The networks this chain runs, in chain order (what the report lists and the region
+        plan's hashes pin)."""
+        return [self.networks[s] for s in self.stages if s in self.networks]
 
     @property
     def halo_px(self) -> int:
@@ -153,7 +162,7 @@ class StainChain:
             rcm = crop(rcm, self.despeckle_halo_px)
         if self.median_halo_px:
             started = time.perf_counter()
-            rcm = median3x3_valid(rcm)  # = crop(median3x3(rcm), MEDIAN_HALO_PX)
+            rcm = median3x3_valid(rcm)  # = crop(median3x3(rcm), 1): the median's halo
             self.timer.add("median", started)
         return crop(fcm, self.despeckle_halo_px + self.median_halo_px), rcm
 

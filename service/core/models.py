@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -20,10 +20,9 @@ from service.core.backend_probe import settle_backend
 from service.core.backends import Backend, backend_from_env, open_runner
 from service.core.cards import read_card_json
 from service.core.colour import COLOUR_ROLE, find_colour_card
+from service.core.stages import NETWORK_ROLES, STAGE_TABLE
 from service.vocabulary.errors import ModelError
 
-ModelRole = Literal["despeckle", "generator"]
-ROLES: tuple[ModelRole, ...] = ("despeckle", "generator")
 NORM_NONE = "none"
 NORM_SHARED = "instance_shared"
 
@@ -33,7 +32,7 @@ class ModelCard:
     """What a model file promises; loaded from its JSON card."""
 
     name: str
-    role: ModelRole
+    role: str  # a network stage (service.core.stages.NETWORK_ROLES)
     architecture: str
     version: str
     sha256: str
@@ -53,8 +52,8 @@ class ModelCard:
         the ONNX role, a rising input range and norm layers that add up, is checked here."""
         try:
             role = data["role"]
-            if role not in ROLES:
-                raise ModelError(f"unknown model role {role!r}; expected one of {ROLES}")
+            if role not in NETWORK_ROLES:
+                raise ModelError(f"unknown model role {role!r}; expected one of {NETWORK_ROLES}")
             value_range = tuple(float(v) for v in data["input"]["range"])
             if value_range[0] >= value_range[1]:
                 raise ModelError(f"bad input range {value_range}")
@@ -117,9 +116,9 @@ def read_card(card_path: Path) -> ModelCard:
     return ModelCard.from_dict(read_card_json(card_path))
 
 
-def discover_models(models_dir: Path) -> dict[ModelRole, Path]:
+def discover_models(models_dir: Path) -> dict[str, Path]:
     """Map each role to the one ONNX file in ``models_dir`` whose card claims it."""
-    found: dict[ModelRole, Path] = {}
+    found: dict[str, Path] = {}
     if not models_dir.is_dir():
         return found
     for card_path in sorted(models_dir.glob("*.json")):
@@ -146,17 +145,17 @@ def discover_stage_models(models_dir: Path) -> dict[str, Path]:
 
 
 def stages_off_by_default(found: dict[str, Path]) -> tuple[str, ...]:
-    """Installed stages whose card says ``"default": false``: one flag away, not run unasked
-    (a model shipped for comparison that measured worse than the default chain); and the
-    3x3 median when the default despeckler's card says ``"median_after": false`` (measured
-    better alone, docs/models.md)."""
+    """Stages the installed cards keep out of the default chain (each stage's ``off_when``,
+    service.core.stages): a model whose card says ``"default": false`` (shipped for comparison,
+    it measured worse than the default chain), and the 3x3 median when the despeckler's card
+    says ``"median_after": false`` (measured better alone, docs/models.md)."""
+    cards = {role: read_card_json(path.with_suffix(".json")) for role, path in found.items()}
     off = []
-    for role, path in found.items():
-        card = read_card_json(path.with_suffix(".json"))
-        if card.get("default") is False:
-            off.append(role)
-        elif role == "despeckle" and card.get("median_after") is False:
-            off.append("median")
+    for stage in STAGE_TABLE:
+        if stage.off_when is not None:
+            role, flag = stage.off_when
+            if role in cards and cards[role].get(flag) is False:
+                off.append(stage.name)
     return tuple(sorted(off))
 
 

@@ -25,7 +25,6 @@ from service.core.grid import (
     work_size_px,
 )
 from service.core.models import (
-    ModelRole,
     OnnxModel,
     discover_stage_models,
     file_sha256,
@@ -34,6 +33,7 @@ from service.core.models import (
 from service.core.normalize import IntensityRange
 from service.core.quality import faithfulness_qc
 from service.core.sanity import ModeCheck
+from service.core.stages import NETWORK_ROLES
 from service.engine.tile_reader import TileReader
 from service.slide import (
     PairInfo,
@@ -152,7 +152,7 @@ class StainSpec:
 class ModelSet:
     """ONNX sessions (and the colour card) loaded once per worker process, reused per slide."""
 
-    models: dict[ModelRole, OnnxModel] = field(default_factory=dict)
+    models: dict[str, OnnxModel] = field(default_factory=dict)  # by role (NETWORK_ROLES)
     colour: ColourTarget | None = None
     default_off: tuple[str, ...] = ()
 
@@ -165,9 +165,7 @@ class ModelSet:
         """The chain for the requested stages; InputError or ModelError for stages these models
         cannot run."""
         stages = resolve_stages(requested, self.roles, self.default_off)
-        return StainChain(
-            stages, self.models.get("despeckle"), self.models.get("generator"), self.colour
-        )
+        return StainChain(stages, self.models, self.colour)
 
 
 def load_models(spec: StainSpec) -> ModelSet:
@@ -175,8 +173,8 @@ def load_models(spec: StainSpec) -> ModelSet:
     found = discover_stage_models(spec.models_dir)
     default_off = stages_off_by_default(found)
     wanted = resolve_stages(spec.options.stages, found, default_off)
-    onnx: dict[ModelRole, OnnxModel] = {}
-    roles = [r for r in ("despeckle", "generator") if r in found and r in wanted]
+    onnx: dict[str, OnnxModel] = {}
+    roles = [r for r in NETWORK_ROLES if r in found and r in wanted]
     backend = choose_backend(spec.inference, spec.inference_precision) if roles else None
     for role in roles:
         onnx[role] = OnnxModel(found[role], spec.threads, backend)
@@ -518,7 +516,7 @@ class SlideRun:
         self.timings.update(self.chain.timer.seconds)
         self.timings["total"] = time.perf_counter() - started
         options, chain = self.spec.options, self.chain
-        networks = [m for m in (chain.despeckle, chain.generator) if m is not None]
+        networks = chain.models_in_order
         computed = len(self.todo)
         series = self.writers["stain"].series
         return StainReport(
@@ -602,7 +600,7 @@ def compute_tiles(
 
 def chain_model_hashes(chain: StainChain) -> list[str]:
     """The sha256 of each network the chain runs, in chain order."""
-    return [m.card.sha256 for m in (chain.despeckle, chain.generator) if m is not None]
+    return [m.card.sha256 for m in chain.models_in_order]
 
 
 def stain_region(

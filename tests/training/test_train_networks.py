@@ -87,3 +87,13 @@ def test_resize_upsampling_has_no_checkerboard_by_construction() -> None:
         create_model("resnet_generator", ngf=4, n_blocks=9, upsample="resize").state_dict()
     )
     assert {"model.19.conv.weight", "model.22.conv.weight"} <= resize_keys
+
+
+@pytest.mark.parametrize("name", ["despeckle", "resnet_generator", "residual_generator"])
+def test_each_exportable_network_names_a_registered_stage(name: str) -> None:
+    from service.core.stages import NETWORK_ROLES
+    from training.networks import StageNetwork
+
+    network = create_model(name)
+    assert isinstance(network, StageNetwork) and network.role in NETWORK_ROLES
+    assert network.card_fields()["size_multiple_px"] >= 1

@@ -203,7 +203,8 @@ def test_the_glass_gate_keeps_the_colour_stages_glass(tmp_path: Path, gate: bool
     onnx = tmp_path / "generator.onnx"
     export_model(generator, onnx, CardInfo(name="gated" if gate else "ungated"))
     colour = load_colour_target(REPO / "models" / "colour.json")
-    with_generator = StainChain(("gareau", "colour", "generator"), None, OnnxModel(onnx), colour)
+    networks = {"generator": OnnxModel(onnx)}
+    with_generator = StainChain(("gareau", "colour", "generator"), networks, colour)
     colour_only = StainChain(("gareau", "colour"), colour=colour)
     halo = with_generator.halo_px
     fcm, rcm = glassy_pair(96 + 2 * halo)
