@@ -24,7 +24,6 @@ from service.jobs.job import Job, JobState, StoredFile
 from service.jobs.links import API_PREFIX as API_PREFIX
 from service.jobs.links import VIEWER_PREFIX as VIEWER_PREFIX
 from service.jobs.links import job_url, viewer_url
-from service.vocabulary.options import RESULT_MEDIA_TYPE
 from service.vocabulary.progress import PROGRESS_SCALE
 
 
@@ -47,7 +46,7 @@ def to_public(job: Job, delivery: Delivery | None = None) -> JobPublic:
         result = JobResultPublic(
             size_bytes=job.result_bytes or 0,
             sha256=job.result_sha256 or "",
-            media_type=RESULT_MEDIA_TYPE,
+            media_type=job.options.pyramid_media_type,
         )
     error = None
     if job.error_code and job.state in (JobState.FAILED, JobState.CANCELLED):

@@ -6,7 +6,7 @@ layer) (``DiskCanvas``: preallocated, written with
 pwrite, so memory does not grow with the slide); libvips then streams that file into a
 page-per-level pyramid (the generic tiled TIFF layout OpenSlide and QuPath open; SubIFD
 pyramids are only used for OME-TIFF, which OpenSlide does not read anyway). Each output format
-is one encoder in ENCODERS; a DICOM series is made from the TIFF pyramid (service.slide.dicom).
+is one writer in service.slide.formats.WRITERS; a DICOM series is made from the TIFF pyramid.
 """
 
 from __future__ import annotations
@@ -17,24 +17,20 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 import pyvips
 
 from service.slide.canvas import DiskCanvas
-from service.slide.dicom import DicomSeries, write_series
+from service.slide.dicom import DicomSeries
+from service.slide.formats import WRITERS
+from service.slide.formats.tiff import fsync_file
 from service.slide.reader import pyramid_pages
-from service.slide.tiff_header import scale_level_resolutions
 from service.vocabulary.case import NO_CASE, Case
 from service.vocabulary.errors import OutputError
 from service.vocabulary.options import DEFAULT_UID_ROOT, Compression, OutputFormat, pyramid_path
-
-TIFF_TILE_PX = 256
 
 
 @dataclass(frozen=True)
@@ -119,7 +115,7 @@ class PyramidWriter:
         try:
             assert self.canvas is not None, "save called twice"
             self.canvas.close()
-            ENCODERS[output_format](self, self._full_size(), compression, jpeg_quality)
+            WRITERS[output_format](self, self._full_size(), compression, jpeg_quality)
             fsync_file(self.tmp_path)
         except (OSError, pyvips.Error) as exc:
             self.abort()
@@ -151,52 +147,6 @@ class PyramidWriter:
             image = image.copy(interpretation="srgb")
         return image
 
-    def _tiff_options(self, compression: Compression, jpeg_quality: int) -> dict[str, object]:
-        px_per_mm = 1000.0 / self.mpp_um
-        options: dict[str, object] = {
-            "tile": True,
-            "tile_width": TIFF_TILE_PX,
-            "tile_height": TIFF_TILE_PX,
-            "pyramid": True,
-            "bigtiff": True,
-            "xres": px_per_mm,
-            "yres": px_per_mm,
-            "resunit": "cm",
-        }
-        if compression == "jpeg":
-            options.update(compression="jpeg", Q=jpeg_quality)
-        else:
-            options.update(compression="deflate", predictor="horizontal")
-        return options
-
-    def encode_tiff(self, image: pyvips.Image, compression: Compression, quality: int) -> None:
-        """A page-per-level pyramid (OpenSlide's generic tiled TIFF), levels' resolutions
-        scaled, the case in every level's ImageDescription."""
-        if self.description is not None:
-            image = image.copy()
-            image.set_type(pyvips.GValue.gstr_type, "image-description", self.description)
-        image.tiffsave(str(self.tmp_path), **self._tiff_options(compression, quality))
-        scale_level_resolutions(self.tmp_path)
-
-    def encode_ome_tiff(self, image: pyvips.Image, compression: Compression, quality: int) -> None:
-        """A SubIFD pyramid with OME-XML (Bio-Formats, QuPath)."""
-        image = image.copy()
-        image.set_type(pyvips.GValue.gstr_type, "image-description", self._ome_xml())
-        options = self._tiff_options(compression, quality) | {"subifd": True}
-        image.tiffsave(str(self.tmp_path), **options)
-
-    def encode_dicom(self, image: pyvips.Image, compression: Compression, quality: int) -> None:
-        """The TIFF pyramid, then a VL WSI series made of its very tiles (no re-encoding).
-        The TIFF goes to disk (fsync) while the series is being made from the page cache."""
-        self.encode_tiff(image, compression, quality)
-        shutil.rmtree(self.tmp_series, ignore_errors=True)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiff-fsync") as syncer:
-            synced = syncer.submit(fsync_file, self.tmp_path)
-            self.series = write_series(
-                self.tmp_path, self.tmp_series, self.mpp_um, self.case, self.uid_root, self.uid_seed
-            )
-            synced.result()
-
     @property
     def pyramid(self) -> Path:
         """The published TIFF pyramid: the output, or the file beside a DICOM series."""
@@ -227,40 +177,6 @@ class PyramidWriter:
             with contextlib.suppress(OSError):
                 path.unlink()
         shutil.rmtree(self.tmp_series, ignore_errors=True)
-
-    def _ome_xml(self) -> str:
-        mpp = f"{self.mpp_um:.6g}"
-        description = ""
-        if self.description is not None:
-            description = f"<Description>{xml_escape(self.description)}</Description>"
-        return (
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
-            '<Image ID="Image:0" Name="dscm stain">'
-            f"{description}"
-            '<Pixels ID="Pixels:0" DimensionOrder="XYCZT" '
-            f'Type="uint8" SizeX="{self.width_px}" SizeY="{self.height_px}" SizeC="{self.bands}" '
-            'SizeZ="1" '
-            f'SizeT="1" Interleaved="{str(self.bands > 1).lower()}" PhysicalSizeX="{mpp}" '
-            'PhysicalSizeXUnit="µm" '
-            f'PhysicalSizeY="{mpp}" PhysicalSizeYUnit="µm">'
-            f'<Channel ID="Channel:0:0" SamplesPerPixel="{self.bands}"><LightPath/></Channel>'
-            '<TiffData IFD="0" PlaneCount="1"/></Pixels></Image></OME>'
-        )
-
-
-Encoder = Callable[[PyramidWriter, pyvips.Image, Compression, int], None]
-ENCODERS: dict[OutputFormat, Encoder] = {
-    "tiff": PyramidWriter.encode_tiff,
-    "ome-tiff": PyramidWriter.encode_ome_tiff,
-    "dicom": PyramidWriter.encode_dicom,
-}
-
-
-def fsync_file(path: Path) -> None:
-    """Wait until ``path``'s data is on disk."""
-    with path.open("rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def read_levels(path: Path) -> list[PyramidLevel]:

@@ -24,10 +24,31 @@ EXTRA_LAYERS: tuple[ExtraLayer, ...] = get_args(ExtraLayer)
 VIEW_LAYERS: tuple[ViewLayer, ...] = get_args(ViewLayer)
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 COMPRESSIONS: tuple[Compression, ...] = get_args(Compression)
-# A dicom result is a folder of instances (one per level); the TIFF pyramid it is made from is
-# kept beside it (pyramid_path) for dscm's viewer and QuPath.
-RESULT_SUFFIX: dict[OutputFormat, str] = {"tiff": ".tiff", "ome-tiff": ".ome.tiff", "dicom": ".dcm"}
-RESULT_MEDIA_TYPE = "image/tiff"  # the media type of every pyramid (the TIFF formats' result)
+
+
+@dataclass(frozen=True)
+class ResultFormat:
+    """What one output format gives a caller: the result's suffix and media type, and the
+    format of the TIFF pyramid the stain is kept in (the result itself, or beside it for a
+    format made from it). Its writer is ``service.slide.formats.WRITERS[name]``."""
+
+    name: OutputFormat
+    suffix: str
+    media_type: str
+    pyramid: OutputFormat
+
+
+# The output formats, one entry each (a test holds them to OutputFormat and to the writers).
+RESULT_FORMATS: dict[OutputFormat, ResultFormat] = {
+    f.name: f
+    for f in (
+        ResultFormat("tiff", ".tiff", "image/tiff", pyramid="tiff"),
+        ResultFormat("ome-tiff", ".ome.tiff", "image/tiff", pyramid="ome-tiff"),
+        # a folder of instances (one per level), made from the TIFF pyramid kept beside it
+        # (pyramid_path) for dscm's viewer and QuPath
+        ResultFormat("dicom", ".dcm", "application/dicom", pyramid="tiff"),
+    )
+}
 # The pixel sizes a confocal microscope makes, from a high-NA objective sampled at Nyquist
 # (0.1 um/px) to a low-magnification mosaic (5 um/px; the Vivascope 2500 scans at 0.75):
 # a stated pixel size or resolution tag outside is refused, never resampled into the pixel limit.
@@ -98,17 +119,23 @@ class JobOptions:
     @property
     def result_suffix(self) -> str:
         """The suffix of the published result (``.tiff``, ``.ome.tiff``, ``.dcm`` folder)."""
-        return RESULT_SUFFIX[self.output_format]
+        return RESULT_FORMATS[self.output_format].suffix
 
     @property
     def pyramid_suffix(self) -> str:
         """The suffix of the stain's TIFF pyramid (``.tiff`` beside a DICOM series)."""
-        return RESULT_SUFFIX[self.layer_format]
+        return RESULT_FORMATS[self.layer_format].suffix
+
+    @property
+    def pyramid_media_type(self) -> str:
+        """The media type of the stain's TIFF pyramid (what the result route serves)."""
+        return RESULT_FORMATS[self.layer_format].media_type
 
     @property
     def layer_format(self) -> OutputFormat:
-        """The format of the extra (gray and Gareau) layers: TIFF beside a DICOM series."""
-        return "tiff" if self.output_format == "dicom" else self.output_format
+        """The format of the stain's pyramid and the extra (gray and Gareau) layers: the
+        output format's own, TIFF beside a DICOM series."""
+        return RESULT_FORMATS[self.output_format].pyramid
 
     def pyramid_path(self, output: Path) -> Path:
         """Where the stained TIFF pyramid of ``output`` is (see ``pyramid_path``)."""
@@ -127,10 +154,11 @@ def check_mpp_um(name: str, value: float | None, hint: str = "") -> None:
 
 def pyramid_path(output: Path, output_format: OutputFormat) -> Path:
     """Where the stained TIFF pyramid of ``output`` is: ``output`` itself for the TIFF
-    formats; beside a DICOM series folder ``out`` as ``out.tiff`` (the series is made from it,
-    the viewer and QuPath read it)."""
-    if output_format == "dicom":
-        return output.with_name(f"{output.name}.tiff")
+    formats; beside a format made from it (a DICOM series folder ``out``) as ``out.tiff`` (the
+    viewer and QuPath read it)."""
+    pyramid = RESULT_FORMATS[output_format].pyramid
+    if pyramid != output_format:
+        return output.with_name(f"{output.name}{RESULT_FORMATS[pyramid].suffix}")
     return output
 
 

@@ -26,9 +26,6 @@ from service.api.submit import accept_job
 from service.jobs.job import JobState
 from service.vocabulary.case import EXTERNAL_ID_MAX_CHARS, EXTERNAL_ID_PATTERN
 from service.vocabulary.errors import DscmError
-from service.vocabulary.options import (
-    RESULT_MEDIA_TYPE,
-)
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
 
@@ -193,7 +190,8 @@ def get_result(
         digest = base64.b64encode(bytes.fromhex(job.result_sha256)).decode()
         headers = {"Repr-Digest": f"sha-256=:{digest}:", "ETag": f'"{job.result_sha256}"'}
     download_name = f"{job.id}{job.options.pyramid_suffix}"
-    return file_response(request, path, RESULT_MEDIA_TYPE, download_name, headers)
+    media_type = job.options.pyramid_media_type  # service.vocabulary.options.RESULT_FORMATS
+    return file_response(request, path, media_type, download_name, headers)
 
 
 @router.head(
