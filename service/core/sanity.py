@@ -18,6 +18,7 @@ a false refusal of a real slide costs far more than a missed swap. numpy only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,6 +51,7 @@ STAT_STRIDE = 2
 MIN_TISSUE_PX = 1000  # fewer tissue pixels on the thumbnail: no evidence, ok
 MIN_STD = 1e-3  # a flat mode carries no evidence
 DOUBT_FLAG = "check that FCM and RCM are not swapped"
+FEATURES = ("skew", "blob", "peak")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,15 @@ class ModeCheck:
         }
 
 
+@dataclass(frozen=True)
+class Window:
+    """One place of the pair, both modes normalised, with its tissue mask."""
+
+    fcm: np.ndarray
+    rcm: np.ndarray
+    tissue: np.ndarray
+
+
 def _skewness(values: np.ndarray) -> float:
     centred = values.astype(np.float32) - np.float32(values.mean(dtype=np.float64))
     std = float(np.sqrt(np.mean(centred * centred, dtype=np.float64)))
@@ -115,18 +126,29 @@ def _skewness(values: np.ndarray) -> float:
     return float(np.mean(centred * centred * centred, dtype=np.float64) / std**3)
 
 
-def mode_features(unit: np.ndarray, tissue: np.ndarray) -> dict[str, float]:
-    """The three measures of one normalised mode over ``tissue`` (see the module docstring)."""
+def feature_samples(unit: np.ndarray, tissue: np.ndarray) -> dict[str, np.ndarray]:
+    """The values the three measures take over ``tissue`` in one normalised image (every second
+    pixel each way: a quarter of the work, the same estimate)."""
     image = np.asarray(unit, np.float32)
     surround = box_mean(image, BLOB_LARGE_PX)
-    # the statistics on every second pixel each way: a quarter of the work, the same estimate
     sample = (slice(None, None, STAT_STRIDE), slice(None, None, STAT_STRIDE))
     where = tissue[sample]
     return {
-        "skew": _skewness(image[sample][where]),
-        "blob": _skewness((box_mean(image, BLOB_SMALL_PX) - surround)[sample][where]),
-        "peak": _skewness((image - surround)[sample][where]),
+        "skew": image[sample][where],
+        "blob": (box_mean(image, BLOB_SMALL_PX) - surround)[sample][where],
+        "peak": (image - surround)[sample][where],
     }
+
+
+def pooled_features(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """The skewness of each measure over the values of every image in ``samples`` together
+    (windows of one slide are measured apart, so no filter reaches across their seams)."""
+    return {name: _skewness(np.concatenate([s[name] for s in samples])) for name in FEATURES}
+
+
+def mode_features(unit: np.ndarray, tissue: np.ndarray) -> dict[str, float]:
+    """The three measures of one normalised mode over ``tissue`` (see the module docstring)."""
+    return pooled_features([feature_samples(unit, tissue)])
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -142,15 +164,19 @@ def check_modes(
     tissue: np.ndarray,
     allow_swapped: bool = False,
     look_for_identical: bool = True,
+    windows: Sequence[Window] = (),
 ) -> ModeCheck:
     """Judge a pair from its normalised thumbnails ``(H, W)`` in [0, 1] and their tissue mask.
 
     Returns ``identical`` for one image given twice, ``swapped`` when the evidence is clearly
     negative and every feature agrees, ``doubtful`` in between, and ``ok`` otherwise, also when
-    the thumbnails carry no evidence (flat, no tissue). The caller refuses ``swapped`` and
-    ``identical`` unless ``allow_swapped``; a thumbnail averages the noise away, so the caller
-    confirms ``identical`` at full resolution (``same_image``) and otherwise asks again with
-    ``look_for_identical`` off.
+    there is no evidence (flat, no tissue). The caller refuses ``swapped`` and ``identical``
+    unless ``allow_swapped``; a thumbnail averages the noise away, so the caller confirms
+    ``identical`` at full resolution (``same_image``) and otherwise asks again with
+    ``look_for_identical`` off. ``windows``: full-resolution (FCM, RCM, tissue) crops of a
+    slide larger than its thumbnail; the features are measured on them instead, at the scale
+    of nuclei and speckle the thresholds were set at (on a thumbnail several times smaller both
+    are averaged away and a swap reads ``ok``).
     """
     fcm = np.asarray(fcm_unit, np.float32)
     rcm = np.asarray(rcm_unit, np.float32)
@@ -159,9 +185,11 @@ def check_modes(
         difference = float(np.mean(np.abs(fcm - rcm), dtype=np.float64))
         if difference <= IDENTICAL_MAX_DIFF:
             return ModeCheck("identical", 0.0, {}, correlation, allow_swapped)
-    if int(tissue.sum()) < MIN_TISSUE_PX:
+    measured = list(windows) or [Window(fcm, rcm, np.asarray(tissue, bool))]
+    if sum(int(w.tissue.sum()) for w in measured) < MIN_TISSUE_PX:
         return ModeCheck("ok", 0.0, {}, correlation, allow_swapped)
-    of_fcm, of_rcm = mode_features(fcm, tissue), mode_features(rcm, tissue)
+    of_fcm = pooled_features([feature_samples(w.fcm, w.tissue) for w in measured])
+    of_rcm = pooled_features([feature_samples(w.rcm, w.tissue) for w in measured])
     features = {name: of_fcm[name] - of_rcm[name] for name in of_fcm}
     evidence = float(np.mean(list(features.values())))
     outcome: ModeCheckOutcome = "ok"
