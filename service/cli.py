@@ -211,7 +211,7 @@ def comma_names(text: str | None) -> tuple[str, ...] | None:
 
 def print_stain_result(report: StainReport, output: Path, as_json: bool) -> None:
     """The report as JSON on stdout, or one summary line on stderr."""
-    flags = [report.qc.get("flag"), (report.inputs_check or {}).get("flag")]
+    flags = [report.qc.flag, report.inputs_check.flag if report.inputs_check else None]
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         for text in filter(None, flags):
@@ -221,7 +221,7 @@ def print_stain_result(report: StainReport, output: Path, as_json: bool) -> None
     flag = "".join(f"; {text}" for text in flags if text)
     written = f"{output}"
     if report.dicom is not None:
-        instances = len(report.dicom["instances"])
+        instances = len(report.dicom.instances)
         written = f"{output}/ (DICOM series, {instances} instances) and {report.output}"
     click.echo(
         f"wrote {written} ({len(report.levels)} levels, stages {','.join(report.stages)}, "
@@ -276,7 +276,7 @@ class ProgressBar:
     """One bar for the whole job on a terminal; without one, a line on stderr each time the job
     passes another tenth (logs and pipelines see progress too) and one at 100 % when it ends.
 
-    A stage of few large tiles can pass two tenths at once (the sample's four 1024 px tiles
+    A phase of few large tiles can pass two tenths at once (the sample's four 1024 px tiles
     are 21 % each): then one line says where the job is, nothing is made up in between."""
 
     def __init__(self) -> None:
@@ -305,14 +305,14 @@ class ProgressBar:
             self.logged_tenth = 10
             click.echo("100 % done", err=True)
 
-    def update(self, stage: str, done: int, total: int) -> None:
+    def update(self, phase: str, done: int, total: int) -> None:
         """Advance the bar; without a terminal, log each further tenth to stderr once the inputs
         were checked."""
-        fraction, message = overall_progress(stage, done, total)
+        fraction, message = overall_progress(phase, done, total)
         if self.task is not None:
             self.progress.update(self.task, completed=round(fraction * 1000), description=message)
         # nothing while the inputs are checked: a refused input gives its one-line error only
-        checked = stage not in ("load_models", "prepare")
+        checked = phase not in ("load_models", "prepare")
         tenth = math.floor(fraction * 10 + 1e-9)
         if not self.tty and checked and tenth > self.logged_tenth:
             self.logged_tenth = tenth

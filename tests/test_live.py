@@ -32,8 +32,8 @@ def test_the_ledger_counts_exactly_the_tiles_written_and_the_canvas_is_the_pyram
     )
     seen: list[tuple[int, int]] = []
 
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage == "tiles":
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase == "tiles":
             with TileLedger(live / LEDGER_NAME, total) as ledger:
                 seen.append((done, int(ledger.done().sum())))
 
@@ -65,8 +65,8 @@ def test_a_cancelled_stain_leaves_the_ledger_short_of_the_grid(make_pair, tmp_pa
         models_dir=tmp_path / "none", tile_px=128, skip_background=False, live_dir=live
     )
 
-    def cancel(stage: str, done: int, total: int) -> None:
-        if stage == "tiles" and done >= 3:
+    def cancel(phase: str, done: int, total: int) -> None:
+        if phase == "tiles" and done >= 3:
             raise JobCancelled("cancelled")
 
     with pytest.raises(JobCancelled):
@@ -115,8 +115,8 @@ def test_tissue_tiles_are_computed_from_the_tissue_centre_outwards(
     spec = StainSpec(models_dir=tmp_path / "none", tile_px=256, skip_background=False)
     first: list[int] = []
 
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage == "tiles" and done == 1:
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase == "tiles" and done == 1:
             with TileLedger(live / LEDGER_NAME, total) as ledger:
                 first.extend(np.flatnonzero(ledger.done()).tolist())
 

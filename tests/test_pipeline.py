@@ -210,8 +210,8 @@ def test_progress_reports_every_tile_and_cancel_leaves_nothing(make_pair, tmp_pa
     assert tiles[-1] == ("tiles", 16, 16)
     assert [d for _, d, _ in tiles] == sorted(d for _, d, _ in tiles)
 
-    def cancel(stage: str, done: int, total: int) -> None:
-        if stage == "tiles" and done >= 3:
+    def cancel(phase: str, done: int, total: int) -> None:
+        if phase == "tiles" and done >= 3:
             raise JobCancelled("cancelled by the user")
 
     output = tmp_path / "cancelled.tif"

@@ -140,8 +140,8 @@ def test_faithfulness_check_flags_a_stain_that_erases_nuclei() -> None:
 
     faithful = (np.moveaxis(gareau_stain(fcm, rcm), 0, -1) * 255).astype(np.uint8)
     qc = faithfulness_qc(faithful, fcm, rcm)
-    assert qc["flag"] is None and qc["ratio"] > 0.95
+    assert qc.flag is None and qc.ratio is not None and qc.ratio > 0.95
     erased = np.broadcast_to(np.asarray([230, 150, 200], np.uint8), (256, 256, 3)).copy()
     erased += RNG.integers(0, 3, erased.shape, dtype=np.uint8)  # pink with a little noise
     qc = faithfulness_qc(erased, fcm, rcm)
-    assert qc["flag"] == "review against FCM" and qc["ratio"] < 0.5
+    assert qc.flag == "review against FCM" and qc.ratio is not None and qc.ratio < 0.5

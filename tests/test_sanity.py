@@ -110,7 +110,7 @@ def test_a_weak_reversed_signal_is_flagged_not_refused() -> None:
     check = check_modes(f, r, tissue_mask(f, r))
     assert check.outcome == "doubtful" and not check.refused
     assert check.flag == "check that FCM and RCM are not swapped"
-    assert check.to_dict()["flag"] == check.flag
+    assert check.summary().flag == check.flag
 
 
 def test_stain_refuses_swapped_and_identical_unless_allowed(make_pair, tmp_path: Path) -> None:
@@ -126,11 +126,11 @@ def test_stain_refuses_swapped_and_identical_unless_allowed(make_pair, tmp_path:
     allowed = StainSpec(options=JobOptions(stages=("gareau",), allow_swapped=True))
     report = stain_slide(swapped(inputs), tmp_path / "a.tif", allowed)
     assert report.inputs_check is not None
-    assert report.inputs_check["outcome"] == "swapped" and report.inputs_check["allowed"]
-    assert report.inputs_check["flag"]
+    assert report.inputs_check.outcome == "swapped" and report.inputs_check.allowed
+    assert report.inputs_check.flag
     right = stain_slide(inputs, tmp_path / "r.tif", spec)
-    assert right.inputs_check is not None and right.inputs_check["outcome"] == "ok"
-    assert right.inputs_check["flag"] is None
+    assert right.inputs_check is not None and right.inputs_check.outcome == "ok"
+    assert right.inputs_check.flag is None
 
 
 def test_cli_exit_4_with_one_line_and_the_override(tmp_path: Path) -> None:

@@ -227,7 +227,9 @@ def _one(value: Any) -> Any:
     return value
 
 
-class Progress(BaseModel):
+class JobProgress(BaseModel):
+    """How far a job is: ``done`` of ``total`` (thousandths of the whole job) and the percent."""
+
     done: int
     total: int
     percent: float
@@ -281,8 +283,13 @@ class JobLinks(BaseModel):
 class JobPublic(BaseModel):
     id: str
     state: JobState
-    stage: str | None
-    progress: Progress
+    message: str | None = Field(
+        description='Where the job is, in words ("staining 37 of 150 tiles"); null when queued'
+    )
+    stage: str | None = Field(
+        deprecated=True, description="The same as message (its earlier name; not a stain stage)"
+    )
+    progress: JobProgress
     attempts: int
     max_attempts: int
     options: JobCreate

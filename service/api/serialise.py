@@ -15,9 +15,9 @@ from service.api.schemas import (
     JobError,
     JobInputsPublic,
     JobLinks,
+    JobProgress,
     JobPublic,
     JobResultPublic,
-    Progress,
 )
 from service.delivery.records import Delivery
 from service.jobs.job import Job, JobState, StoredFile
@@ -55,8 +55,9 @@ def to_public(job: Job, delivery: Delivery | None = None) -> JobPublic:
     return JobPublic(
         id=job.id,
         state=job.state,
-        stage=job.stage,
-        progress=Progress(done=done, total=total, percent=percent),
+        message=job.message,
+        stage=job.message,
+        progress=JobProgress(done=done, total=total, percent=percent),
         attempts=job.attempts,
         max_attempts=job.max_attempts,
         options=JobCreate.from_options(job.options),

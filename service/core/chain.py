@@ -22,6 +22,7 @@ from service.core.stain import gareau_stain
 from service.core.stain_lut import StainLut
 from service.vocabulary.errors import InputError, ModelError
 from service.vocabulary.options import STAGES, check_names
+from service.vocabulary.report import ColourSummary
 
 
 def resolve_stages(
@@ -52,11 +53,19 @@ def resolve_stages(
     return tuple(s.name for s in STAGE_TABLE if s.name in wanted)
 
 
+# A card's pixel size: its name, then the name cards written before issue 18 use (still read).
+CARD_MPP_FIELDS = ("mpp_um", "um_per_px")
+
+
 def card_mpp_um(card: Mapping[str, Any]) -> float | None:
     """The pixel size a stage card says its model was trained at: a network's
-    ``training_data.um_per_px``, the colour target's ``um_per_px``; None when it does not say."""
-    value = card.get("um_per_px") or card.get("training_data", {}).get("um_per_px")
-    return float(value) if value else None
+    ``training_data.mpp_um``, the colour target's ``mpp_um`` (or, in an older card,
+    ``um_per_px`` in the same place); None when it does not say."""
+    for section in (card, card.get("training_data", {})):
+        for name in CARD_MPP_FIELDS:
+            if section.get(name):
+                return float(section[name])
+    return None
 
 
 def common_mpp_um(cards: Iterable[Mapping[str, Any]]) -> float | None:
@@ -301,16 +310,16 @@ class StainChain:
         if state.get("norm_stats") is not None:
             self.norm_stats = np.asarray(state["norm_stats"], np.float32)  # nested lists: shape
 
-    def colour_report(self) -> dict[str, object] | None:
+    def colour_report(self) -> ColourSummary | None:
         """What the colour stage did to this slide: target, measured slide look, the map."""
         if self.colour is None or self.colour_transfer is None:
             return None
         measured = self.slide_lab.stats() if self.slide_lab is not None else None
-        return {
-            "target": self.colour.name,
-            "slide_lab": measured.to_dict() if measured else None,
-            "transfer": self.colour_transfer.to_dict(),
-        }
+        return ColourSummary(
+            target=self.colour.name,
+            slide_lab=measured.summary() if measured else None,
+            transfer=self.colour_transfer.summary(),
+        )
 
     def background(self, layers: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """The value this chain gives where both modes are zero (no tissue): the stain's

@@ -21,6 +21,7 @@ import numpy as np
 
 from service.core.cards import read_card_json
 from service.vocabulary.errors import ModelError
+from service.vocabulary.report import ColourTransferSummary, LabSummary, plain
 
 COLOUR_ROLE = "colour"
 # FCM + RCM (normalised) below LOW is glass (no transfer), above LOW + RAMP full transfer.
@@ -94,15 +95,17 @@ class LabStats:
             return np.asarray(self.cov, np.float64).reshape(3, 3)
         return np.diag(np.asarray(self.std, np.float64) ** 2)
 
+    def summary(self) -> LabSummary:
+        """The statistics rounded for a report (cov only when known)."""
+        return LabSummary(
+            mean=[round(v, 3) for v in self.mean],
+            std=[round(v, 3) for v in self.std],
+            cov=None if self.cov is None else [[round(v, 3) for v in row] for row in self.cov],
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """The statistics rounded for a report or card (cov only when the card has one)."""
-        out: dict[str, Any] = {
-            "mean": [round(v, 3) for v in self.mean],
-            "std": [round(v, 3) for v in self.std],
-        }
-        if self.cov is not None:
-            out["cov"] = [[round(v, 3) for v in row] for row in self.cov]
-        return out
+        """The statistics rounded for a card (cov only when the card has one)."""
+        return dict(plain(self.summary()))
 
 
 @dataclass
@@ -239,9 +242,9 @@ class ColourTransfer:
         out = lab_to_rgb(lab + w * (moved - lab))
         return np.ascontiguousarray(np.moveaxis(out, -1, -3))
 
-    def to_dict(self) -> dict[str, Any]:
+    def summary(self) -> ColourTransferSummary:
         """The fitted transfer, rounded, for the report."""
-        return {
-            "matrix": [[round(v, 5) for v in row] for row in self.matrix],
-            "offset": [round(v, 4) for v in self.offset],
-        }
+        return ColourTransferSummary(
+            matrix=[[round(v, 5) for v in row] for row in self.matrix],
+            offset=[round(v, 4) for v in self.offset],
+        )

@@ -14,11 +14,11 @@ numpy only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from service.core.filters import box_mean, otsu_threshold
+from service.vocabulary.report import GlassLevelSummary
 
 # Measured on the bundled sample (glass level FCM/RCM ~0.01: output unchanged), the real crop
 # (all tissue: no glass found, no level) and the crafted faint-fluorescence pair of
@@ -41,9 +41,9 @@ class GlassLevel:
     fcm: float = 0.0
     rcm: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def summary(self) -> GlassLevelSummary:
         """The glass levels rounded for the report."""
-        return {"fcm": round(self.fcm, 4), "rcm": round(self.rcm, 4)}
+        return GlassLevelSummary(fcm=round(self.fcm, 4), rcm=round(self.rcm, 4))
 
 
 NO_GLASS_LEVEL = GlassLevel()

@@ -22,6 +22,7 @@ from service.core.cards import read_card_json
 from service.core.colour import COLOUR_ROLE, find_colour_card
 from service.core.stages import NETWORK_ROLES, STAGE_TABLE
 from service.vocabulary.errors import ModelError
+from service.vocabulary.report import ModelSummary
 
 NORM_NONE = "none"
 NORM_SHARED = "instance_shared"
@@ -88,17 +89,17 @@ class ModelCard:
             )
         return card
 
-    def to_summary(self) -> dict[str, Any]:
-        """The fields a report or the `dscm models` listing shows."""
-        return {
-            "name": self.name,
-            "role": self.role,
-            "architecture": self.architecture,
-            "version": self.version,
-            "sha256": self.sha256,
-            "halo_px": self.halo_px,
-            "norm": self.norm,
-        }
+    def summary(self) -> ModelSummary:
+        """The card as a report lists its model."""
+        return ModelSummary(
+            name=self.name,
+            role=self.role,
+            architecture=self.architecture,
+            version=self.version,
+            sha256=self.sha256,
+            halo_px=self.halo_px,
+            norm=self.norm,
+        )
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 from service.core.colour import rgb_to_lab
 from service.core.filters import median3x3, otsu_threshold
 from service.core.stain import gareau_stain
+from service.vocabulary.report import FaithfulnessCheck
 
 OUTPUT_TISSUE_CAP = 0.3  # Otsu threshold on smoothed FCM + RCM never above this
 GLASS_LEVEL = 0.15  # FCM and RCM both below this (smoothed, eroded) is glass
@@ -197,7 +198,7 @@ def lab_of(rgb_hwc: np.ndarray) -> np.ndarray:
     return rgb_to_lab(unit)
 
 
-def faithfulness_qc(output_rgb: np.ndarray, fcm: np.ndarray, rcm: np.ndarray) -> dict[str, object]:
+def faithfulness_qc(output_rgb: np.ndarray, fcm: np.ndarray, rcm: np.ndarray) -> FaithfulnessCheck:
     """The per-slide faithfulness check on overviews of the same size: nuc_r of the output,
     nuc_r of Gareau's stain of the same FCM/RCM, their ratio, and the flag when the ratio
     falls below QC_MIN_RATIO (the stain may recolour but must not invent or erase nuclei).
@@ -210,18 +211,17 @@ def faithfulness_qc(output_rgb: np.ndarray, fcm: np.ndarray, rcm: np.ndarray) ->
     gareau = np.moveaxis(gareau_stain(fcm, median3x3(rcm)), 0, -1)
     reference = nuclear_r(gareau, fcm, tissue)
     if not (np.isfinite(nuc_r) and np.isfinite(reference)) or reference <= 0:
-        return {"nuc_r": None, "nuc_r_gareau": None, "ratio": None, "flag": None,
-                "note": "too little tissue to check"}  # fmt: skip
+        return FaithfulnessCheck(None, None, None, note="too little tissue to check")
     ratio = nuc_r / reference
-    return {
-        "nuc_r": round(nuc_r, 4),
-        "nuc_r_gareau": round(reference, 4),
-        "ratio": round(ratio, 4),
-        "threshold": QC_MIN_RATIO,
-        "flag": QC_FLAG if ratio < QC_MIN_RATIO else None,
-        "tissue_fraction": round(float(tissue.mean()), 4),
-        "overview_px": [int(fcm.shape[1]), int(fcm.shape[0])],
-    }
+    return FaithfulnessCheck(
+        nuc_r=round(nuc_r, 4),
+        nuc_r_gareau=round(reference, 4),
+        ratio=round(ratio, 4),
+        threshold=QC_MIN_RATIO,
+        flag=QC_FLAG if ratio < QC_MIN_RATIO else None,
+        tissue_fraction=round(float(tissue.mean()), 4),
+        overview_px=[int(fcm.shape[1]), int(fcm.shape[0])],
+    )
 
 
 # Texture: sliced Wasserstein distance (SWD) between Laplacian-pyramid patch descriptors.

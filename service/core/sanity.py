@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from service.core.filters import box_mean
+from service.vocabulary.report import ModeCheckSummary, SwapThresholds
 
 ModeCheckOutcome = Literal["ok", "doubtful", "swapped", "identical"]
 
@@ -96,17 +97,17 @@ class ModeCheck:
             )
         return f"{found}: {fix}, or stain them as given with --allow-swapped (API: allow_swapped)"
 
-    def to_dict(self) -> dict[str, Any]:
+    def summary(self) -> ModeCheckSummary:
         """The check, its evidence and thresholds, rounded for the report."""
-        return {
-            "outcome": self.outcome,
-            "evidence": round(self.evidence, 4),
-            "features": {name: round(value, 4) for name, value in self.features.items()},
-            "correlation": round(self.correlation, 4),
-            "thresholds": {"doubtful": DOUBT_EVIDENCE, "swapped": REFUSE_EVIDENCE},
-            "allowed": self.allowed,
-            "flag": self.flag,
-        }
+        return ModeCheckSummary(
+            outcome=self.outcome,
+            evidence=round(self.evidence, 4),
+            features={name: round(value, 4) for name, value in self.features.items()},
+            correlation=round(self.correlation, 4),
+            thresholds=SwapThresholds(doubtful=DOUBT_EVIDENCE, swapped=REFUSE_EVIDENCE),
+            allowed=self.allowed,
+            flag=self.flag,
+        )
 
 
 @dataclass(frozen=True)

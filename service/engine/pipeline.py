@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from service.core.stages import NETWORK_ROLES
 from service.engine.tile_reader import TileReader
 from service.slide import (
     PairInfo,
+    PyramidLevel,
     PyramidWriter,
     SlideInputs,
     open_pair,
@@ -63,7 +64,14 @@ from service.vocabulary.options import (
     stated_mpp_um,
 )
 from service.vocabulary.progress import ProgressCallback
-from service.vocabulary.report import StainReport, TileCounts
+from service.vocabulary.report import (
+    FaithfulnessCheck,
+    IntensityBounds,
+    LevelSize,
+    PixelSizeSummary,
+    StainReport,
+    TileCounts,
+)
 
 
 @dataclass(frozen=True)
@@ -90,15 +98,15 @@ class PixelSize:
         ratio = self.mpp_um / self.model_mpp_um
         return self.model_mpp_um if abs(ratio - 1.0) > RESAMPLE_TOLERANCE else self.mpp_um
 
-    def to_dict(self) -> dict[str, Any]:
+    def summary(self) -> PixelSizeSummary:
         """The pixel size, where it came from and the working size, for the report."""
-        return {
-            "mpp_um": round(self.mpp_um, 5),
-            "source": self.source,
-            "model_mpp_um": self.model_mpp_um,
-            "resampled": self.resampled,
-            "work_px": [self.work_width_px, self.work_height_px],
-        }
+        return PixelSizeSummary(
+            mpp_um=round(self.mpp_um, 5),
+            source=self.source,
+            model_mpp_um=self.model_mpp_um,
+            resampled=self.resampled,
+            work_px=[self.work_width_px, self.work_height_px],
+        )
 
 
 def resolve_pixel_size(info: PairInfo, spec: StainSpec, model_mpp_um: float | None) -> PixelSize:
@@ -197,7 +205,7 @@ def stain_slide(
     """Stain one RCM/FCM pair into a pyramid at ``output`` (atomically): a TIFF or OME-TIFF
     file, or a DICOM series folder with its TIFF pyramid beside it (JobOptions.pyramid_path).
 
-    ``progress(stage, done, total)`` is called between tiles; raising JobCancelled (or any
+    ``progress(phase, done, total)`` is called between tiles; raising JobCancelled (or any
     error) from it stops the stain and leaves nothing at ``output``.
     """
     started = time.perf_counter()
@@ -218,7 +226,7 @@ def stain_slide(
     return run.report(started)
 
 
-def _ignore_progress(stage: str, done: int, total: int) -> None:
+def _ignore_progress(phase: str, done: int, total: int) -> None:
     """The progress callback when the caller passes none."""
 
 
@@ -303,8 +311,8 @@ class SlideRun:
     writers: dict[str, PyramidWriter] = field(default_factory=dict)
     ledger: TileLedger | None = None  # with a live folder: which tiles are in the canvases
     glass_filled: bool = False
-    levels: list[Any] = field(default_factory=list)
-    qc: dict[str, object] = field(default_factory=dict)
+    levels: list[PyramidLevel] = field(default_factory=list)
+    qc: FaithfulnessCheck | None = None  # after check_faithfulness
 
     @property
     def todo(self) -> list[Tile]:
@@ -519,8 +527,9 @@ class SlideRun:
         networks = chain.models_in_order
         computed = len(self.todo)
         series = self.writers["stain"].series
+        assert self.qc is not None, "check_faithfulness runs before the report"
         return StainReport(
-            input=self.info.to_dict(),
+            input=self.info,
             output=str(self.pyramid),
             output_sha256=file_sha256(self.pyramid),
             output_bytes=self.pyramid.stat().st_size,
@@ -528,13 +537,13 @@ class SlideRun:
             compression=options.compression,
             jpeg_quality=options.jpeg_quality if options.compression == "jpeg" else None,
             mpp_um=round(self.pixel.mpp_um, 5),
-            pixel_size=self.pixel.to_dict(),
-            levels=[asdict(level) for level in self.levels],
+            pixel_size=self.pixel.summary(),
+            levels=[LevelSize(v.width_px, v.height_px, v.downsample) for v in self.levels],
             stages=list(chain.stages),
-            models=[m.card.to_summary() for m in networks],
+            models=[m.card.summary() for m in networks],
             providers=sorted({m.provider for m in networks}),
             backend_reason={m.card.role: m.backend.reason for m in networks},
-            normalisation={mode: r.to_dict() for mode, r in self.ranges.items()},
+            normalisation={mode: IntensityBounds(r.low, r.high) for mode, r in self.ranges.items()},
             tiles=TileCounts(
                 total=len(self.tiles),
                 computed=computed,
@@ -548,10 +557,10 @@ class SlideRun:
             timings_s={k: round(v, 4) for k, v in self.timings.items()},
             background_rgb=[int(v) for v in self.background["stain"]],
             qc=self.qc,
-            inputs_check=self.inputs_check.to_dict(),
-            glass_level=self.chain.glass_level.to_dict(),
+            inputs_check=self.inputs_check.summary(),
+            glass_level=self.chain.glass_level.summary(),
             extra_outputs={layer: str(self.layer_path(layer)) for layer in options.layers},
-            dicom=series.to_dict() if series is not None else None,
+            dicom=series.summary() if series is not None else None,
         )
 
 

@@ -121,7 +121,7 @@ class Job:
     id: str
     tenant: str
     state: JobState
-    stage: str | None
+    message: str | None  # where the job is, in words ("staining 12 of 150 tiles")
     progress_done: int
     progress_total: int
     attempts: int

@@ -151,7 +151,7 @@ def region_stopper(
     is no longer this attempt's (cancelled, failed, restarted), or the worker shuts down."""
     checked = time.monotonic()
 
-    def progress(stage: str, done: int, total: int) -> None:
+    def progress(phase: str, done: int, total: int) -> None:
         """Raise AttemptLost or WorkerStopping between batches."""
         nonlocal checked
         if lease.lost.is_set():

@@ -160,7 +160,7 @@ class Attempt:
         self.deadline = time.monotonic() + ctx.settings.job_time_limit_s
         self.lost = threading.Event()
         self._state: tuple[str | None, int, int] = (None, 0, 0)  # message, done, total
-        self._engine_stage: str | None = None
+        self._phase: str | None = None  # the engine's progress phase (service.vocabulary.progress)
         self._last_write = 0.0
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -178,10 +178,10 @@ class Attempt:
 
     def _write(self) -> None:
         with self._lock:
-            stage, done, total = self._state
+            message, done, total = self._state
             self._last_write = time.monotonic()
         try:
-            owned = self.ctx.store.heartbeat(self.job_id, self.lease, stage, done, total)
+            owned = self.ctx.store.heartbeat(self.job_id, self.lease, message, done, total)
         except Exception as exc:  # a database hiccup must not kill the stain; the next beat retries
             log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
             return
@@ -192,12 +192,12 @@ class Attempt:
         while not self._done.wait(self.ctx.settings.heartbeat_interval_s):
             self._write()
 
-    def progress(self, stage: str, done: int, total: int) -> None:
+    def progress(self, phase: str, done: int, total: int) -> None:
         """The engine's callback between tiles: record progress, stop when told to."""
-        fraction, message = overall_progress(stage, done, total)
+        fraction, message = overall_progress(phase, done, total)
         with self._lock:
-            changed = stage != self._engine_stage
-            self._engine_stage = stage
+            changed = phase != self._phase
+            self._phase = phase
             self._state = (message, round(fraction * PROGRESS_SCALE), PROGRESS_SCALE)
             due = time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S
         if changed or due:

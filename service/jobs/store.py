@@ -214,7 +214,7 @@ class JobStore:
                 state=JobState.RUNNING.value,
                 attempts=JobRow.attempts + 1,
                 lease=lease,
-                stage=None,
+                message=None,
                 progress_done=0,
                 progress_total=0,
                 started_at=now,
@@ -233,12 +233,15 @@ class JobStore:
         self.fail_exhausted(job_id, stale_before)
         return Claim("exhausted", self.get(job_id))
 
-    def heartbeat(self, job_id: str, lease: str, stage: str | None, done: int, total: int) -> bool:
-        """Record progress; False once this attempt lost the job (cancelled, taken over)."""
+    def heartbeat(
+        self, job_id: str, lease: str, message: str | None, done: int, total: int
+    ) -> bool:
+        """Record progress (``message`` in words, ``done`` of ``total``); False once this attempt
+        lost the job (cancelled, taken over)."""
         return self._update_leased(
             job_id,
             lease,
-            stage=stage,
+            message=message,
             progress_done=done,
             progress_total=total,
             heartbeat_at=utc_now(),
@@ -261,7 +264,7 @@ class JobStore:
             job_id,
             lease,
             state=JobState.SUCCEEDED.value,
-            stage="done",
+            message="done",
             progress_done=PROGRESS_SCALE,
             progress_total=PROGRESS_SCALE,
             report=report,
@@ -295,7 +298,7 @@ class JobStore:
             state=JobState.QUEUED.value,
             attempts=JobRow.attempts - 1,
             lease=None,
-            stage=None,
+            message=None,
             enqueued_at=None,
         )
 
@@ -331,7 +334,7 @@ class JobStore:
                 JobRow.attempts < JobRow.max_attempts,
                 state=JobState.QUEUED.value,
                 lease=None,
-                stage=None,
+                message=None,
                 enqueued_at=None,
             )
 

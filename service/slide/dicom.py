@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pyvips
@@ -30,6 +29,7 @@ from service import __version__
 from service.vocabulary.case import Case
 from service.vocabulary.errors import OutputError
 from service.vocabulary.options import DEFAULT_UID_ROOT
+from service.vocabulary.report import DicomInstance, DicomSeriesSummary
 
 VL_WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _JPEG_COMPRESSION = 7  # TIFF Compression tag value of JPEG ("new-style")
@@ -71,19 +71,6 @@ class SeriesIds:
 
 
 @dataclass(frozen=True)
-class DicomInstance:
-    """One written instance (one pyramid level)."""
-
-    file: str
-    level: int
-    sop_instance_uid: str
-    width_px: int
-    height_px: int
-    frames: int
-    bytes: int
-
-
-@dataclass(frozen=True)
 class DicomSeries:
     """What was written: the folder's instances and the UIDs a PACS will know them by."""
 
@@ -92,15 +79,15 @@ class DicomSeries:
     series_instance_uid: str
     instances: list[DicomInstance] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The series for the report: its UIDs, instances and total bytes."""
-        return {
-            "series": str(self.folder),  # a job's public report names the folder only
-            "study_instance_uid": self.study_instance_uid,
-            "series_instance_uid": self.series_instance_uid,
-            "instances": [vars(instance) for instance in self.instances],
-            "bytes": sum(instance.bytes for instance in self.instances),
-        }
+    def summary(self) -> DicomSeriesSummary:
+        """The series for the report: its folder, UIDs, instances and total bytes."""
+        return DicomSeriesSummary(
+            series=str(self.folder),  # a job's public report names the folder only
+            study_instance_uid=self.study_instance_uid,
+            series_instance_uid=self.series_instance_uid,
+            instances=list(self.instances),
+            bytes=sum(instance.bytes for instance in self.instances),
+        )
 
 
 @dataclass(frozen=True)

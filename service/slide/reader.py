@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyvips
@@ -23,6 +23,7 @@ from service.vocabulary.errors import (
     UnsupportedFormat,
 )
 from service.vocabulary.options import FCM_DETECTOR, RCM_DETECTOR
+from service.vocabulary.report import ImageInfo, PairInfo  # the report's records of the headers
 
 # Only the three loaders below are ever used; the rest of libvips' loaders (some of which are
 # not fuzzed for hostile input) stay blocked too.
@@ -72,32 +73,6 @@ class SlideInputs:
 
     rcm: Path
     fcm: Path
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What the header of one mode says."""
-
-    path: str
-    format: str
-    width_px: int
-    height_px: int
-    bands: int
-    dtype: str
-    mpp_um: float | None
-
-
-@dataclass(frozen=True)
-class PairInfo:
-    width_px: int
-    height_px: int
-    mpp_um: float | None  # from the files' resolution tags; None when they do not say
-    rcm: ImageInfo
-    fcm: ImageInfo
-
-    def to_dict(self) -> dict[str, Any]:
-        """The pair's sizes and pixel size as a dict for the report."""
-        return asdict(self)
 
 
 def resolve_scan_dir(

@@ -66,7 +66,7 @@ def test_stained_tiles_appear_while_the_job_runs(
     copy_for_docs(path)
     print(f"\ntime to first stained tile: {first_tile_s:.1f} s ({WIDTH_PX} x {HEIGHT_PX} px)")
     print("ledger changes [ms, tiles]:", browser.execute_script("return window.dscmViewer.liveLog"))
-    print("job:", {k: running[k] for k in ("created_at", "started_at", "progress", "stage")})
+    print("job:", {k: running[k] for k in ("created_at", "started_at", "progress", "message")})
     assert running["state"] == "running", "the stain ended before any tile was seen"
     assert running["progress"]["percent"] < 100
     assert first_tile_s < FIRST_TILE_BOUND_S

@@ -22,7 +22,14 @@ from service.runtime.config import ApiKeyEntry, Settings
 from service.vocabulary.errors import OutputError
 from service.vocabulary.options import JobOptions
 from service.vocabulary.progress import ProgressCallback
-from service.vocabulary.report import StainReport, TileCounts
+from service.vocabulary.report import (
+    FaithfulnessCheck,
+    ImageInfo,
+    PairInfo,
+    PixelSizeSummary,
+    StainReport,
+    TileCounts,
+)
 
 
 @dataclass(frozen=True)
@@ -131,11 +138,16 @@ class SlowStainer:
         return None  # the fake stains any pair
 
 
+def fake_image(path: Path) -> ImageInfo:
+    """The header record of one input of the fake stainer's pair."""
+    return ImageInfo(str(path), "tiff", 64, 64, 1, "uint8", 0.75)
+
+
 def fake_report(request: StainRequest, tiles: int) -> StainReport:
     """The report of a stain that computed ``tiles`` tiles into ``request.output``."""
     options = request.options
     return StainReport(
-        input={"rcm": {"path": str(request.rcm)}, "fcm": {"path": str(request.fcm)}},
+        input=PairInfo(64, 64, 0.75, fake_image(request.rcm), fake_image(request.fcm)),
         output=str(request.output),
         output_sha256="0" * 64,
         output_bytes=request.output.stat().st_size,
@@ -143,7 +155,7 @@ def fake_report(request: StainRequest, tiles: int) -> StainReport:
         compression=options.compression,
         jpeg_quality=options.jpeg_quality,
         mpp_um=0.75,
-        pixel_size={"mpp_um": 0.75, "source": "caller"},
+        pixel_size=PixelSizeSummary(0.75, "caller", None, False, [64, 64]),
         levels=[],
         stages=["median", "gareau"],
         models=[],
@@ -154,6 +166,6 @@ def fake_report(request: StainRequest, tiles: int) -> StainReport:
         colour=None,
         timings_s={"tiles": 0.01 * tiles, "total": 0.01 * tiles},
         background_rgb=[255, 255, 255],
-        qc={},
+        qc=FaithfulnessCheck(None, None, None, note="too little tissue to check"),
         extra_outputs={},
     )

@@ -24,9 +24,9 @@ class SlowPipelineStainer(PipelineStainer):
     ) -> StainReport:
         delay_s = float(os.environ.get("DSCM_TEST_TILE_DELAY_S", "0.5"))
 
-        def slow(stage: str, done: int, total: int) -> None:
-            progress(stage, done, total)
-            if stage == "tiles" and done < total:
+        def slow(phase: str, done: int, total: int) -> None:
+            progress(phase, done, total)
+            if phase == "tiles" and done < total:
                 time.sleep(delay_s)
 
         return super().stain(request, settings, slow, models)

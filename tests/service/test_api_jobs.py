@@ -107,12 +107,13 @@ def test_result_is_409_until_done_and_cancel_stops_between_tiles(
         auth = Keys.auth(keys.alice)
 
         def staining() -> dict[str, Any] | None:
-            # the stage reaches the record with the next heartbeat/progress write
+            # the message reaches the record with the next heartbeat/progress write
             job = wait_for(client, keys.alice, job_id, ("running",))
-            return job if job["stage"].startswith("staining") else None
+            return job if job["message"].startswith("staining") else None
 
-        running = wait_until(staining, 10, "the stage 'staining'", interval_s=0.02)
-        assert running["stage"].startswith("staining")  # in words: "staining 12 of 500 tiles"
+        running = wait_until(staining, 10, "the message 'staining'", interval_s=0.02)
+        assert running["message"].startswith("staining")  # in words: "staining 12 of 500 tiles"
+        assert running["stage"] == running["message"]  # the field's earlier name, deprecated
         assert 8 <= running["progress"]["percent"] < 93  # of the whole job, tiles span 8-93 %
         assert_problem(client.get(f"/v1/jobs/{job_id}/result", headers=auth), 409)
         assert_problem(client.get(f"/v1/jobs/{job_id}/thumbnail", headers=auth), 409)

@@ -72,6 +72,16 @@ def test_the_submit_form_describes_every_field_the_api_takes(api_app: FastAPI) -
     assert form["properties"]["stages"]["type"] == "string"  # comma-separated in a form
 
 
+def test_a_jobs_progress_and_message_have_one_name_each(api_app: FastAPI) -> None:
+    """The progress model is JobProgress (not rich's bar or the engine's callback); the job's
+    message in words is ``message``, its earlier name ``stage`` kept and marked deprecated."""
+    components = api_app.openapi()["components"]["schemas"]
+    assert "JobProgress" in components and "Progress" not in components
+    job = components["JobPublic"]["properties"]
+    assert job["progress"] == {"$ref": "#/components/schemas/JobProgress"}
+    assert "message" in job and job["stage"].get("deprecated") is True
+
+
 @pytest.mark.parametrize("label", OPERATIONS)
 def test_no_server_errors(api_app: FastAPI, keys: Keys, label: str) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", api_app)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from service_helpers import Keys, Pair, SlowStainer, make_app
+from sqlalchemy import text
 from support.api import submit, wait_for
 from support.databases import postgres_url
 from support.jobs import job_inputs
@@ -73,7 +74,12 @@ def test_claim_is_exclusive_and_idempotent(store: JobStore) -> None:
     assert first.outcome == "claimed" and first.job is not None and first.job.attempts == 1
     assert store.claim(job.id, "lease-b", stale).outcome == "busy"
     assert not store.heartbeat(job.id, "lease-b", "tiles", 1, 2)
-    assert store.heartbeat(job.id, "lease-a", "tiles", 1, 2)
+    assert store.heartbeat(job.id, "lease-a", "staining 1 of 2 tiles", 1, 2)
+    beating = store.get(job.id)
+    assert beating is not None and beating.message == "staining 1 of 2 tiles"
+    with store.database.connect() as connection:  # the column keeps its first name
+        column = connection.execute(text("SELECT stage FROM dscm_jobs")).scalar_one()
+    assert column == "staining 1 of 2 tiles"
     assert store.succeed(job.id, "lease-a", {"ok": True}, "r.tiff", "c" * 64, 10, None)
     assert store.claim(job.id, "lease-c", stale).outcome == "finished"
     done = store.get(job.id)

@@ -46,16 +46,16 @@ class GatedStainer(PipelineStainer):
     ) -> StainReport:
         calls = 0
 
-        def gated(stage: str, done: int, total: int) -> None:
+        def gated(phase: str, done: int, total: int) -> None:
             nonlocal calls
-            progress(stage, done, total)
-            if stage != "tiles":
+            progress(phase, done, total)
+            if phase != "tiles":
                 return
             calls += 1  # the first call comes before any tissue tile, then one per tile
             if calls > self.hold_after and not self.go.is_set():
                 self.held.set()
                 self.go.wait(60)
-                progress(stage, done, total)  # raises when the job was cancelled meanwhile
+                progress(phase, done, total)  # raises when the job was cancelled meanwhile
 
         return super().stain(request, settings, gated, models)
 

@@ -90,9 +90,9 @@ const Dscm = (() => {
   }
 
   function progressText(job) {
-    // job.stage is already in words ("staining 12 of 150 tiles"); the percent is of the whole job
-    const stage = job.stage || (job.state === "queued" ? "waiting for a worker" : "");
-    return job.progress.total ? `${stage} (${Math.round(percent(job))} %)` : stage;
+    // job.message is already in words ("staining 12 of 150 tiles"); the percent is of the whole job
+    const message = job.message || (job.state === "queued" ? "waiting for a worker" : "");
+    return job.progress.total ? `${message} (${Math.round(percent(job))} %)` : message;
   }
 
   /** The case a job belongs to, in words: its label, else its accession number ("" if none). */
