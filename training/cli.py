@@ -175,6 +175,17 @@ def residual(dilations: str, **kwargs: object) -> None:
     train_residual(options)
 
 
+@main.command("residual-select")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--prepared", default=None, help="the prepared folder (default: the run's own)")
+def residual_select(run_dir: str, prepared: str | None) -> None:
+    """Choose a residual run's best snapshot by the shipping rule on its validation slides: no
+    worse than the colour stage on PSNR, SSIM and CIEDE2000, then the lowest SWD."""
+    from training.train_residual import select_best
+
+    select_best(Path(run_dir), Path(prepared) if prepared else None)
+
+
 @main.command("fit-colour")
 @click.argument("data_root", type=click.Path(exists=True, file_okay=False), default=DEFAULT_DATA)
 @click.option(

@@ -18,11 +18,16 @@ input (``networks.glass_gate``): where the colour stage left glass, the output i
 
 No cycle and no second generator: the input domain is the engine's own, and the paired target
 is known. Resumable (checkpoint + options + losses.csv in ``out_dir``), a generator snapshot at
-every checkpoint (``snapshots/step-NNNNNN.pt``, small: the curve against training time), the
-best generator by validation PSNR. ``time_budget_s`` stops the run (with a checkpoint) once the
-training time, summed over resumed runs, passes it; the learning rate decays linearly to zero
-over the second half of the steps or of the time budget, whichever comes first. ``device``
-(``cpu``, ``cuda``, ``auto``) and ``bf16`` (autocast) make the same code the GPU script.
+every checkpoint (``snapshots/step-NNNNNN.pt``, small: the curve against training time), and
+``best`` chosen by the shipping rule on the validation slides (``select_key``): among the
+checkpoints no worse than the colour stage on PSNR, SSIM and CIEDE2000, the lowest SWD to the
+true H&E; before any is, the highest PSNR. (The first run kept the best PSNR, which stopped at
+the first checkpoint once the adversarial term pulled the later ones off the paired target.)
+``dscm-train residual-select`` applies the rule to a finished run. ``time_budget_s`` stops the
+run (with a checkpoint) once the training time, summed over resumed runs, passes it; the
+learning rate decays linearly to zero over the second half of the steps or of the time budget,
+whichever comes first. ``device`` (``cpu``, ``cuda``, ``auto``) and ``bf16`` (autocast) make the
+same code the GPU script.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ from training.train_cyclegan import (
 DESIGN = "residual"
 SNAPSHOTS = "snapshots"
 LOSS_COLUMNS = ["D", "G_adv", "paired", "faithful", "lr", "elapsed_s"]
-VAL_COLUMNS = ["val_psnr_db", "val_ssim", "val_ciede2000"]
+VAL_COLUMNS = ["val_psnr_db", "val_ssim", "val_ciede2000", "val_swd", "val_eligible"]
 
 
 @dataclass
@@ -211,19 +216,75 @@ def lr_at(options: ResidualOptions, step: int, elapsed_s: float) -> float:
 def validate_on(
     generator: ResidualGenerator, pairs: list[tuple[np.ndarray, np.ndarray]], device: torch.device
 ) -> dict[str, float]:
-    """Mean PSNR/SSIM/CIEDE2000 of the generator's output (fp32, on ``device``) against the
-    true H&E, whole validation images."""
-    rows = []
+    """The validation measures (``validation_measures``) of the generator's output (fp32, on
+    ``device``), whole validation images."""
+    outputs = []
     generator.eval()
     with torch.no_grad():
-        for source, truth in pairs:
+        for source, _ in pairs:
             image = torch.from_numpy(source[None] * 2.0 - 1.0).float().to(device)
             out = generator(image)[0].float().cpu().numpy()
-            rgb = np.clip((out + 1.0) / 2.0, 0.0, 1.0)
-            rows.append(stain_metrics(rgb, truth[:, : rgb.shape[1], : rgb.shape[2]]))
+            outputs.append(np.clip((out + 1.0) / 2.0, 0.0, 1.0))
     generator.train()
+    return validation_measures(outputs, [truth for _, truth in pairs])
+
+
+def validation_measures(outputs: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float]:
+    """Mean PSNR/SSIM/CIEDE2000 of ``outputs`` (CHW RGB in [0, 1]) against the true H&E, and the
+    SWD (colour counted, service.core.quality.swd, mean over levels) of the set of outputs to
+    the set of true H&E images."""
+    from service.core.quality import swd
+
+    rows, real, fake = [], [], []
+    for rgb, truth in zip(outputs, truths, strict=True):
+        truth = truth[:, : rgb.shape[1], : rgb.shape[2]]
+        rows.append(stain_metrics(rgb, truth))
+        real.append(np.transpose(truth, (1, 2, 0)))
+        fake.append(np.transpose(rgb, (1, 2, 0)))
     keys = ("psnr_db", "ssim", "ciede2000")
-    return {f"val_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
+    measures = {f"val_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
+    measures["val_swd"] = float(np.mean(swd(real, fake)["swd"]))
+    return measures
+
+
+def colour_stage_validation(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The validation measures of the colour stage alone (the generator's input, step 0)."""
+    return validation_measures([source for source, _ in pairs], [truth for _, truth in pairs])
+
+
+def select_key(validation: dict[str, float], colour_stage: dict[str, float]) -> tuple[int, float]:
+    """The shipping rule as an ordering (larger is better): a checkpoint no worse than the colour
+    stage on PSNR, SSIM and CIEDE2000 (``eligible``) beats any that is not; eligible ones rank
+    by lower SWD, the others by higher PSNR."""
+    eligible = (
+        validation["val_psnr_db"] >= colour_stage["val_psnr_db"]
+        and validation["val_ssim"] >= colour_stage["val_ssim"]
+        and validation["val_ciede2000"] <= colour_stage["val_ciede2000"]
+    )
+    return (1, -validation["val_swd"]) if eligible else (0, validation["val_psnr_db"])
+
+
+def validation_pairs(
+    options: ResidualOptions, despeckler: Any, colour: Any, median: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The colour stage's output and the true H&E of the validation slides (``val_skin``)."""
+    val_a, val_b = skin_domains(
+        Path(options.prepared_dir),
+        ("val_skin",),
+        despeckler,
+        colour,
+        options.seed + 100_000,
+        median,
+    )
+    return list(zip(val_a, val_b, strict=True))[: options.max_val_images]
+
+
+def format_validation(validation: dict[str, float]) -> str:
+    """One line of the validation measures."""
+    return (
+        f"PSNR {validation['val_psnr_db']:.2f} dB, SSIM {validation['val_ssim']:.3f}, "
+        f"CIEDE2000 {validation['val_ciede2000']:.2f}, SWD {validation['val_swd']:.3f}"
+    )
 
 
 def cpu_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -247,10 +308,8 @@ def train_residual(options: ResidualOptions) -> Path:
     domain_a, domain_b = skin_domains(
         prepared, ("train_skin",), despeckler, colour, options.seed, median
     )
-    val_a, val_b = skin_domains(
-        prepared, ("val_skin",), despeckler, colour, options.seed + 100_000, median
-    )
-    val_pairs = list(zip(val_a, val_b, strict=True))[: options.max_val_images]
+    val_pairs = validation_pairs(options, despeckler, colour, median)
+    baseline = colour_stage_validation(val_pairs) if val_pairs else {}
     if not domain_a:
         raise ValueError(f"{prepared} has no train_skin patches")
     print(
@@ -258,6 +317,8 @@ def train_residual(options: ResidualOptions) -> Path:
         f"{len(val_pairs)} validation ({time.monotonic() - started:.0f} s to build)",
         flush=True,
     )
+    if baseline:
+        print(f"colour stage on validation: {format_validation(baseline)}", flush=True)
     model = ResidualGan(options, device)
     start, elapsed_before_s = 0, 0.0
     state = load_checkpoint(out_dir)
@@ -267,24 +328,29 @@ def train_residual(options: ResidualOptions) -> Path:
         print(f"resuming from step {start} ({elapsed_before_s / 60:.1f} min trained)", flush=True)
     log = LossLog(out_dir / LOSS_CSV_NAME, LOSS_COLUMNS + VAL_COLUMNS, resume_step=start)
     best_path = out_dir / BEST_NAME
-    best_psnr = -1.0
-    if best_path.is_file():
-        best_psnr = float(torch.load(best_path, weights_only=False)["val_psnr_db"])
+    best_key: tuple[int, float] = (-1, 0.0)
+    if best_path.is_file() and baseline:
+        best = torch.load(best_path, weights_only=False)
+        if "val_swd" in best:
+            best_key = select_key(best, baseline)
     train_started = time.monotonic()
 
     def elapsed() -> float:
         return elapsed_before_s + time.monotonic() - train_started
 
     def checkpoint(step: int, values: dict[str, float]) -> dict[str, float]:
-        nonlocal best_psnr
+        nonlocal best_key
         validation = validate_on(model.g, val_pairs, device) if val_pairs else {}
+        key = select_key(validation, baseline) if validation else (-1, 0.0)
+        if validation:
+            validation["val_eligible"] = float(key[0])
         spent = elapsed()
         save_checkpoint(out_dir, model.state(step, spent), options)
         snapshot: dict[str, Any] = {**values, **validation, "step": step, "elapsed_s": spent}
         snapshot["state_dict"] = cpu_state(model.g.state_dict())
         torch.save(snapshot, out_dir / SNAPSHOTS / f"step-{step:06d}.pt")
-        if validation.get("val_psnr_db", 0.0) > best_psnr:
-            best_psnr = validation["val_psnr_db"]
+        if key > best_key:
+            best_key = key
             torch.save(snapshot, best_path)
         return validation
 
@@ -321,7 +387,7 @@ def train_residual(options: ResidualOptions) -> Path:
 def load_residual_generator(
     checkpoint_dir: Path, which: str = "best"
 ) -> tuple[ResidualGenerator, dict[str, Any]]:
-    """The generator of a residual run: ``best`` (validation PSNR), ``last``, or a snapshot
+    """The generator of a residual run: ``best`` (``select_key``), ``last``, or a snapshot
     file name under ``snapshots/``; with its info."""
     options = json.loads((checkpoint_dir / "options.json").read_text())
     net = build_generator(options)
@@ -344,3 +410,42 @@ def load_residual_generator(
 
 def snapshot_names(checkpoint_dir: Path) -> list[str]:
     return sorted(p.name for p in (checkpoint_dir / SNAPSHOTS).glob("step-*.pt"))
+
+
+def select_best(run_dir: Path, prepared_dir: Path | None = None) -> dict[str, Any]:
+    """Apply the shipping rule (``select_key``) to every snapshot of a finished run, on its own
+    validation slides, and write the chosen one as ``best``; returns it (without weights).
+    Prints one line per snapshot."""
+    saved = json.loads((run_dir / "options.json").read_text())
+    fields = set(ResidualOptions.__dataclass_fields__)
+    options = ResidualOptions(**{k: v for k, v in saved.items() if k in fields})
+    options.dilations = tuple(options.dilations)
+    if prepared_dir is not None:
+        options.prepared_dir = str(prepared_dir)
+    despeckler = load_despeckler_onnx(
+        Path(options.despeckle_onnx) if options.despeckle_onnx else None
+    )
+    colour = load_colour_target(Path(options.colour_card)) if options.colour_card else None
+    pairs = validation_pairs(options, despeckler, colour, options.resolved_median())
+    if not pairs:
+        raise ValueError(f"{options.prepared_dir} has no val_skin patches")
+    baseline = colour_stage_validation(pairs)
+    print(f"colour stage: {format_validation(baseline)}", flush=True)
+    best: dict[str, Any] | None = None
+    best_key: tuple[int, float] = (-1, 0.0)
+    for name in snapshot_names(run_dir):
+        snapshot = torch.load(run_dir / SNAPSHOTS / name, map_location="cpu", weights_only=False)
+        net = build_generator(options)
+        net.load_state_dict(snapshot["state_dict"])
+        validation = validate_on(net, pairs, torch.device("cpu"))
+        key = select_key(validation, baseline)
+        validation["val_eligible"] = float(key[0])
+        print(f"{name}: {format_validation(validation)}, eligible {bool(key[0])}", flush=True)
+        if key > best_key:
+            best_key, best = key, {**snapshot, **validation}
+    if best is None:
+        raise ValueError(f"{run_dir} has no snapshots")
+    torch.save(best, run_dir / BEST_NAME)
+    chosen = {k: v for k, v in best.items() if k != "state_dict"}
+    print(f"best: step {chosen['step']} ({format_validation(chosen)})", flush=True)
+    return chosen

@@ -22,7 +22,16 @@ from service.core.quality import checkerboard_db
 from service.core.stain import gareau_stain
 from training.export import CardInfo, export_model
 from training.networks import ResidualGenerator, glass_gate, init_weights
-from training.train_residual import ResidualGan, ResidualOptions, lr_at, train_residual
+from training.train_residual import (
+    ResidualGan,
+    ResidualOptions,
+    load_residual_generator,
+    lr_at,
+    select_best,
+    select_key,
+    train_residual,
+    validation_measures,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,6 +123,37 @@ def test_resumes_where_it_stopped(prepared_dir: Path, tmp_path: Path) -> None:
         "step-000002.pt",
         "step-000003.pt",
     ]
+    chosen = select_best(run)  # the shipping rule, applied to the finished run's snapshots
+    assert chosen["step"] in (2, 3) and "val_swd" in chosen and "val_eligible" in chosen
+    _, info = load_residual_generator(run, "best")
+    assert info["step"] == chosen["step"] and info["val_swd"] == pytest.approx(chosen["val_swd"])
+
+
+def test_the_shipping_rule_orders_checkpoints() -> None:
+    """No worse than the colour stage on PSNR, SSIM and CIEDE2000 first, then the lowest SWD;
+    a checkpoint that is worse on any of the three ranks by PSNR below every eligible one."""
+    colour = {"val_psnr_db": 18.0, "val_ssim": 0.66, "val_ciede2000": 9.4, "val_swd": 0.18}
+
+    def key(psnr: float, ssim: float, ciede: float, swd: float) -> tuple[int, float]:
+        validation = {"val_psnr_db": psnr, "val_ssim": ssim, "val_ciede2000": ciede}
+        return select_key({**validation, "val_swd": swd}, colour)
+
+    sharp_but_far = key(21.6, 0.74, 6.9, 0.20)
+    closer = key(20.5, 0.70, 8.0, 0.15)
+    loses_ssim = key(22.0, 0.60, 6.0, 0.05)
+    assert closer > sharp_but_far > loses_ssim
+    assert key(19.0, 0.70, 9.0, 0.30) > key(25.0, 0.65, 5.0, 0.01)
+    assert key(17.0, 0.5, 12.0, 0.1) < key(17.5, 0.4, 13.0, 0.9)  # neither eligible: PSNR
+
+
+def test_validation_swd_sees_a_blurred_set() -> None:
+    rng = np.random.default_rng(0)
+    truths = [rng.random((3, 64, 64)).astype(np.float32) for _ in range(4)]
+    same = validation_measures(truths, truths)
+    blurred = [
+        (t + np.roll(t, 1, 1) + np.roll(t, 1, 2) + np.roll(t, 1, (1, 2))) / 4 for t in truths
+    ]
+    assert same["val_swd"] < 1e-6 < validation_measures(blurred, truths)["val_swd"]
 
 
 def test_gpu_script_runs_on_the_cpu(fake_data_root: Path, tmp_path: Path) -> None:
