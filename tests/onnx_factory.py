@@ -174,7 +174,7 @@ def make_colour_card(
     folder: Path,
     lab_mean=(70.0, 27.0, -8.0),
     lab_std=(11.0, 9.0, 3.5),
-    um_per_px: float | None = None,
+    mpp_um: float | None = None,
 ) -> Path:
     """A colour stage card (no ONNX file): the target look of the colour transfer."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -186,8 +186,8 @@ def make_colour_card(
         "lab_mean": list(lab_mean),
         "lab_std": list(lab_std),
     }
-    if um_per_px is not None:
-        card["um_per_px"] = um_per_px
+    if mpp_um is not None:
+        card["mpp_um"] = mpp_um
     path.write_text(json.dumps(card))
     return path
 

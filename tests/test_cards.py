@@ -52,8 +52,9 @@ def shipped(name: str) -> dict[str, Any]:
         ("generator", lambda d: d.update(default="no"), "default"),
         ("colour", lambda d: d.update(lab_std=[1.0, -2.0, 3.0]), "lab_std.1"),
         ("colour", lambda d: d.pop("lab_mean"), "'lab_mean' is a required property"),
-        ("colour", lambda d: d["training_data"].update(um_per_px=0) if "training_data" in d
-         else d.update(um_per_px=0), "um_per_px"),
+        ("colour", lambda d: d.update(mpp_um=0), "mpp_um"),
+        ("despeckle", lambda d: d["training_data"].update(mpp_um=50.0), "training_data.mpp_um"),
+        ("colour", lambda d: d.update(um_per_px=0.01), "um_per_px"),  # the old name: same range
     ],
 )  # fmt: skip
 def test_a_card_that_breaks_the_schema_is_refused_naming_the_field(
@@ -76,3 +77,23 @@ def test_the_engine_refuses_a_bad_card_when_it_discovers_the_models(tmp_path: Pa
         discover_stage_models(tmp_path)
     with pytest.raises(ModelError, match="halo_px"):
         read_card(tmp_path / "despeckle.json")
+
+
+def test_the_schema_bounds_a_cards_pixel_size_by_the_services_range() -> None:
+    from service.vocabulary.options import MPP_RANGE_UM
+
+    bounds = json.loads(SCHEMA_PATH.read_text())["$defs"]["mpp_um"]
+    assert (bounds["minimum"], bounds["maximum"]) == MPP_RANGE_UM
+
+
+@pytest.mark.parametrize("name", ["despeckle", "generator", "colour"])
+def test_a_card_written_before_mpp_um_still_states_its_pixel_size(
+    tmp_path: Path, name: str
+) -> None:
+    from service.core.chain import card_mpp_um
+
+    data = shipped(name)
+    section = data.get("training_data", data)
+    section["um_per_px"] = section.pop("mpp_um")  # what cards said before issue 18
+    card = read_card_json(write_card(tmp_path, name, data))
+    assert card_mpp_um(card) == card_mpp_um(shipped(name)) == 0.75

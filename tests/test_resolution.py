@@ -38,7 +38,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
     folder = tmp_path / "models"
-    make_colour_card(folder, um_per_px=0.75)
+    make_colour_card(folder, mpp_um=0.75)
     return folder
 
 

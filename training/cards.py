@@ -58,7 +58,7 @@ def _data_section(options: dict[str, Any], used_splits: list[str]) -> tuple[dict
     training_data = {
         "sources": manifest["licences"],
         "prepared_fingerprint": manifest["fingerprint"],
-        "um_per_px": manifest["um_per_px"],
+        "mpp_um": manifest["um_per_px"],  # the prepared patches' (the manifest's own name)
         "used_splits": used_splits,
         "split_rule": manifest["split_rule"],
     }

@@ -64,7 +64,7 @@ def fit_colour_card(data_root: Path, slide: str = DEFAULT_TARGET_SLIDE) -> dict[
         "lab_mean": [round(v, 3) for v in stats.mean],
         "lab_std": [round(v, 3) for v in stats.std],
         "lab_cov": [[round(v, 3) for v in row] for row in stats.covariance()],
-        "um_per_px": TARGET_UM_PER_PX,
+        "mpp_um": TARGET_UM_PER_PX,
         "method": (
             "Reinhard colour transfer in CIELab over tissue: the slide's own Lab mean and std "
             "(sampled tissue tiles, weighted by FCM + RCM signal) mapped onto these per "

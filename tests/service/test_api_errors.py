@@ -186,7 +186,7 @@ def test_the_pixel_limit_bounds_the_resampled_size_at_upload(
     """256 x 256 px at 5 um/px is 1707 x 1707 px at the colour card's 0.75 um/px: refused
     before a job exists, naming both sizes; Gareau alone is not resampled and is accepted."""
     models = tmp_path / "models"
-    make_colour_card(models, um_per_px=0.75)
+    make_colour_card(models, mpp_um=0.75)
     settings = make_settings(max_pixels=1_000_000, models_dir=models)
     with TestClient(make_app(settings)) as client:
         chain = {"stages": "gareau,colour", "mpp_um": "5"}

@@ -254,7 +254,7 @@ def rss_mib(pid: int) -> float:
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
 def test_fuzz_uploads_and_requests(cluster: Cluster, keys: Keys) -> None:
     started_s = time.monotonic()
-    models = make_colour_card(cluster.root / "models", um_per_px=0.75).parent
+    models = make_colour_card(cluster.root / "models", mpp_um=0.75).parent
     api = cluster.start_api(
         DSCM_BROKER_URL="",
         DSCM_TILE_PX="64",
