@@ -25,12 +25,11 @@ from service.vocabulary.errors import DscmError, InputError, OutputError
 from service.vocabulary.options import (
     COMPRESSIONS,
     DEFAULT_OPTIONS,
-    EXTRA_LAYERS,
     FCM_DETECTOR,
     JPEG_QUALITY_RANGE,
+    OPTION_HELP,
     OUTPUT_FORMATS,
     RCM_DETECTOR,
-    STAGES,
     ExtraLayer,
     JobOptions,
     OutputFormat,
@@ -72,22 +71,9 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
     type=click.Path(path_type=Path),
     help="Output TIFF (a folder with --format dicom).",
 )
-@click.option(
-    "--stages",
-    help=f"Comma-separated subset of {','.join(STAGES)} "
-    "(default: the installed models' default chain, see `dscm models`).",
-)
-@click.option(
-    "--layers",
-    help=f"Comma-separated extra pyramids kept beside the stain: {','.join(EXTRA_LAYERS)} "
-    "(out.gareau.tif, ...; the service's viewer layers).",
-)
-@click.option(
-    "--mpp",
-    "mpp_um",
-    type=float,
-    help="Pixel size in um, when the files' resolution tags are missing or wrong.",
-)
+@click.option("--stages", help=OPTION_HELP["stages"])
+@click.option("--layers", help=OPTION_HELP["layers"])
+@click.option("--mpp", "mpp_um", type=float, help=OPTION_HELP["mpp_um"])
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), help="Model folder.")
 @click.option("--tile-px", type=int, help="Output tile edge in pixels (multiple of 16).")
@@ -102,15 +88,15 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
 )
 @click.option(
     "--compression", type=click.Choice(COMPRESSIONS), default=DEFAULT_OPTIONS.compression,
-    show_default=True,
+    show_default=True, help=OPTION_HELP["compression"],
 )  # fmt: skip
 @click.option(
-    "--quality", type=click.IntRange(*JPEG_QUALITY_RANGE), default=DEFAULT_OPTIONS.jpeg_quality,
-    show_default=True,
+    "--quality", "jpeg_quality", type=click.IntRange(*JPEG_QUALITY_RANGE),
+    default=DEFAULT_OPTIONS.jpeg_quality, show_default=True, help=OPTION_HELP["jpeg_quality"],
 )  # fmt: skip
 @click.option(
     "--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
-    default=DEFAULT_OPTIONS.output_format, show_default=True,
+    default=DEFAULT_OPTIONS.output_format, show_default=True, help=OPTION_HELP["output_format"],
 )  # fmt: skip
 @click.option(
     "--label", help="The case's label (one line, at most 200 characters), in the TIFF description."
@@ -122,11 +108,7 @@ EXIT_CODES = {404: 3, 415: 4, 422: 4, 507: 5, 500: 1}
 @click.option("--accession-number", help="DICOM output: Accession Number (at most 16 characters).")
 @click.option("--rcm-detector", default=RCM_DETECTOR, show_default=True)
 @click.option("--fcm-detector", default=FCM_DETECTOR, show_default=True)
-@click.option(
-    "--allow-swapped",
-    is_flag=True,
-    help="Stain a pair the input check refuses (FCM and RCM look swapped, or one image twice).",
-)
+@click.option("--allow-swapped", is_flag=True, help=OPTION_HELP["allow_swapped"])
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 def stain(
     scan_dir: Path | None,
@@ -142,7 +124,7 @@ def stain(
     batch_size: int | None,
     threads: int | None,
     compression: Literal["jpeg", "lossless"],
-    quality: int,
+    jpeg_quality: int,
     output_format: OutputFormat,
     label: str | None,
     external_id: str | None,
@@ -177,7 +159,7 @@ def stain(
             layers=cast(tuple[ExtraLayer, ...], comma_names(layers) or ()),
             output_format=output_format,
             compression=compression,
-            jpeg_quality=quality,
+            jpeg_quality=jpeg_quality,
             mpp_um=mpp_um,
             allow_swapped=allow_swapped,
         )

@@ -31,6 +31,7 @@ from service.vocabulary.options import (
     DEFAULT_OPTIONS,
     JPEG_QUALITY_RANGE,
     MPP_RANGE_UM,
+    OPTION_HELP,
     Compression,
     ExtraLayer,
     JobOptions,
@@ -64,31 +65,28 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stages: list[StageName] | None = Field(
-        default=None,
-        description="Comma-separated or repeated; default: every stage whose model is installed",
+    stages: list[StageName] | None = Field(default=None, description=OPTION_HELP["stages"])
+    output_format: OutputFormat = Field(
+        default=DEFAULT_OPTIONS.output_format, description=OPTION_HELP["output_format"]
     )
-    output_format: OutputFormat = DEFAULT_OPTIONS.output_format
-    compression: Compression = DEFAULT_OPTIONS.compression
+    compression: Compression = Field(
+        default=DEFAULT_OPTIONS.compression, description=OPTION_HELP["compression"]
+    )
     jpeg_quality: int = Field(
-        default=DEFAULT_OPTIONS.jpeg_quality, ge=JPEG_QUALITY_RANGE[0], le=JPEG_QUALITY_RANGE[1]
+        default=DEFAULT_OPTIONS.jpeg_quality,
+        ge=JPEG_QUALITY_RANGE[0],
+        le=JPEG_QUALITY_RANGE[1],
+        description=OPTION_HELP["jpeg_quality"],
     )
-    layers: list[ExtraLayer] | None = Field(
-        default=None,
-        description="Extra outputs kept beside the stain for the viewer: gareau, fcm, rcm",
-    )
+    layers: list[ExtraLayer] | None = Field(default=None, description=OPTION_HELP["layers"])
     mpp_um: float | None = Field(
         default=DEFAULT_OPTIONS.mpp_um,
         ge=MPP_RANGE_UM[0],
         le=MPP_RANGE_UM[1],
-        description="Pixel size in um; overrides the files' resolution tags (required when "
-        "they have none and the operator set no DSCM_DEFAULT_MPP_UM)",
+        description=OPTION_HELP["mpp_um"],
     )
     allow_swapped: bool = Field(
-        default=DEFAULT_OPTIONS.allow_swapped,
-        description="Stain a pair the input check refuses (the file sent as FCM looks like "
-        "reflectance and RCM like fluorescence, or both are one image) as given; the job "
-        "fails with inputs_swapped or inputs_identical without it",
+        default=DEFAULT_OPTIONS.allow_swapped, description=OPTION_HELP["allow_swapped"]
     )
     deliver_to: str | None = Field(
         default=None,

@@ -61,6 +61,28 @@ JPEG_QUALITY_RANGE = (1, 100)
 DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; sites set DSCM_DICOM_UID_ROOT
 
 
+# What each job option means, in the words both `POST /v1/jobs` (JobCreate's OpenAPI form) and
+# `dscm stain --help` show: a test holds the two to these and to each other.
+OPTION_HELP: dict[str, str] = {
+    "stages": f"Comma-separated stages to run, a subset of {','.join(STAGES)} (default: the "
+    "installed models' default chain, see `dscm models` or GET /v1/models)",
+    "layers": f"Comma-separated extra pyramids kept beside the stain: {','.join(EXTRA_LAYERS)} "
+    "(the viewer's layers)",
+    "mpp_um": f"Pixel size in um ({MPP_RANGE_UM[0]}-{MPP_RANGE_UM[1]}); overrides the files' "
+    "resolution tags (required when they have none and the operator set no "
+    "DSCM_DEFAULT_MPP_UM)",
+    "output_format": "The result: a pyramidal TIFF, an OME-TIFF, or a DICOM whole-slide series "
+    "(JPEG; its TIFF pyramid kept beside it)",
+    "compression": "Tile compression of the pyramid",
+    "jpeg_quality": "JPEG quality of the tiles",
+    "allow_swapped": "Stain a pair the input check refuses (the file given as FCM looks like "
+    "reflectance and RCM like fluorescence, or both are one image) as given; without it the "
+    "stain fails with inputs_swapped or inputs_identical",
+}
+# Options of a service job only: where its DICOM series and its events go.
+SERVICE_ONLY_OPTIONS = ("deliver_to", "callback_url")
+
+
 @dataclass(frozen=True)
 class JobOptions:
     """How one slide is to be stained and where its result goes, as its caller stated it (the

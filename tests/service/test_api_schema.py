@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from fastapi import FastAPI
 from service_helpers import Keys, make_app
@@ -70,6 +71,25 @@ def test_the_submit_form_describes_every_field_the_api_takes(api_app: FastAPI) -
     assert set(form["properties"]) == expected and form["required"] == ["rcm", "fcm"]
     assert form["properties"]["output_format"]["enum"] == ["tiff", "ome-tiff", "dicom"]
     assert form["properties"]["stages"]["type"] == "string"  # comma-separated in a form
+
+
+def test_the_form_and_dscm_stain_describe_each_option_in_the_same_words(
+    api_app: FastAPI,
+) -> None:
+    """One definition (OPTION_HELP): every job option the API's form takes is a `dscm stain`
+    flag with the same help, except the service's own (where a series and events go)."""
+    from service.api.schemas import JobCreate
+    from service.cli import stain
+    from service.vocabulary.options import OPTION_HELP, SERVICE_ONLY_OPTIONS
+
+    cli = {p.name: p for p in stain.params if isinstance(p, click.Option)}
+    form = api_app.openapi()["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+    fields = form["multipart/form-data"]["schema"]["properties"]
+    assert set(JobCreate.model_fields) == {*OPTION_HELP, *SERVICE_ONLY_OPTIONS}
+    for name, words in OPTION_HELP.items():
+        assert fields[name]["description"].startswith(words), name
+        assert cli[name].help == words, name
+    assert not set(SERVICE_ONLY_OPTIONS) & set(cli)
 
 
 def test_a_jobs_progress_and_message_have_one_name_each(api_app: FastAPI) -> None:

@@ -41,7 +41,7 @@ def form_field(schema: dict[str, Any]) -> dict[str, Any]:
         names = field.pop("items").get("enum", [])
         field["type"] = "string"
         field["example"] = ",".join(names[:2])
-        field["description"] = f"{field.get('description', '')}: {', '.join(names)}"
+        field["description"] = f"{field.get('description', '')}; or the field repeated"
     return field
 
 
