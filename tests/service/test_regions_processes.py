@@ -93,4 +93,5 @@ def test_two_workers_stain_one_slide_and_survive_a_killed_one(
     assert current["result"]["sha256"] == reference["result"]["sha256"]
     percents = [p["percent"] for p in progress]
     assert percents == sorted(percents), percents  # progress never went back
-    assert regions(cluster) == []  # the attempt's regions are dropped with it
+    # the attempt's regions are dropped with it, just after the job is marked succeeded
+    wait_until(lambda: regions(cluster) == [], 10, "the attempt's regions dropped")
