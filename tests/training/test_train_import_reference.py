@@ -15,7 +15,10 @@ from training.networks import ResnetGenerator, init_weights
 def reference_checkpoint(path: Path) -> ResnetGenerator:
     torch.manual_seed(3)
     generator = ResnetGenerator(ngf=8, n_blocks=3)
-    init_weights(generator, gain=0.2)
+    # the reference implementation's own init (init_gain 0.02): its outputs vary (std 0.13).
+    # At 10x that gain the untrained network amplifies rounding, and OpenVINO's real bf16 (an
+    # AVX512-BF16 machine) read 39.8 dB against the 40 dB guard; the emulated bf16 43.2.
+    init_weights(generator, gain=0.02)
     state = {f"module.{k}": v for k, v in generator.state_dict().items()}
     for key in ("model.2", "model.10.conv_block.2", "model.20"):
         state[f"module.{key}.running_mean"] = torch.zeros(8)
