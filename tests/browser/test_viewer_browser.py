@@ -337,6 +337,9 @@ def test_compare_side_by_side_and_swipe(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
+    # this test's console only: the running-job test before it may leave the 409 its viewer
+    # gets when the job finishes between its job poll and its live poll
+    console_errors(browser)
     sign_in(browser, server)
     browser.get(f"{server.url}/viewer/{finished_job['id']}")
     wait_until(lambda: browser.execute_script("return !!window.dscmViewer.viewer"), 15, "viewer")

@@ -119,8 +119,8 @@ def test_a_delivery_survives_a_killed_worker_and_a_restarted_api(
 
     api.stop()
     cluster.start_api()
+    orthanc.start()  # before the worker, so its first attempt is the one that delivers
     second = cluster.start_worker("w2")
-    orthanc.start()
 
     def delivered() -> dict[str, Any] | None:
         found = delivery(cluster, keys.alice, job["id"])
