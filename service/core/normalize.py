@@ -8,24 +8,12 @@ inference.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
+
+from service.vocabulary.report import IntensityRange
 
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
-
-
-@dataclass(frozen=True)
-class IntensityRange:
-    """Input values mapped to 0 and 1 (in the file's own units)."""
-
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, float]:
-        """The range as a dict for the report."""
-        return asdict(self)
 
 
 def estimate_range(thumbnail: np.ndarray) -> IntensityRange:

@@ -37,7 +37,6 @@ from service.core.stages import NETWORK_ROLES
 from service.engine.tile_reader import TileReader
 from service.slide import (
     PairInfo,
-    PyramidLevel,
     PyramidWriter,
     SlideInputs,
     open_pair,
@@ -66,7 +65,6 @@ from service.vocabulary.options import (
 from service.vocabulary.progress import ProgressCallback
 from service.vocabulary.report import (
     FaithfulnessCheck,
-    IntensityBounds,
     LevelSize,
     PixelSizeSummary,
     StainReport,
@@ -311,7 +309,7 @@ class SlideRun:
     writers: dict[str, PyramidWriter] = field(default_factory=dict)
     ledger: TileLedger | None = None  # with a live folder: which tiles are in the canvases
     glass_filled: bool = False
-    levels: list[PyramidLevel] = field(default_factory=list)
+    levels: list[LevelSize] = field(default_factory=list)
     qc: FaithfulnessCheck | None = None  # after check_faithfulness
 
     @property
@@ -538,12 +536,12 @@ class SlideRun:
             jpeg_quality=options.jpeg_quality if options.compression == "jpeg" else None,
             mpp_um=round(self.pixel.mpp_um, 5),
             pixel_size=self.pixel.summary(),
-            levels=[LevelSize(v.width_px, v.height_px, v.downsample) for v in self.levels],
+            levels=list(self.levels),
             stages=list(chain.stages),
             models=[m.card.summary() for m in networks],
             providers=sorted({m.provider for m in networks}),
             backend_reason={m.card.role: m.backend.reason for m in networks},
-            normalisation={mode: IntensityBounds(r.low, r.high) for mode, r in self.ranges.items()},
+            normalisation=dict(self.ranges),
             tiles=TileCounts(
                 total=len(self.tiles),
                 computed=computed,

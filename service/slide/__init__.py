@@ -9,13 +9,12 @@ from service.slide.reader import (
     probe_pair,
     resolve_scan_dir,
 )
-from service.slide.writer import PyramidLevel, PyramidWriter, read_overview, write_thumbnail
+from service.slide.writer import PyramidWriter, read_overview, write_thumbnail
 
 __all__ = [
     "ImageInfo",
     "OpenedMode",
     "PairInfo",
-    "PyramidLevel",
     "PyramidWriter",
     "SlideInputs",
     "open_pair",

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +31,7 @@ from service.slide.reader import pyramid_pages
 from service.vocabulary.case import NO_CASE, Case
 from service.vocabulary.errors import OutputError
 from service.vocabulary.options import DEFAULT_UID_ROOT, Compression, OutputFormat, pyramid_path
-
-
-@dataclass(frozen=True)
-class PyramidLevel:
-    width_px: int
-    height_px: int
-    downsample: float
+from service.vocabulary.report import LevelSize
 
 
 class PyramidWriter:
@@ -152,7 +146,7 @@ class PyramidWriter:
         """The published TIFF pyramid: the output, or the file beside a DICOM series."""
         return pyramid_path(self.output, self.output_format)
 
-    def publish(self) -> list[PyramidLevel]:
+    def publish(self) -> list[LevelSize]:
         """Atomically rename the saved pyramid (and series) to its final name; returns the
         pyramid's levels. A series folder is renamed last: its presence means it is whole."""
         try:
@@ -179,11 +173,11 @@ class PyramidWriter:
         shutil.rmtree(self.tmp_series, ignore_errors=True)
 
 
-def read_levels(path: Path) -> list[PyramidLevel]:
+def read_levels(path: Path) -> list[LevelSize]:
     """The pyramid levels as written in the file, pages or OME SubIFDs (headers only)."""
     pages = pyramid_pages(path)
     first = pages[0]
-    return [PyramidLevel(p.width, p.height, round(first.width / p.width, 4)) for p in pages]
+    return [LevelSize(p.width, p.height, round(first.width / p.width, 4)) for p in pages]
 
 
 def output_error(exc: BaseException, output: Path) -> OutputError:

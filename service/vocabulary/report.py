@@ -99,11 +99,16 @@ class ModelSummary:
 
 
 @dataclass(frozen=True)
-class IntensityBounds:
-    """One mode's input values mapped to 0 and 1 (in the file's own units)."""
+class IntensityRange:
+    """Input values mapped to 0 and 1 (in the file's own units): the normalisation of one mode
+    (service.core.normalize estimates it)."""
 
     low: float
     high: float
+
+    def to_dict(self) -> dict[str, float]:
+        """The range as a dict (the region plan)."""
+        return {"low": self.low, "high": self.high}
 
 
 @dataclass(frozen=True)
@@ -229,7 +234,7 @@ class StainReport:
     stages: list[str]
     models: list[ModelSummary]  # the model cards' summaries
     providers: list[str]  # the inference backend(s) and precision that ran
-    normalisation: dict[str, IntensityBounds]  # per mode
+    normalisation: dict[str, IntensityRange]  # per mode
     tiles: TileCounts
     shared_norm_stats: bool
     colour: ColourSummary | None  # the colour stage's per-slide transfer
